@@ -1,0 +1,126 @@
+"""`layert2v` command line: a thin shell over the library.
+
+Settings come from `params.yaml` (`--params`, `--profile`); flags override single values. Heavy
+libraries (torch, transformers, great_expectations) are imported inside the command that needs them,
+so `layert2v --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import yaml
+
+from layert2v.config import Params, load_params, resolve_profile
+
+
+def _params(args: argparse.Namespace) -> Params:
+    return load_params(args.params, args.profile)
+
+
+def _override(section, **flags):
+    """`section` with every flag that was given (not None) replaced; re-validates the dataclass."""
+    return dataclasses.replace(section, **{k: v for k, v in flags.items() if v is not None})
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from layert2v.data.synthetic import generate_dataset
+
+    cfg = _override(
+        _params(args).synth,
+        clips=args.clips,
+        max_fg=args.max_fg,
+        size=args.size,
+        frames=args.frames,
+        seed=args.seed,
+    )
+    ids = generate_dataset(cfg, Path(args.out), workers=args.workers)
+    print(f"wrote {len(ids)} synthetic clips to {args.out}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from layert2v.data.prepare import run_prepare
+
+    cfg = _override(_params(args).prepare, workers=args.workers)
+    result = run_prepare(Path(args.source), Path(args.out), cfg, args.text_encoder)
+    print(f"prepared {result.accepted} clips, rejected {result.rejected} ({result.seconds:.1f} s) -> {result.out}")
+    if result.rejected:
+        print(f"rejects and reasons: {result.out / 'rejects.json'}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from layert2v.quality.data_gate import validate_prepared
+
+    params = _params(args)
+    report = validate_prepared(Path(args.prepared), params.gate, params.prepare, Path(args.report))
+    print(report.to_markdown())
+    print(f"report: {args.report} (and .md)")
+    return 0 if report.passed else 1
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    load_params(args.params, args.profile)  # validate before printing
+    raw = yaml.safe_load(Path(args.params).read_text())
+    sys.stdout.write(yaml.safe_dump(resolve_profile(raw, args.profile), sort_keys=False))
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--profile", default=None, help="profile in params.yaml, e.g. smoke (default: default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="layert2v", description="LayerT2V: layered text-to-video platform")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    params = commands.add_parser("params", help="print the params of a profile as plain YAML")
+    _common(params)
+    params.set_defaults(func=cmd_params)
+
+    data = commands.add_parser("data", help="make, import, prepare and validate VidLayer data")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+
+    synth = data_commands.add_parser("synth", help="write a procedural VidLayer dataset")
+    _common(synth)
+    synth.add_argument("--out", default="data/vidlayer")
+    synth.add_argument("--clips", type=int)
+    synth.add_argument("--max-fg", type=int)
+    synth.add_argument("--size", type=int)
+    synth.add_argument("--frames", type=int)
+    synth.add_argument("--seed", type=int)
+    synth.add_argument("--workers", type=int, default=2)
+    synth.set_defaults(func=cmd_synth)
+
+    prepare = data_commands.add_parser("prepare", help="conform clips, compute statistics, cache frames and text")
+    _common(prepare)
+    prepare.add_argument("--source", default="data/vidlayer", help="folder-layout root or a jsonl manifest")
+    prepare.add_argument("--out", default="artifacts/prepared")
+    prepare.add_argument("--workers", type=int)
+    prepare.add_argument("--text-encoder", type=Path, default=None, help="local HF folder (default: MiniLM package)")
+    prepare.set_defaults(func=cmd_prepare)
+
+    validate = data_commands.add_parser("validate", help="great_expectations data gate on a prepared folder")
+    _common(validate)
+    validate.add_argument("--prepared", default="artifacts/prepared")
+    validate.add_argument("--report", default="artifacts/reports/data_gate.json")
+    validate.set_defaults(func=cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Typed, frozen configuration, loaded from `params.yaml`.
+
+`params.yaml` is the single source of truth for runs. Its top-level sections are the `default` profile
+(what `make run` and `dvc repro` use, and what DVC stages declare as params); `profiles.<name>` holds
+overrides merged on top (`smoke` for tests). `layert2v params --profile smoke` prints the merged file,
+which is how a test repo or an experiment gets a whole profile as plain params.
+
+Every dataclass validates itself at construction and raises `ValueError` naming the bad value.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _check_frames(frames: int, where: str) -> None:
+    _require(frames >= 1 and (frames - 1) % 4 == 0, f"{where}.frames must be 4k+1 (1, 5, 9, ...), got {frames}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FromDict:
+    """Builds a dataclass from a mapping, rejecting unknown keys so a typo in params.yaml is an error."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], section: str) -> Self:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        _require(not unknown, f"params section '{section}' has unknown keys {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SynthConfig(FromDict):
+    """The procedural VidLayer generator."""
+
+    clips: int  # number of clips over all splits
+    max_fg: int  # foreground layers per clip are drawn from 1..max_fg
+    size: int  # square frame side in pixels (even, for H.264 4:2:0)
+    frames: int  # frames per clip, 4k+1
+    fps: int = 8  # frame rate written into the files
+    seed: int = 0  # every clip draws from rng([seed, index]): clips are independent and reproducible
+    val_fraction: float = 0.1  # share of clips in the val split (seen colour-shape combinations)
+    test_fraction: float = 0.1  # share of clips in the test split (held-out combinations)
+    held_out_combos: int = 6  # colour-shape combinations that only the test split uses
+
+    def __post_init__(self) -> None:
+        _require(self.clips >= 1, f"synth.clips must be >= 1, got {self.clips}")
+        _require(1 <= self.max_fg <= 8, f"synth.max_fg must be in 1..8, got {self.max_fg}")
+        _require(self.size >= 16 and self.size % 2 == 0, f"synth.size must be even and >= 16, got {self.size}")
+        _check_frames(self.frames, "synth")
+        _require(self.fps >= 1, f"synth.fps must be >= 1, got {self.fps}")
+        _require(
+            self.val_fraction >= 0 and self.test_fraction >= 0 and self.val_fraction + self.test_fraction < 1,
+            f"synth.val_fraction + test_fraction must be in [0, 1), got {self.val_fraction}, {self.test_fraction}",
+        )
+        _require(self.held_out_combos >= 1, f"synth.held_out_combos must be >= 1, got {self.held_out_combos}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrepareConfig(FromDict):
+    """How raw clips are conformed into the training cache."""
+
+    height: int  # output frame height
+    width: int  # output frame width
+    frames: int  # output frames per clip, 4k+1
+    max_fg: int  # clips with more foreground layers are rejected
+    fps: float = 8.0  # target frame rate: sources are subsampled by round(src_fps / fps)
+    max_tokens: int = 48  # text-encoder context kept per caption; longer captions fail the gate
+    workers: int = 2  # decode processes
+
+    def __post_init__(self) -> None:
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            _require(value >= 8 and value % 8 == 0, f"prepare.{name} must be a multiple of 8, got {value}")
+        _check_frames(self.frames, "prepare")
+        _require(1 <= self.max_fg <= 8, f"prepare.max_fg must be in 1..8, got {self.max_fg}")
+        _require(self.fps > 0, f"prepare.fps must be > 0, got {self.fps}")
+        _require(4 <= self.max_tokens <= 512, f"prepare.max_tokens must be in 4..512, got {self.max_tokens}")
+        _require(self.workers >= 1, f"prepare.workers must be >= 1, got {self.workers}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataGateConfig(FromDict):
+    """Thresholds of the data-quality gate (`layert2v data validate`)."""
+
+    min_clips: int  # fewer accepted clips than this fails the gate
+    max_reject_fraction: float = 0.05  # rejected / (accepted + rejected) above this fails the gate
+    min_coverage: float = 0.002  # every foreground layer must cover at least this mean alpha
+    max_coverage: float = 0.8  # ... and at most this (a layer that is the whole frame is no foreground)
+    composite_tolerance: float = 0.04  # mean |full - over(fg, bg)| in [0, 1] units allowed per clip
+    min_split_clips: int = 1  # train, val and test must each hold at least this many clips
+
+    def __post_init__(self) -> None:
+        _require(self.min_clips >= 1, f"gate.min_clips must be >= 1, got {self.min_clips}")
+        _require(
+            0 <= self.max_reject_fraction <= 1,
+            f"gate.max_reject_fraction not in [0, 1]: {self.max_reject_fraction}",
+        )
+        _require(
+            0 <= self.min_coverage < self.max_coverage <= 1,
+            f"gate coverage bounds must satisfy 0 <= min < max <= 1, got {self.min_coverage}, {self.max_coverage}",
+        )
+        _require(
+            self.composite_tolerance > 0,
+            f"gate.composite_tolerance must be > 0, got {self.composite_tolerance}",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Params:
+    """Everything one run reads, one dataclass per params.yaml section."""
+
+    synth: SynthConfig
+    prepare: PrepareConfig
+    gate: DataGateConfig
+
+
+SECTIONS = {"synth": SynthConfig, "prepare": PrepareConfig, "gate": DataGateConfig}
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def resolve_profile(raw: dict[str, Any], profile: str | None) -> dict[str, Any]:
+    """The plain params of `profile`: top-level sections with `profiles[profile]` merged on top."""
+    profiles = raw.get("profiles", {})
+    base = {key: value for key, value in raw.items() if key != "profiles"}
+    if profile in (None, "default"):
+        return base
+    _require(profile in profiles, f"unknown profile '{profile}'; params.yaml has: default, {', '.join(profiles)}")
+    return _merge(base, profiles[profile])
+
+
+def load_params(path: Path | str = "params.yaml", profile: str | None = None) -> Params:
+    """Read `path`, apply `profile` and validate every section."""
+    path = Path(path)
+    _require(path.is_file(), f"params file {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    values = resolve_profile(raw, profile)
+    built = {}
+    for name, cls in SECTIONS.items():
+        _require(name in values, f"{path} has no '{name}' section")
+        built[name] = cls.from_dict(values[name], name)
+    return Params(**built)

@@ -1,0 +1,224 @@
+"""prepare: raw VidLayer clips -> conformed training cache, per-clip statistics, text embeddings.
+
+For every clip: decode its streams, check them (readable, same frame count and size, alpha finite and in
+[0, 1]), pick `frames` (4k+1) frames at the target frame rate, resize and centre-crop to `height x width`,
+derive the premultiplied foreground `full * mask` where the clip has none, and measure what the gate
+checks (alpha coverage, compositing error, motion). A clip that breaks a rule is listed in
+`rejects.json` with the rule and the others go on; sources are only ever read.
+
+Outputs under `out/`:
+  manifest.parquet              one row per accepted clip (statistics, captions, cache and text indices)
+  rejects.json                  clip, origin and rule of every rejected clip
+  summary.json                  counts and timings (a DVC metrics file)
+  cache/<split>/full.npy        uint8 [N, F, H, W, 3]   (row = manifest.cache_row)
+  cache/<split>/background.npy  uint8 [N, F, H, W, 3]
+  cache/<split>/foreground.npy  uint8 [M, F, H, W, 3]   premultiplied; rows layer_start .. +num_fg, nearest first
+  cache/<split>/alpha.npy       uint8 [M, F, H, W]
+  text/states.npy               float16 [U, L, D] token states of the U unique captions
+  text/mask.npy                 bool [U, L];  text/captions.json: the U captions in row order
+
+`.npy` keeps the cache memory-mappable and loadable without pickle (`allow_pickle=False`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from layert2v.compose import over
+from layert2v.config import PrepareConfig
+from layert2v.data.vidlayer import ClipError, ClipSource, Reject, discover
+from layert2v.io import VideoError, probe, read_mask, read_video
+
+
+@dataclass(frozen=True, kw_only=True)
+class Streams:
+    """One clip's decoded streams in [0, 1]: RGB `[T, H, W, 3]`, alpha `[T, H, W]`; fg None = derive."""
+
+    full: np.ndarray
+    background: np.ndarray
+    alphas: list[np.ndarray]
+    foregrounds: list[np.ndarray | None]
+    fps: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prepared:
+    """A conformed clip: uint8 arrays ready for the cache plus its manifest statistics."""
+
+    clip: ClipSource
+    full: np.ndarray
+    background: np.ndarray
+    foregrounds: list[np.ndarray]
+    alphas: list[np.ndarray]
+    stats: dict
+
+
+def _read(clip: ClipSource, path: Path, reader) -> np.ndarray:
+    try:
+        return reader(path)
+    except VideoError as err:
+        raise ClipError(clip.clip_id, f"{path.name}: {err.rule}") from err
+
+
+def load_streams(clip: ClipSource) -> Streams:
+    """Decode every stream of `clip`, checking that they agree in frame count and size."""
+    rgb = lambda p: _read(clip, p, read_video).astype(np.float32) / 255.0  # noqa: E731
+    full, background = rgb(clip.full), rgb(clip.background)
+    alphas = [_read(clip, p, read_mask) for p in clip.masks]
+    foregrounds = [None if p is None else rgb(p) for p in clip.foregrounds]
+    named = {clip.full.name: full, clip.background.name: background}
+    named |= {p.name: a for p, a in zip(clip.masks, alphas, strict=True)}
+    named |= {p.name: f for p, f in zip(clip.foregrounds, foregrounds, strict=True) if f is not None}
+    counts = {name: len(x) for name, x in named.items()}
+    if len(set(counts.values())) > 1:
+        raise ClipError(clip.clip_id, f"streams have different frame counts: {counts}")
+    sizes = {name: tuple(x.shape[1:3]) for name, x in named.items()}
+    if len(set(sizes.values())) > 1:
+        raise ClipError(clip.clip_id, f"streams have different frame sizes: {sizes}")
+    return Streams(full=full, background=background, alphas=alphas, foregrounds=foregrounds, fps=probe(clip.full).fps)
+
+
+def check_alpha(clip_id: str, alpha: np.ndarray, name: str) -> None:
+    """Alpha mattes must be finite and inside [0, 1]."""
+    if not np.isfinite(alpha).all():
+        raise ClipError(clip_id, f"{name}: alpha has NaN or infinite values")
+    low, high = float(alpha.min()), float(alpha.max())
+    if low < 0 or high > 1:
+        raise ClipError(clip_id, f"{name}: alpha out of range [0, 1] (min {low:.3f}, max {high:.3f})")
+
+
+def frame_indices(clip_id: str, total: int, src_fps: float, cfg: PrepareConfig) -> np.ndarray:
+    """`cfg.frames` indices from the start, stepping round(src_fps / fps) where the clip is long enough."""
+    if total < cfg.frames:
+        raise ClipError(clip_id, f"has {total} frames, fewer than the {cfg.frames} required")
+    wanted = max(1, round(src_fps / cfg.fps)) if src_fps > 0 else 1
+    stride = max(1, min(wanted, (total - 1) // max(cfg.frames - 1, 1)))
+    return np.arange(cfg.frames) * stride
+
+
+def resize_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Scale `[T, h, w(, C)]` float frames to cover `height x width` (antialiased), then centre-crop."""
+    h, w = frames.shape[1:3]
+    if (h, w) == (height, width):
+        return frames
+    scale = max(height / h, width / w)
+    size = (max(width, round(w * scale)), max(height, round(h * scale)))
+    top, left = (size[1] - height) // 2, (size[0] - width) // 2
+    channels = [frames] if frames.ndim == 3 else [frames[..., c] for c in range(frames.shape[-1])]
+    out = [np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR)) for f in ch]) for ch in channels]
+    stacked = out[0] if frames.ndim == 3 else np.stack(out, axis=-1)
+    return np.clip(stacked[:, top : top + height, left : left + width], 0, 1)
+
+
+def clip_stats(full: np.ndarray, background: np.ndarray, fgs: list[np.ndarray], alphas: list[np.ndarray]) -> dict:
+    """What the gate checks, measured on conformed float frames in [0, 1]."""
+    coverage = [float(a.mean()) for a in alphas]
+    stacked = np.stack(alphas)
+    return {
+        "alpha_min": float(stacked.min()),
+        "alpha_max": float(stacked.max()),
+        "coverage_min": min(coverage),
+        "coverage_max": max(coverage),
+        "coverage_mean": float(np.mean(coverage)),
+        "composite_err": float(np.abs(full - over(fgs, alphas, background)).mean()),
+        "motion": float(np.abs(np.diff(full, axis=0)).mean()) if len(full) > 1 else 0.0,
+        "bg_motion": float(np.abs(np.diff(background, axis=0)).mean()) if len(background) > 1 else 0.0,
+    }
+
+
+def _u8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def conform(clip: ClipSource, streams: Streams, cfg: PrepareConfig) -> Prepared:
+    """Check, select frames, resize and crop one clip's decoded streams; derive missing foregrounds."""
+    if len(clip.masks) > cfg.max_fg:
+        raise ClipError(clip.clip_id, f"has {len(clip.masks)} foreground layers, more than max_fg={cfg.max_fg}")
+    for path, alpha in zip(clip.masks, streams.alphas, strict=True):
+        check_alpha(clip.clip_id, alpha, path.name)
+    idx = frame_indices(clip.clip_id, len(streams.full), streams.fps, cfg)
+    fit = lambda x: resize_crop(x[idx], cfg.height, cfg.width)  # noqa: E731
+    full, background = fit(streams.full), fit(streams.background)
+    alphas = [fit(a) for a in streams.alphas]
+    fgs = [full * a[..., None] if f is None else fit(f) for f, a in zip(streams.foregrounds, alphas, strict=True)]
+    stats = clip_stats(full, background, fgs, alphas)
+    stats |= {
+        "src_frames": len(streams.full),
+        "src_height": streams.full.shape[1],
+        "src_width": streams.full.shape[2],
+        "src_fps": streams.fps,
+        "frame_stride": int(idx[1] - idx[0]) if len(idx) > 1 else 1,
+        "fg_derived": any(f is None for f in streams.foregrounds),
+    }
+    return Prepared(
+        clip=clip,
+        full=_u8(full),
+        background=_u8(background),
+        foregrounds=[_u8(f) for f in fgs],
+        alphas=[_u8(a) for a in alphas],
+        stats=stats,
+    )
+
+
+def prepare_one(args: tuple[ClipSource, PrepareConfig]) -> Prepared | Reject:
+    """Worker entry: one clip to a `Prepared`, or a `Reject` naming the rule it broke."""
+    clip, cfg = args
+    try:
+        prepared = conform(clip, load_streams(clip), cfg)
+    except ClipError as err:
+        return Reject(clip_id=clip.clip_id, origin=clip.origin, rule=err.rule)
+    prepared.stats["full_md5"] = hashlib.md5(clip.full.read_bytes()).hexdigest()  # finds one clip under two ids
+    return prepared
+
+
+def prepare_all(clips: list[ClipSource], cfg: PrepareConfig) -> Iterator[Prepared | Reject]:
+    """Conform clips in `cfg.workers` processes, yielding results in input order."""
+    jobs = [(clip, cfg) for clip in clips]
+    if cfg.workers == 1 or len(jobs) < 2:
+        yield from map(prepare_one, jobs)
+        return
+    with mp.get_context("fork").Pool(cfg.workers) as pool:
+        yield from pool.imap(prepare_one, jobs, chunksize=8)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrepareResult:
+    out: Path
+    accepted: int
+    rejected: int
+    seconds: float
+
+
+def run_prepare(source: Path, out: Path, cfg: PrepareConfig, text_encoder_path: Path | None = None) -> PrepareResult:
+    """The whole prepare step; see the module docstring for what lands under `out`."""
+    from layert2v.data.cache import write_outputs
+    from layert2v.progress import progress
+
+    start = time.perf_counter()
+    clips, rejects = discover(source)
+    prepared: list[Prepared] = []
+    with progress() as bar:
+        task = bar.add_task("prepare: conform clips", total=len(clips))
+        for result in prepare_all(clips, cfg):
+            (prepared if isinstance(result, Prepared) else rejects).append(result)
+            bar.advance(task)
+    if not prepared:
+        raise ValueError(f"prepare: no usable clip under {source} ({len(rejects)} rejected); see the rejects above")
+    write_outputs(out, prepared, rejects, cfg, text_encoder_path)
+    seconds = time.perf_counter() - start
+    summary = {"accepted": len(prepared), "rejected": len(rejects), "seconds": round(seconds, 2)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return PrepareResult(out=out, accepted=len(prepared), rejected=len(rejects), seconds=seconds)
+
+
+def rejects_json(rejects: list[Reject]) -> str:
+    return json.dumps([asdict(r) for r in sorted(rejects, key=lambda r: r.clip_id)], indent=2) + "\n"

@@ -1,0 +1,41 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from layert2v.config import PrepareConfig, SynthConfig, load_params
+
+from .conftest import ROOT
+
+
+def test_default_and_smoke_profiles_load() -> None:
+    default, smoke = load_params(ROOT / "params.yaml"), load_params(ROOT / "params.yaml", "smoke")
+    assert (default.prepare.height, default.prepare.frames, default.synth.clips) == (64, 9, 2000)
+    assert smoke.synth.clips < default.synth.clips
+    assert smoke.gate.composite_tolerance == default.gate.composite_tolerance  # untouched keys inherited
+
+
+@pytest.mark.parametrize(
+    ("cls", "values", "message"),
+    [
+        (SynthConfig, {"clips": 4, "max_fg": 1, "size": 32, "frames": 8}, "4k+1"),
+        (SynthConfig, {"clips": 4, "max_fg": 1, "size": 33, "frames": 9}, "synth.size"),
+        (SynthConfig, {"clips": 0, "max_fg": 1, "size": 32, "frames": 9}, "synth.clips"),
+        (PrepareConfig, {"height": 30, "width": 32, "frames": 9, "max_fg": 1}, "prepare.height"),
+        (PrepareConfig, {"height": 32, "width": 32, "frames": 9, "max_fg": 1, "max_tokens": 1}, "max_tokens"),
+    ],
+)
+def test_bad_values_are_named(cls, values: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        cls(**values)
+
+
+def test_unknown_key_and_profile_are_errors(tmp_path: Path) -> None:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["prepare"]["hieght"] = 64
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="unknown keys \\['hieght'\\]"):
+        load_params(path)
+    with pytest.raises(ValueError, match="unknown profile 'nope'"):
+        load_params(ROOT / "params.yaml", "nope")
