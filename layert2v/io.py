@@ -1,6 +1,6 @@
 """Video files in and out, with PyAV.
 
-Every layer of a clip is a video file: RGB streams as H.264 MP4, alpha mattes as grayscale H.264 MP4.
+Every layer of a clip is a video file: RGB streams as H.264 (4:4:4) MP4, alpha mattes as grayscale H.264 MP4.
 Writers are bit-exact (`+bitexact`, one encoder thread) so that the same frames always give the same
 bytes: `data.dvc` tracks a regenerated dataset by hash, and that only works if encoding is deterministic.
 
@@ -18,7 +18,10 @@ from pathlib import Path
 import av
 import numpy as np
 
-H264_CRF = 12  # near-transparent for 64x64 saturated content; README states the measured round-trip PSNR
+H264_CRF = 12  # README states the measured round-trip PSNR
+# 4:4:4 chroma: at 64x64 with saturated colours, 4:2:0 subsampling alone costs ~10 dB (median 31 vs 42 dB
+# measured on synthetic clips) for the same file size. Pass "yuv420p" where players need it.
+RGB_PIX_FMT = "yuv444p"
 
 
 class VideoError(ValueError):
@@ -56,11 +59,13 @@ def _encode(path: Path, frames: np.ndarray, fps: int, pix_fmt: str, src_format: 
         container.mux(stream.encode())
 
 
-def write_video(path: Path | str, frames: np.ndarray, fps: int, crf: int = H264_CRF) -> None:
-    """Write uint8 RGB frames `[T, H, W, 3]` (H, W even) as an H.264 yuv420p MP4."""
+def write_video(
+    path: Path | str, frames: np.ndarray, fps: int, crf: int = H264_CRF, pix_fmt: str = RGB_PIX_FMT
+) -> None:
+    """Write uint8 RGB frames `[T, H, W, 3]` (H, W even) as an H.264 MP4 (4:4:4 unless told otherwise)."""
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"write_video wants uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
-    _encode(Path(path), frames, fps, "yuv420p", "rgb24", crf)
+    _encode(Path(path), frames, fps, pix_fmt, "rgb24", crf)
 
 
 def write_mask(path: Path | str, alpha: np.ndarray, fps: int, crf: int = H264_CRF) -> None:

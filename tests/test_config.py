@@ -18,7 +18,7 @@ def test_default_and_smoke_profiles_load() -> None:
 @pytest.mark.parametrize(
     ("cls", "values", "message"),
     [
-        (SynthConfig, {"clips": 4, "max_fg": 1, "size": 32, "frames": 8}, "4k+1"),
+        (SynthConfig, {"clips": 4, "max_fg": 1, "size": 32, "frames": 8}, "4k\\+1"),
         (SynthConfig, {"clips": 4, "max_fg": 1, "size": 33, "frames": 9}, "synth.size"),
         (SynthConfig, {"clips": 0, "max_fg": 1, "size": 32, "frames": 9}, "synth.clips"),
         (PrepareConfig, {"height": 30, "width": 32, "frames": 9, "max_fg": 1}, "prepare.height"),
