@@ -37,7 +37,7 @@ def test_layers_composite_to_the_full_video_exactly_in_memory() -> None:
         clip = make_clip(cfg, index)
         assert np.abs(over(clip["foregrounds"], clip["alphas"], clip["background"]) - clip["full"]).max() < 1e-6
         for alpha in clip["alphas"]:
-            assert 0 <= alpha.min() and alpha.max() <= 1
+            assert alpha.min() >= 0 and alpha.max() <= 1
 
 
 def test_composite_identity_survives_encoding(smoke_data: Path) -> None:
