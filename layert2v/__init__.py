@@ -1,0 +1,1 @@
+"""LayerT2V: layered text-to-video generation and the platform that makes, trains, exports and serves it."""

@@ -1,0 +1,1 @@
+"""Test suite: real videos, real great_expectations, real DVC."""

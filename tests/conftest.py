@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -41,3 +42,12 @@ def copy_of(tmp_path: Path):
         return dst
 
     return _copy
+
+
+def tree_md5(root: Path) -> dict[str, str]:
+    """Relative path -> md5 of every file under `root`: equal trees, byte for byte."""
+    return {
+        str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }

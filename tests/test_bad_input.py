@@ -1,6 +1,5 @@
 """Bad clips are rejected with the clip and the rule named; the rest are prepared; sources stay as they were."""
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -12,13 +11,7 @@ from layert2v.data.vidlayer import ClipError, ClipSource
 from layert2v.io import write_mask, write_video
 from layert2v.quality.data_gate import validate_prepared
 
-
-def tree_digest(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+from .conftest import tree_md5
 
 
 def break_clips(root: Path) -> dict[str, str]:
@@ -59,11 +52,11 @@ def break_clips(root: Path) -> dict[str, str]:
 def test_bad_clips_are_rejected_with_reasons_and_sources_kept(tmp_path: Path, smoke, smoke_data: Path, copy_of) -> None:
     root = copy_of(smoke_data)
     expected = break_clips(root)
-    before = tree_digest(root)
+    before = tree_md5(root)
 
     result = run_prepare(root, tmp_path / "prepared", smoke.prepare)
 
-    assert tree_digest(root) == before  # nothing under the source was changed, moved or deleted
+    assert tree_md5(root) == before  # nothing under the source was changed, moved or deleted
     rejects = {r["clip_id"]: r["rule"] for r in json.loads((result.out / "rejects.json").read_text())}
     assert set(rejects) == set(expected)
     for clip_id, words in expected.items():

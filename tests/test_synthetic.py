@@ -1,6 +1,5 @@
 """The procedural generator: determinism, exact layers, held-out test combinations, recorded attributes."""
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -12,23 +11,17 @@ from layert2v.data.synthetic import BACKGROUNDS, COLOURS, SHAPES, generate_datas
 from layert2v.data.vidlayer import layer_name
 from layert2v.io import read_mask, read_video
 
-
-def tree_hashes(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+from .conftest import tree_md5
 
 
 def test_same_arguments_give_byte_identical_files(tmp_path: Path, smoke) -> None:
     cfg = SynthConfig(clips=6, max_fg=3, size=32, frames=5, seed=3)
     generate_dataset(cfg, tmp_path / "a", workers=2)
     generate_dataset(cfg, tmp_path / "b", workers=1)
-    first, second = tree_hashes(tmp_path / "a"), tree_hashes(tmp_path / "b")
+    first, second = tree_md5(tmp_path / "a"), tree_md5(tmp_path / "b")
     assert first == second and len(first) > 6 * 5
     generate_dataset(SynthConfig(clips=6, max_fg=3, size=32, frames=5, seed=4), tmp_path / "c", workers=2)
-    assert tree_hashes(tmp_path / "c") != first
+    assert tree_md5(tmp_path / "c") != first
 
 
 def test_layers_composite_to_the_full_video_exactly_in_memory() -> None:

@@ -1,0 +1,1 @@
+"""Model parts: the frozen text encoder (VAE and LayerDiT join it)."""

@@ -1,0 +1,1 @@
+"""Quality gates built on great_expectations."""
