@@ -11,7 +11,7 @@ Every dataclass validates itself at construction and raises `ValueError` naming 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Self
 
@@ -114,6 +114,64 @@ class DataGateConfig(FromDict):
             self.composite_tolerance > 0,
             f"gate.composite_tolerance must be > 0, got {self.composite_tolerance}",
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig(FromDict):
+    """Sizes of the VAE and LayerDiT. Presets by name in `PRESETS`; `paper` matches Wan2.1-T2V-1.3B."""
+
+    name: str  # preset name, recorded with the weights
+    latent_channels: int = 16  # VAE latent channels (Wan 2.1: 16)
+    vae_base_dim: int = 16  # width of the first VAE stage
+    vae_dim_mult: tuple[int, ...] = (1, 2, 2, 2)  # per-stage width multipliers; 3 downsamplings -> 8x spatial
+    vae_num_res_blocks: int = 1  # residual blocks per VAE stage
+    patch: tuple[int, int, int] = (1, 2, 2)  # DiT patch over (latent time, height, width)
+    dim: int = 256  # transformer width D
+    depth: int = 6  # transformer blocks
+    heads: int = 4  # attention heads; dim / heads must be even and split into 3 RoPE axes
+    ffn_dim: int = 1024  # hidden width of each block's FFN
+    freq_dim: int = 256  # sinusoidal timestep embedding width
+    text_dim: int = 384  # text-encoder hidden size (MiniLM 384, umT5-XXL 4096)
+    text_len: int = 64  # tokens kept per prompt
+    max_fg: int = 3  # K_max: foreground layers the instance table holds
+    eps: float = 1e-6  # norm epsilon
+
+    def __post_init__(self) -> None:
+        _require(self.dim % self.heads == 0, f"model.dim {self.dim} must be divisible by heads {self.heads}")
+        head_dim = self.dim // self.heads
+        _require(head_dim % 2 == 0 and head_dim >= 6, f"model head dim {head_dim} must be even and >= 6 (3D RoPE)")
+        _require(
+            len(self.patch) == 3 and min(self.patch) >= 1, f"model.patch must be 3 positive ints, got {self.patch}"
+        )
+        _require(
+            self.depth >= 1 and self.ffn_dim >= 1, f"model depth/ffn_dim must be >= 1: {self.depth}, {self.ffn_dim}"
+        )
+        _require(1 <= self.max_fg <= 8, f"model.max_fg must be in 1..8, got {self.max_fg}")
+        _require(
+            len(self.vae_dim_mult) == 4, f"model.vae_dim_mult needs 4 stages (8x spatial), got {self.vae_dim_mult}"
+        )
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(
+        name="tiny", vae_base_dim=8, dim=48, depth=2, heads=2, ffn_dim=96, freq_dim=64, text_len=16, max_fg=3
+    ),
+    "small": ModelConfig(name="small"),
+    "paper": ModelConfig(
+        name="paper", vae_base_dim=96, vae_dim_mult=(1, 2, 4, 4), vae_num_res_blocks=2, dim=1536, depth=30,
+        heads=12, ffn_dim=8960, text_dim=4096, text_len=512, max_fg=3,
+    ),
+}  # fmt: skip
+
+
+def model_preset(name: str, **overrides: Any) -> ModelConfig:
+    """A preset by name, optionally with some fields replaced (validated again)."""
+    _require(name in PRESETS, f"unknown model preset '{name}'; known: {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,234 @@
+"""LayerDiT: the Wan 2.1 diffusion transformer with LayerAdaLN and layer-aware cross-attention.
+
+Written plainly in the spirit of DiT's `models.py` and Wan's `WanAttentionBlock`; parameter names follow
+Wan (`patch_embedding`, `blocks.N.self_attn.q`, `norm_q`, `modulation`, `head.head`, ...) so a key map can
+load Wan2.1 weights. Two additions, both zero-initialised so the model starts as the base model:
+
+- **LayerAdaLN**: one table `[4, 6, D]` shared by all blocks, added per token to the six modulation
+  vectors (shift/scale/gate for attention and FFN); the token's layer type picks the row.
+- **Instance table** `[K_max, 6, D]`, added for the tokens of fg_k / alpha_k (multi-foreground).
+
+Self-attention is joint and unmasked over all segments (that is where cross-layer consistency comes
+from); cross-attention takes a boolean visibility mask built by `layout.Layout`. RoPE is 3D with real
+cos/sin (exportable to ONNX), temporal positions running on across segments.
+
+Legend: B batch, C latent channels, T latent time over all segments, H, W latent size, N video tokens,
+S text tokens (all prompts), D width, h heads, d head dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from layert2v.config import ModelConfig
+from layert2v.models.layout import LAYER_TYPES, Layout
+
+
+def sinusoidal_embedding(timestep: torch.Tensor, dim: int) -> torch.Tensor:
+    """`[B]` timesteps (0..1000) -> `[B, dim]` cos/sin features (Transformer positional encoding)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=timestep.device) / half)
+    angles = timestep.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+def rope_axes(head_dim: int) -> tuple[int, int, int]:
+    """Wan's split of a head's dims over (time, height, width); each even."""
+    spatial = 2 * (head_dim // 6)
+    return head_dim - 2 * spatial, spatial, spatial
+
+
+def rope_cos_sin(
+    grid: tuple[int, int, int], head_dim: int, theta: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin `[N, d/2]` for a token grid (T, H, W) in row-major order (time slowest)."""
+    angles = []
+    for axis, (size, width) in enumerate(zip(grid, rope_axes(head_dim), strict=True)):
+        freqs = 1.0 / theta ** (torch.arange(0, width, 2, dtype=torch.float32) / width)
+        pos = torch.arange(size, dtype=torch.float32)
+        shape = [1, 1, 1]
+        shape[axis] = size
+        ang = (pos[:, None] * freqs[None]).reshape(*shape, -1).expand(*grid, -1)
+        angles.append(ang)
+    angle = torch.cat(angles, dim=-1).reshape(-1, head_dim // 2)
+    return torch.cos(angle), torch.sin(angle)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of `x` `[B, h, N, d]` by the angles behind cos/sin `[N, d/2]`."""
+    pairs = x.unflatten(-1, (-1, 2))
+    real, imag = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
+    return rotated.flatten(-2)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Zhang & Sennrich 2019), as Wan uses on q and k."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class Attention(nn.Module):
+    """Multi-head attention with RMS-normalised q and k; self-attention when `context` is None."""
+
+    def __init__(self, dim: int, heads: int, eps: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [B, N, D] -> [B, h, N, d]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        source = x if context is None else context
+        q, k, v = (
+            self._split(self.norm_q(self.q(x))),
+            self._split(self.norm_k(self.k(source))),
+            self._split(self.v(source)),
+        )
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:, None])
+        return self.o(out.transpose(1, 2).flatten(2))
+
+
+class Block(nn.Module):
+    """Wan block: modulated self-attention, cross-attention, modulated FFN."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.self_attn = Attention(cfg.dim, cfg.heads, cfg.eps)
+        self.norm3 = nn.LayerNorm(cfg.dim, eps=cfg.eps)
+        self.cross_attn = Attention(cfg.dim, cfg.heads, cfg.eps)
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim)
+        )
+        self.modulation = nn.Parameter(torch.randn(1, 1, 6, cfg.dim) / cfg.dim**0.5)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        e: torch.Tensor,
+        context: torch.Tensor,
+        mask: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """x `[B, N, D]`, e `[B, 1 or N, 6, D]`, context `[B, S, D]`, mask bool `[B, N, S]`."""
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation + e).unbind(2)
+        x = x + gate_sa * self.self_attn(self.norm1(x) * (1 + scale_sa) + shift_sa, rope=rope)
+        x = x + self.cross_attn(self.norm3(x), context=context, mask=mask)
+        return x + gate_ff * self.ffn(self.norm2(x) * (1 + scale_ff) + shift_ff)
+
+
+class Head(nn.Module):
+    """Final modulated norm and projection back to patches."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.head = nn.Linear(cfg.dim, cfg.latent_channels * math.prod(cfg.patch))
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+
+    def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+        shift, scale = (self.modulation + t_emb[:, None]).unbind(1)
+        return self.head(self.norm(x) * (1 + scale[:, None]) + shift[:, None])
+
+
+class LayerDiT(nn.Module):
+    """Predicts the flow-matching velocity of packed layered latents."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embedding = nn.Conv3d(cfg.latent_channels, cfg.dim, kernel_size=cfg.patch, stride=cfg.patch)
+        self.text_embedding = nn.Sequential(
+            nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.dim, cfg.dim)
+        )
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.head = Head(cfg)
+        self.layer_adaln = nn.Parameter(torch.zeros(LAYER_TYPES, 6, cfg.dim))
+        self.instance_adaln = nn.Parameter(torch.zeros(cfg.max_fg, 6, cfg.dim))
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Wan's init: xavier linears, zero biases, small embeddings, zero output head."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
+        for seq in (self.text_embedding, self.time_embedding):
+            for layer in seq:
+                if isinstance(layer, nn.Linear):
+                    nn.init.normal_(layer.weight, std=0.02)
+        nn.init.zeros_(self.head.head.weight)
+
+    def layer_modulation(self, layer_ids: torch.Tensor, instance_ids: torch.Tensor) -> torch.Tensor:
+        """`[N, 6, D]` per-token offsets: LayerAdaLN row of the layer type plus the instance row (if any)."""
+        padded = torch.cat([self.instance_adaln, torch.zeros_like(self.instance_adaln[:1])])
+        instance = torch.where(instance_ids < 0, torch.full_like(instance_ids, self.cfg.max_fg), instance_ids)
+        return self.layer_adaln[layer_ids] + padded[instance]
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        text: torch.Tensor,
+        cross_mask: torch.Tensor,
+        layer_ids: torch.Tensor | None = None,
+        instance_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """latents `[B, C, T, H, W]`, timestep `[B]` in 0..1000, text `[B, S, text_dim]`,
+        cross_mask bool `[B, N, S]`, ids long `[N]` (None: the base model, no layer tables)."""
+        pt, ph, pw = self.cfg.patch
+        batch, _, frames, height, width = latents.shape
+        grid = (frames // pt, height // ph, width // pw)
+        x = self.patch_embedding(latents).flatten(2).transpose(1, 2)  # [B, N, D]
+        rope = tuple(r.to(x.device, x.dtype) for r in rope_cos_sin(grid, self.cfg.head_dim))
+        t_emb = self.time_embedding(sinusoidal_embedding(timestep, self.cfg.freq_dim).to(x.dtype))
+        e = self.time_projection(t_emb).unflatten(1, (6, -1))[:, None]  # [B, 1, 6, D]
+        if layer_ids is not None and instance_ids is not None:
+            e = e + self.layer_modulation(layer_ids, instance_ids)[None]
+        context = self.text_embedding(text)
+        for block in self.blocks:
+            x = block(x, e, context, cross_mask, rope)
+        x = self.head(x, t_emb)  # [B, N, C * pt * ph * pw]
+        x = x.reshape(batch, *grid, -1, pt, ph, pw)
+        return x.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(batch, -1, frames, height, width)
+
+    def forward_layout(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        layout: Layout,
+    ) -> torch.Tensor:
+        """`forward` with ids and the cross-attention mask built from `layout`; text_mask bool `[B, P, M]`."""
+        pt, ph, pw = self.cfg.patch
+        frames, height, width = latents.shape[2:]
+        tokens = (frames // pt) * (height // ph) * (width // pw) // layout.num_segments
+        layer_ids, instance_ids = (ids.to(latents.device) for ids in layout.token_ids(tokens))
+        mask = layout.cross_attention_mask(tokens, text_mask)
+        return self(latents, timestep, text, mask, layer_ids, instance_ids)

@@ -1,0 +1,94 @@
+"""Layout of a layered sample along latent time, and which prompt each segment may read.
+
+For K foregrounds (1 = nearest) the segments are serialised along latent time in the order
+`[full | bg | fg_1 | alpha_1 | ... | fg_K | alpha_K]` (L = 2 + 2K segments, no separator). Each token
+carries a layer type (row of the LayerAdaLN table) and an instance id (row of the instance table, or
+`NO_INSTANCE` for full and bg). Prompts are concatenated as `[full | bg | fg_1 | ... | fg_K]`
+(P = 2 + K prompts); the visibility rule of layer-aware cross-attention is:
+
+    full -> every prompt;  bg -> full + bg;  fg_k, alpha_k -> full + fg_k.
+
+Shapes: B batch, C latent channels, L segments, T latent frames per segment, H, W latent size,
+P prompts, M tokens per prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+FULL, BACKGROUND, FOREGROUND, ALPHA = 0, 1, 2, 3
+LAYER_TYPES = 4
+NO_INSTANCE = -1
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Segment order, ids and prompt visibility for one value of K."""
+
+    num_fg: int
+
+    def __post_init__(self) -> None:
+        if self.num_fg < 1:
+            raise ValueError(f"a layered sample needs at least one foreground, got K={self.num_fg}")
+
+    @property
+    def num_segments(self) -> int:
+        return 2 + 2 * self.num_fg
+
+    @property
+    def num_prompts(self) -> int:
+        return 2 + self.num_fg
+
+    def segment_types(self) -> list[int]:
+        """Layer type of each segment, in order."""
+        return [FULL, BACKGROUND] + [t for _ in range(self.num_fg) for t in (FOREGROUND, ALPHA)]
+
+    def segment_instances(self) -> list[int]:
+        """Instance id (0-based foreground index) of each segment; NO_INSTANCE for full and bg."""
+        return [NO_INSTANCE, NO_INSTANCE] + [k for k in range(self.num_fg) for _ in range(2)]
+
+    def segment_names(self) -> list[str]:
+        return ["full", "background"] + [n for k in range(1, self.num_fg + 1) for n in (f"fg_{k}", f"alpha_{k}")]
+
+    def visibility(self) -> torch.Tensor:
+        """bool `[L, P]`: may segment l read prompt p (prompt order full, bg, fg_1..fg_K)."""
+        vis = torch.zeros(self.num_segments, self.num_prompts, dtype=torch.bool)
+        vis[0, :] = True
+        vis[1, :2] = True
+        for k in range(self.num_fg):
+            vis[2 + 2 * k : 4 + 2 * k, 0] = True
+            vis[2 + 2 * k : 4 + 2 * k, 2 + k] = True
+        return vis
+
+    def token_ids(self, tokens_per_segment: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token layer types and instance ids, long `[L * tokens_per_segment]` each."""
+        types = torch.tensor(self.segment_types()).repeat_interleave(tokens_per_segment)
+        instances = torch.tensor(self.segment_instances()).repeat_interleave(tokens_per_segment)
+        return types, instances
+
+    def cross_attention_mask(self, tokens_per_segment: int, text_mask: torch.Tensor) -> torch.Tensor:
+        """bool `[B, L * tokens_per_segment, P * M]`: visibility per video token and text token.
+
+        `text_mask` is bool `[B, P, M]` (padding False). Every segment sees the full prompt, whose
+        first token is always real, so no row is fully masked.
+        """
+        batch, prompts, length = text_mask.shape
+        if prompts != self.num_prompts:
+            raise ValueError(f"K={self.num_fg} needs {self.num_prompts} prompts, got {prompts}")
+        allowed = self.visibility().to(text_mask.device)[None, :, :, None] & text_mask[:, None]  # [B, L, P, M]
+        allowed = allowed.reshape(batch, self.num_segments, 1, prompts * length)
+        return allowed.expand(-1, -1, tokens_per_segment, -1).reshape(batch, -1, prompts * length)
+
+
+def pack(segments: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate per-segment latents `[B, C, T, H, W]` along time -> `[B, C, L*T, H, W]`."""
+    return torch.cat(segments, dim=2)
+
+
+def unpack(latents: torch.Tensor, num_segments: int) -> list[torch.Tensor]:
+    """Inverse of `pack`: `[B, C, L*T, H, W]` -> L tensors `[B, C, T, H, W]`."""
+    if latents.shape[2] % num_segments:
+        raise ValueError(f"latent time {latents.shape[2]} does not split into {num_segments} segments")
+    return list(latents.chunk(num_segments, dim=2))

@@ -1,0 +1,153 @@
+"""LayerDiT, layout and flow matching: the properties the method relies on (tiny preset, seconds)."""
+
+import pytest
+import torch
+
+from layert2v.config import model_preset
+from layert2v.diffusion import LossWeights, euler_sample, guided, layered_loss, noisy, sample, shifted_sigmas
+from layert2v.models.dit import LayerDiT
+from layert2v.models.layout import Layout, pack, unpack
+
+CFG = model_preset("tiny")
+
+
+def inputs(k: int, batch: int = 2, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    layout = Layout(k)
+    latents = torch.randn(batch, CFG.latent_channels, 2 * layout.num_segments, 4, 4, generator=g)
+    text = torch.randn(batch, layout.num_prompts * CFG.text_len, CFG.text_dim, generator=g)
+    text_mask = torch.zeros(batch, layout.num_prompts, CFG.text_len, dtype=torch.bool)
+    text_mask[..., :5] = True
+    return {
+        "latents": latents,
+        "timestep": torch.tensor([500.0, 250.0][:batch]),
+        "text": text,
+        "text_mask": text_mask,
+        "layout": layout,
+    }
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_layout_visibility_and_pack_round_trip(k: int) -> None:
+    layout = Layout(k)
+    vis = layout.visibility()
+    assert vis[0].all()  # full reads every prompt
+    assert vis[1].tolist() == [True, True] + [False] * k  # bg: full + bg
+    for j in range(k):
+        expected = [True, False] + [i == j for i in range(k)]
+        assert vis[2 + 2 * j].tolist() == expected and vis[3 + 2 * j].tolist() == expected
+    segments = [torch.randn(2, 16, 3, 4, 4) for _ in range(layout.num_segments)]
+    packed = pack(segments)
+    assert packed.shape == (2, 16, 3 * layout.num_segments, 4, 4)
+    assert all(torch.equal(a, b) for a, b in zip(unpack(packed, layout.num_segments), segments, strict=True))
+
+
+def test_zero_init_layer_tables_give_the_base_model() -> None:
+    torch.manual_seed(0)
+    model = LayerDiT(CFG).eval()
+    torch.nn.init.normal_(model.head.head.weight, std=0.02)  # a non-zero output, so the comparison means something
+    x = inputs(2)
+    layered = model.forward_layout(**x)
+    tokens = layered.shape[2] * 4 * 4 // 4 // x["layout"].num_segments
+    mask = x["layout"].cross_attention_mask(tokens, x["text_mask"])
+    base = model(x["latents"], x["timestep"], x["text"], mask)  # no layer ids: the plain Wan path
+    assert torch.equal(layered, base) and layered.abs().mean() > 0
+    with torch.no_grad():
+        model.layer_adaln.normal_(std=0.1)
+    assert not torch.allclose(model.forward_layout(**x), base)
+    with torch.no_grad():
+        model.layer_adaln.zero_()
+        model.instance_adaln.normal_(std=0.1)
+    assert not torch.allclose(model.forward_layout(**x), base)
+
+
+def test_cross_attention_reads_only_visible_prompts() -> None:
+    torch.manual_seed(0)
+    model = LayerDiT(CFG).eval()
+    layout, tokens, m = Layout(2), 8, CFG.text_len
+    x = torch.randn(1, layout.num_segments * tokens, CFG.dim)
+    text_mask = torch.ones(1, layout.num_prompts, m, dtype=torch.bool)
+    context = torch.randn(1, layout.num_prompts * m, CFG.dim)
+    mask = layout.cross_attention_mask(tokens, text_mask)
+    attn = model.blocks[0].cross_attn
+    before = attn(x, context=context, mask=mask)
+    rows = lambda seg: slice(seg * tokens, (seg + 1) * tokens)  # noqa: E731
+
+    new_bg = context.clone()
+    new_bg[:, m : 2 * m] = torch.randn(1, m, CFG.dim)  # prompt 1 = background
+    after = attn(x, context=new_bg, mask=mask)
+    for seg in range(2, layout.num_segments):  # fg and alpha tokens do not read the bg prompt
+        assert torch.equal(after[:, rows(seg)], before[:, rows(seg)])
+    assert not torch.allclose(after[:, rows(1)], before[:, rows(1)])  # the background does
+    assert not torch.allclose(after[:, rows(0)], before[:, rows(0)])  # and so does the full video
+
+    new_fg1 = context.clone()
+    new_fg1[:, 2 * m : 3 * m] = torch.randn(1, m, CFG.dim)  # prompt 2 = fg_1
+    after = attn(x, context=new_fg1, mask=mask)
+    for seg in (1, 4, 5):  # bg, fg_2, alpha_2 do not read fg_1's prompt
+        assert torch.equal(after[:, rows(seg)], before[:, rows(seg)])
+    assert not torch.allclose(after[:, rows(2)], before[:, rows(2)])
+
+
+def test_loss_terms_vanish_for_a_perfect_prediction_and_train() -> None:
+    layout = Layout(1)
+    g = torch.Generator().manual_seed(0)
+    seg = lambda: torch.randn(2, 16, 2, 4, 4, generator=g)  # noqa: E731
+    fg, bg, alpha_lat = seg(), seg(), torch.rand(2, 1, 2, 4, 4, generator=g)
+    full = fg + (1 - alpha_lat) * bg
+    x0 = pack([full, bg, fg, seg()])
+    noise, t = torch.randn(x0.shape, generator=g), torch.tensor([0.3, 0.8])
+    perfect = layered_loss(noise - x0, x0, noise, t, layout, LossWeights(), alpha_latent_res=[alpha_lat])
+    assert perfect["fm"] < 1e-10 and perfect["consistency"] < 1e-10
+    assert set(perfect) >= {"fm_full", "fm_background", "fm_fg_1", "fm_alpha_1", "loss"}
+
+    torch.manual_seed(0)
+    model = LayerDiT(CFG)
+    x = inputs(1, seed=1)
+    x0 = x["latents"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        t = torch.tensor([0.5, 0.5])
+        v = model.forward_layout(
+            noisy(x0, noise[:, :, : x0.shape[2]], t), t * 1000, x["text"], x["text_mask"], x["layout"]
+        )
+        loss = layered_loss(v, x0, noise[:, :, : x0.shape[2]], t, x["layout"], LossWeights())["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("sampler", ["euler", "unipc"])
+def test_samplers_recover_x0_from_the_exact_velocity_field(sampler: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 4, 3, 4, 4, generator=g), torch.randn(2, 4, 3, 4, 4, generator=g)
+    exact = lambda x, t: (x - x0) / t.reshape(-1, 1, 1, 1, 1).clamp_min(1e-8)  # noqa: E731
+    out = sample(exact, noise, steps=10, shift=3.0, sampler=sampler)
+    assert torch.allclose(out, x0, atol=1e-4)
+
+
+def test_sampling_is_deterministic_and_guidance_mixes_branches() -> None:
+    sigmas = shifted_sigmas(10, 3.0)
+    assert sigmas[0] == 1 and sigmas[-1] == 0 and (sigmas[:-1] > sigmas[1:]).all()
+    calls = []
+
+    def branches(x: torch.Tensor, t: torch.Tensor, doubled: bool) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return torch.cat([torch.ones_like(x[:1]), torch.zeros_like(x[:1])]) if doubled else torch.ones_like(x)
+
+    v = guided(branches, guidance=5.0)(torch.zeros(1, 2), torch.ones(1))
+    assert calls == [2] and torch.allclose(v, torch.full((1, 2), 5.0))  # 0 + 5 * (1 - 0)
+
+    model = LayerDiT(CFG).eval()
+    torch.nn.init.normal_(model.head.head.weight, std=0.02)
+    x = inputs(1, batch=1)
+
+    def run(seed: int) -> torch.Tensor:
+        noise = torch.randn(x["latents"].shape, generator=torch.Generator().manual_seed(seed))
+        fn = lambda z, t: model.forward_layout(z, t * 1000, x["text"], x["text_mask"], x["layout"])  # noqa: E731
+        return euler_sample(fn, noise, steps=3)
+
+    assert torch.equal(run(7), run(7)) and not torch.equal(run(7), run(8))
