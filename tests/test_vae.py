@@ -1,0 +1,69 @@
+"""The Wan VAE wrapper: shapes, causality, the alpha path, zero-init adapter and LoRA, latent statistics."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from layert2v.config import model_preset
+from layert2v.models.vae import LayerVAE
+
+CFG = model_preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def vae() -> LayerVAE:
+    torch.manual_seed(0)
+    return LayerVAE(CFG).eval()
+
+
+def test_shapes_and_ranges(vae: LayerVAE) -> None:
+    video = torch.rand(1, 3, 5, 32, 32)
+    z = vae.encode_rgb(video)
+    assert z.shape == (1, 16, 2, 4, 4)
+    rgb, alpha = vae.decode_rgb(z), vae.decode_alpha(vae.encode_alpha(torch.rand(1, 1, 5, 32, 32)))
+    assert rgb.shape == (1, 3, 5, 32, 32) and alpha.shape == (1, 1, 5, 32, 32)
+    assert 0 <= rgb.min() and rgb.max() <= 1 and 0 <= alpha.min() and alpha.max() <= 1
+
+
+@torch.no_grad()
+def test_encoder_is_causal(vae: LayerVAE) -> None:
+    """Latent frame j depends on frames up to 4j only: changing the last frames leaves earlier latents alone."""
+    video = torch.rand(1, 3, 9, 32, 32)
+    changed = video.clone()
+    changed[:, :, 5:] = torch.rand(1, 3, 4, 32, 32)
+    a, b = vae.encode_rgb(video), vae.encode_rgb(changed)
+    assert torch.allclose(a[:, :, :2], b[:, :, :2], atol=1e-5)  # latent frames 0, 1 cover frames 0..4
+    assert not torch.allclose(a[:, :, 2], b[:, :, 2], atol=1e-3)
+
+
+@torch.no_grad()
+def test_alpha_path_adapter_and_lora_start_as_identity() -> None:
+    torch.manual_seed(0)
+    vae = LayerVAE(CFG).eval()
+    alpha = (torch.rand(1, 1, 5, 32, 32) > 0.5).float()
+    plain = vae._encode((alpha * 2 - 1).expand(-1, 3, -1, -1, -1))
+    assert torch.allclose(vae.encode_alpha(alpha), plain)  # zero gate: adapter is the identity
+    z = vae.encode_alpha(alpha)
+    before_alpha, before_rgb = vae.decode_alpha(z), vae.decode_rgb(z)
+    vae.add_decoder_lora(rank=4)
+    assert torch.allclose(vae.decode_alpha(z), before_alpha, atol=1e-6)  # LoRA B starts at zero
+    lora = [p for n, p in vae.named_parameters() if "lora_B" in n]
+    assert lora
+    for p in lora:
+        p.normal_(std=0.5)
+    assert not torch.allclose(vae.decode_alpha(z), before_alpha, atol=1e-4)  # LoRA acts on alpha decoding
+    assert torch.allclose(vae.decode_rgb(z), before_rgb, atol=1e-6)  # and never on RGB decoding
+
+
+def test_latent_stats_normalise(vae: LayerVAE) -> None:
+    torch.manual_seed(1)
+    videos = [torch.rand(2, 3, 5, 32, 32) for _ in range(2)]
+    vae.fit_latent_stats(videos)
+    z = torch.cat([vae.encode_rgb(v) for v in videos]).transpose(0, 1).flatten(1)
+    assert torch.allclose(z.mean(1), torch.zeros(16), atol=1e-4) and torch.allclose(z.std(1), torch.ones(16), atol=1e-3)
+
+
+def test_missing_pretrained_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no download is attempted"):
+        LayerVAE(model_preset("paper"), pretrained=tmp_path / "Wan2.1-T2V-1.3B")
