@@ -142,3 +142,107 @@ def read_mask(path: Path | str) -> np.ndarray:
     else:
         alpha = _decode(path, "rgb24").astype(np.float32).mean(axis=-1)
     return alpha / 255.0
+
+
+# ---------------------------------------------------------------- layers with alpha: writers and readers
+
+
+def _rgba(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """uint8 RGBA `[T, H, W, 4]` from straight uint8 RGB `[T, H, W, 3]` and uint8 alpha `[T, H, W]`."""
+    return np.ascontiguousarray(np.concatenate([rgb, alpha[..., None]], axis=-1))
+
+
+def _write_frames(path: Path, frames: np.ndarray, codec: str, pix_fmt: str, fps: int, options: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps, options=options)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgba")))
+        container.mux(stream.encode())
+
+
+def write_prores_alpha(path: Path | str, rgb: np.ndarray, alpha: np.ndarray, fps: int) -> None:
+    """ProRes 4444 with alpha (`prores_ks`, yuva444p10le) in a .mov: what compositors import."""
+    _write_frames(Path(path), _rgba(rgb, alpha), "prores_ks", "yuva444p10le", fps, {"profile": "4"})
+
+
+def write_webm_alpha(path: Path | str, rgb: np.ndarray, alpha: np.ndarray, fps: int) -> None:
+    """VP9 `yuva420p` in WebM: alpha video for browsers."""
+    options = {"crf": "20", "b": "0", "auto-alt-ref": "0", "deadline": "good", "cpu-used": "4"}
+    _write_frames(Path(path), _rgba(rgb, alpha), "libvpx-vp9", "yuva420p", fps, options)
+
+
+def write_png_sequence(folder: Path | str, rgb: np.ndarray, alpha: np.ndarray) -> list[Path]:
+    """One RGBA PNG per frame, `frame_0000.png`, ...: lossless, readable by any tool."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, frame in enumerate(_rgba(rgb, alpha)):
+        paths.append(folder / f"frame_{index:04d}.png")
+        Image.fromarray(frame, mode="RGBA").save(paths[-1])
+    return paths
+
+
+def read_rgba(path: Path | str) -> np.ndarray:
+    """uint8 RGBA `[T, H, W, 4]` of a video with alpha (ProRes 4444, PNG-in-MOV, ... and VP9 WebM).
+
+    FFmpeg's native VP9 decoder drops the alpha plane, so WebM is decoded with libvpx-vp9 explicitly.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".webm":
+        return _decode(path, "rgba")
+    frames = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        decoder = av.CodecContext.create("libvpx-vp9", "r")
+        decoder.extradata = stream.codec_context.extradata
+        for packet in container.demux(stream):  # ends with an empty packet, which flushes the decoder
+            frames += [f.to_ndarray(format="rgba") for f in decoder.decode(packet)]
+    if not frames:
+        raise VideoError(path, "has no decodable frames")
+    return np.stack(frames)
+
+
+def read_png_sequence(folder: Path | str) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(p).convert("RGBA")) for p in sorted(Path(folder).glob("frame_*.png"))])
+
+
+# ---------------------------------------------------------------- previews for people
+
+
+def contact_sheet(rows: dict[str, np.ndarray], path: Path | str, max_frames: int = 8) -> Path:
+    """A PNG grid: one labelled row per stream (uint8 `[T, H, W, 3]`), up to `max_frames` evenly spaced columns."""
+    from PIL import Image, ImageDraw
+
+    frames = next(iter(rows.values())).shape[0]
+    columns = np.linspace(0, frames - 1, min(frames, max_frames)).round().astype(int)
+    height, width = next(iter(rows.values())).shape[1:3]
+    scale = max(1, 96 // height)
+    label = 90
+    sheet = Image.new("RGB", (label + len(columns) * width * scale, len(rows) * height * scale), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (name, video) in enumerate(rows.items()):
+        draw.text((4, r * height * scale + 4), name, fill="black")
+        for c, t in enumerate(columns):
+            tile = Image.fromarray(video[t]).resize((width * scale, height * scale), Image.NEAREST)
+            sheet.paste(tile, (label + c * width * scale, r * height * scale))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+def write_gif(path: Path | str, frames: np.ndarray, fps: int) -> Path:
+    """An animated GIF of uint8 RGB frames `[T, H, W, 3]`, looping."""
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in frames]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    return path
