@@ -1,0 +1,173 @@
+"""LayerT2VPipeline: prompts in, a `LayeredVideo` out, in one sampling pass.
+
+A model folder holds `config.json` (the `ModelConfig` plus the text-encoder settings), `dit.safetensors`
+and `vae.safetensors`; weights are only ever read with safetensors. `generate` encodes the overall,
+background and per-foreground prompts, samples the packed latents `[full | bg | fg_1 | alpha_1 | ...]`
+with classifier-free guidance (negative prompt repeated for every prompt slot), and decodes each segment:
+RGB segments with the plain decoder, alpha segments through the alpha path.
+
+Backends are named by a string; `torch` runs here, `onnxruntime` and `tensorrt` arrive with the export work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from layert2v.compose import LayeredVideo
+from layert2v.config import ModelConfig
+from layert2v.diffusion import guided, sample
+from layert2v.models.dit import LayerDiT
+from layert2v.models.layout import ALPHA, Layout, pack, unpack
+from layert2v.models.text import TextEncoder, load_text_encoder
+from layert2v.models.vae import LayerVAE
+
+Backend = Literal["torch", "onnxruntime", "tensorrt"]
+MAX_STEPS = 200
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+class LayerT2VPipeline:
+    """Holds the DiT, the VAE and the frozen text encoder; `generate` makes one layered clip."""
+
+    def __init__(self, dit: LayerDiT, vae: LayerVAE, text_encoder: TextEncoder, backend: Backend = "torch") -> None:
+        _check(backend == "torch", f"backend {backend!r} is not available yet: only 'torch' (export adds the others)")
+        _check(
+            text_encoder.dim == dit.cfg.text_dim and text_encoder.max_tokens == dit.cfg.text_len,
+            f"text encoder ({text_encoder.dim}-dim, {text_encoder.max_tokens} tokens) does not match the model "
+            f"({dit.cfg.text_dim}-dim, {dit.cfg.text_len} tokens)",
+        )
+        self.dit, self.vae, self.text_encoder, self.backend = dit.eval(), vae.eval(), text_encoder, backend
+        self.cfg = dit.cfg
+
+    # ------------------------------------------------------------ files
+
+    def save(self, folder: Path | str) -> Path:
+        """Write config.json, dit.safetensors and vae.safetensors under `folder`."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "model": dataclasses.asdict(self.cfg),
+            "text_encoder": str(self.text_encoder.path),
+            "vae_lora": self.vae.has_lora,
+        }
+        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_file({k: v.contiguous() for k, v in self.dit.state_dict().items()}, folder / "dit.safetensors")
+        save_file({k: v.contiguous() for k, v in self.vae.state_dict().items()}, folder / "vae.safetensors")
+        return folder
+
+    @classmethod
+    def from_folder(
+        cls, folder: Path | str, backend: Backend = "torch", text_encoder: Path | None = None
+    ) -> LayerT2VPipeline:
+        """Load a model folder written by `save`; a missing file is an error naming it."""
+        folder = Path(folder)
+        for name in ("config.json", "dit.safetensors", "vae.safetensors"):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"model folder {folder} has no {name}")
+        config = json.loads((folder / "config.json").read_text())
+        model = config["model"]
+        cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in model.items()})
+        dit, vae = LayerDiT(cfg), LayerVAE(cfg)
+        if config.get("vae_lora"):
+            vae.add_decoder_lora()
+        dit.load_state_dict(load_file(folder / "dit.safetensors"))
+        vae.load_state_dict(load_file(folder / "vae.safetensors"))
+        encoder_path = text_encoder if text_encoder is not None else _default_or(Path(config["text_encoder"]))
+        return cls(dit, vae, load_text_encoder(encoder_path, cfg.text_len), backend)
+
+    # ------------------------------------------------------------ generation
+
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states `[1, P * M, D_text]` and masks `[1, P, M]` of the prompts, in slot order."""
+        states, mask = self.text_encoder.encode(prompts)
+        return torch.from_numpy(states).reshape(1, -1, states.shape[-1]), torch.from_numpy(mask)[None]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str,
+        background_prompt: str,
+        foreground_prompts: list[str],
+        *,
+        frames: int = 9,
+        height: int = 64,
+        width: int = 64,
+        steps: int = 20,
+        guidance: float = 4.0,
+        seed: int = 0,
+        shift: float = 3.0,
+        sampler: Literal["euler", "unipc"] = "unipc",
+        negative_prompt: str = "blurry, distorted, low quality",
+        fps: int = 8,
+    ) -> LayeredVideo:
+        """One layered clip; the same arguments and seed give the same output."""
+        layout = self._check_request(
+            prompt, background_prompt, foreground_prompts, frames, height, width, steps, guidance
+        )
+        cond = self.encode_prompts([prompt, background_prompt, *foreground_prompts])
+        uncond = self.encode_prompts([negative_prompt] * layout.num_prompts)
+
+        def velocity(x: torch.Tensor, t: torch.Tensor, doubled: bool) -> torch.Tensor:
+            text, mask = (torch.cat([cond[0], uncond[0]]), torch.cat([cond[1], uncond[1]])) if doubled else cond
+            return self.dit.forward_layout(x, t * 1000, text, mask, layout)
+
+        latent_frames = (frames - 1) // 4 + 1
+        shape = (1, self.cfg.latent_channels, latent_frames, height // 8, width // 8)
+        generator = torch.Generator().manual_seed(seed)
+        noise = pack([torch.randn(shape, generator=generator) for _ in range(layout.num_segments)])
+        latents = sample(guided(velocity, guidance), noise, steps, shift, sampler)
+        return self._decode(unpack(latents, layout.num_segments), layout, fps)
+
+    def _decode(self, segments: list[torch.Tensor], layout: Layout, fps: int) -> LayeredVideo:
+        decoded = []
+        for z, kind in zip(segments, layout.segment_types(), strict=True):
+            video = self.vae.decode_alpha(z) if kind == ALPHA else self.vae.decode_rgb(z)
+            decoded.append(video[0].permute(1, 2, 3, 0).numpy())  # [T, H, W, C]
+        alphas = [decoded[i][..., 0] for i in range(3, len(decoded), 2)]
+        foregrounds = [np.minimum(decoded[i], alphas[(i - 2) // 2][..., None]) for i in range(2, len(decoded), 2)]
+        return LayeredVideo(full=decoded[0], background=decoded[1], foregrounds=foregrounds, alphas=alphas, fps=fps)
+
+    def _check_request(
+        self,
+        prompt: str,
+        background: str,
+        foregrounds: list[str],
+        frames: int,
+        height: int,
+        width: int,
+        steps: int,
+        guidance: float,
+    ) -> Layout:
+        for name, text in [("prompt", prompt), ("background_prompt", background)] + [
+            (f"foreground_prompts[{i}]", t) for i, t in enumerate(foregrounds)
+        ]:
+            _check(isinstance(text, str) and bool(text.strip()), f"{name} must be a non-empty string")
+        _check(
+            1 <= len(foregrounds) <= self.cfg.max_fg,
+            f"1..{self.cfg.max_fg} foreground prompts allowed, got {len(foregrounds)}",
+        )
+        _check(frames >= 1 and (frames - 1) % 4 == 0, f"frames must be 4k+1, got {frames}")
+        multiple = 8 * self.cfg.patch[1]
+        _check(
+            height % multiple == 0 and width % multiple == 0,
+            f"height and width must be multiples of {multiple}, got {height}x{width}",
+        )
+        _check(1 <= steps <= MAX_STEPS, f"steps must be in 1..{MAX_STEPS}, got {steps}")
+        _check(guidance >= 1.0, f"guidance must be >= 1, got {guidance}")
+        return Layout(len(foregrounds))
+
+
+def _default_or(path: Path) -> Path | None:
+    """The recorded text-encoder folder if it exists here, else the packaged default (same weights)."""
+    return path if path.is_dir() else None
