@@ -1,0 +1,109 @@
+"""LayerDiT training-step throughput against the machine's GEMM rate, fp32 and bf16 autocast side by side.
+
+Run: `.venv/bin/python benchmarks/bench_dit.py [--repeats 5]`.
+For each preset (tiny, small) and precision: one forward + backward + AdamW step on a training-shaped
+batch (64x64, 9 frames -> 3 latent frames of 8x8 per segment, K = 1 and 3), median seconds of `repeats`
+timed steps after a warm-up, samples/s, FLOPs per step counted by torch's FlopCounterMode, achieved FLOP/s
+and its ratio to a plain square GEMM of the same dtype measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from contextlib import nullcontext
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from layert2v.config import model_preset
+from layert2v.models.dit import LayerDiT
+from layert2v.models.layout import Layout
+
+
+def gemm_flops_per_s(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times)
+
+
+def batch(cfg, k: int, size: int) -> dict:
+    layout = Layout(k)
+    return {
+        "latents": torch.randn(size, cfg.latent_channels, 3 * layout.num_segments, 8, 8),
+        "timestep": torch.rand(size) * 1000,
+        "text": torch.randn(size, layout.num_prompts * cfg.text_len, cfg.text_dim),
+        "text_mask": torch.ones(size, layout.num_prompts, cfg.text_len, dtype=torch.bool),
+        "layout": layout,
+    }
+
+
+def step_fn(model: LayerDiT, inputs: dict, bf16: bool):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    target = torch.randn_like(inputs["latents"])
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+            loss = (model.forward_layout(**inputs).float() - target).pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def measure(preset: str, k: int, size: int, bf16: bool, repeats: int) -> tuple[float, float]:
+    torch.manual_seed(0)
+    cfg = model_preset(preset)
+    model = LayerDiT(cfg)
+    step = step_fn(model, batch(cfg, k, size), bf16)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), counter.get_total_flops()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args()
+    peak = {False: gemm_flops_per_s(torch.float32), True: gemm_flops_per_s(torch.bfloat16, size=1024, repeats=3)}
+    print(
+        f"threads {torch.get_num_threads()}; GEMM: fp32 {peak[False] / 1e9:.0f} GFLOP/s (2048^2), bf16 {peak[True] / 1e9:.1f} GFLOP/s (1024^2)"
+    )
+    bf16_usable = peak[True] > 0.1 * peak[False]
+    if not bf16_usable:
+        print(
+            f"bf16 GEMM runs at {peak[True] / peak[False]:.1%} of fp32 here (no native bf16 kernels): bf16 steps skipped"
+        )
+    print(
+        f"{'preset':6} {'K':>2} {'prec':5} {'params':>8} {'s/step':>8} {'samples/s':>10} {'GFLOP/step':>11} {'GFLOP/s':>8} {'of GEMM':>8}"
+    )
+    for preset in ("tiny", "small"):
+        params = sum(p.numel() for p in LayerDiT(model_preset(preset)).parameters())
+        for k in (1, 3):
+            fp32 = None
+            for bf16 in (False, True) if bf16_usable else (False,):
+                seconds, flops = measure(preset, k, args.batch, bf16, args.repeats)
+                rate = flops / seconds
+                speed = "" if fp32 is None else f"  bf16 speed-up {fp32 / seconds:.2f}x"
+                fp32 = seconds if fp32 is None else fp32
+                print(
+                    f"{preset:6} {k:>2} {'bf16' if bf16 else 'fp32':5} {params / 1e6:7.2f}M {seconds:8.3f} "
+                    f"{args.batch / seconds:10.1f} {flops / 1e9:11.2f} {rate / 1e9:8.1f} {rate / peak[bf16]:7.0%}{speed}"
+                )
+
+
+if __name__ == "__main__":
+    main()
