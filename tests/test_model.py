@@ -151,3 +151,17 @@ def test_sampling_is_deterministic_and_guidance_mixes_branches() -> None:
         return euler_sample(fn, noise, steps=3)
 
     assert torch.equal(run(7), run(7)) and not torch.equal(run(7), run(8))
+
+
+def test_decoded_alpha_term_uses_the_decoder() -> None:
+    layout = Layout(2)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(1, 16, 2 * layout.num_segments, 4, 4, generator=g)
+    noise, t = torch.randn(x0.shape, generator=g), torch.tensor([0.5])
+    decode = lambda z: torch.sigmoid(z.mean(1, keepdim=True))  # noqa: E731  (stands in for LayerVAE.decode_alpha)
+    truth = [torch.zeros(1, 1, 2, 4, 4), torch.ones(1, 1, 2, 4, 4)]
+    losses = layered_loss(noise - x0, x0, noise, t, layout, LossWeights(), decode_alpha=decode, alpha_pixels=truth)
+    expected = torch.stack(
+        [torch.nn.functional.smooth_l1_loss(decode(z), a) for z, a in zip(unpack(x0, 6)[3::2], truth, strict=True)]
+    ).mean()
+    assert torch.allclose(losses["alpha"], expected) and torch.allclose(losses["loss"], losses["fm"] + 0.1 * expected)

@@ -34,11 +34,15 @@ class TextEncoder:
             raise FileNotFoundError(f"text encoder folder {self.path} has no config.json (no download is attempted)")
         self.max_tokens = max_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(self.path, local_files_only=True).eval().requires_grad_(False)
+        model = AutoModel.from_pretrained(self.path, local_files_only=True)
+        if getattr(model.config, "is_encoder_decoder", False):  # umT5 / T5: only the encoder is used
+            model = model.get_encoder()
+        self.model = model.eval().requires_grad_(False)
 
     @property
     def dim(self) -> int:
-        return int(self.model.config.hidden_size)
+        config = self.model.config
+        return int(getattr(config, "hidden_size", None) or config.d_model)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Token count of each caption including special tokens, without truncation."""
