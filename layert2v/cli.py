@@ -63,6 +63,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from layert2v.training.run import train_stage
+
+    weights = train_stage(args.stage, _params(args), Path(args.prepared), Path(args.out), Path(args.root))
+    print(f"stage {args.stage} weights: {weights}")
+    return 0
+
+
 def cmd_params(args: argparse.Namespace) -> int:
     load_params(args.params, args.profile)  # validate before printing
     raw = yaml.safe_load(Path(args.params).read_text())
@@ -110,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--prepared", default="artifacts/prepared")
     validate.add_argument("--report", default="artifacts/reports/data_gate.json")
     validate.set_defaults(func=cmd_validate)
+
+    train = commands.add_parser("train", help="run one training stage (Lightning, tracked in MLflow)")
+    _common(train)
+    train.add_argument("--stage", type=int, required=True, choices=[0, 1], help="0: VAE on RGB, 1: alpha adaptation")
+    train.add_argument("--prepared", default="artifacts/prepared")
+    train.add_argument("--out", default="artifacts/train")
+    train.add_argument("--root", default=".", help="where mlflow.db and mlartifacts/ live (default: here)")
+    train.set_defaults(func=cmd_train)
     return parser
 
 

@@ -175,15 +175,75 @@ def model_preset(name: str, **overrides: Any) -> ModelConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StageConfig(FromDict):
+    """Optimisation of one training stage (AdamW, linear warm-up then cosine decay)."""
+
+    max_steps: int  # optimiser steps
+    batch_size: int  # clips per step
+    lr: float  # peak learning rate
+    warmup_steps: int = 10  # linear warm-up before the cosine decay
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # gradient-norm clipping
+    val_every: int = 50  # validation (and preview) every N steps
+    checkpoint_every: int = 20  # `last.ckpt` every N steps, what a killed run resumes from
+    val_batches: int = 2  # validation batches per check
+
+    def __post_init__(self) -> None:
+        _require(self.max_steps >= 1 and self.batch_size >= 1, f"stage max_steps/batch_size must be >= 1: {self}")
+        _require(self.lr > 0, f"stage lr must be > 0, got {self.lr}")
+        _require(
+            0 <= self.warmup_steps < self.max_steps, f"warmup_steps must be in [0, max_steps), got {self.warmup_steps}"
+        )
+        _require(self.checkpoint_every >= 1 and self.val_every >= 1, "checkpoint_every and val_every must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Trainer settings shared by all stages, and each stage's optimisation."""
+
+    preset: str = "small"  # model preset (tiny, small, paper)
+    precision: str = "32-true"  # Lightning precision: 32-true or bf16-mixed
+    strategy: str = "auto"  # auto, ddp, fsdp (GPU only)
+    devices: int = 1  # processes (CPU) or GPUs per node
+    num_nodes: int = 1
+    seed: int = 0  # seeds weights, data order and noise
+    experiment: str = "layert2v"  # MLflow experiment
+    stage0: StageConfig  # VAE pretraining on RGB
+    stage1: StageConfig  # alpha VAE adaptation
+
+    def __post_init__(self) -> None:
+        _require(self.preset in PRESETS, f"train.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        _require(
+            self.precision in ("32-true", "bf16-mixed"),
+            f"train.precision must be 32-true or bf16-mixed, got {self.precision!r}",
+        )
+        _require(
+            self.strategy in ("auto", "ddp", "fsdp"), f"train.strategy must be auto, ddp or fsdp, got {self.strategy!r}"
+        )
+        _require(self.devices >= 1 and self.num_nodes >= 1, "train.devices and num_nodes must be >= 1")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], section: str) -> TrainConfig:
+        stages = {
+            name: StageConfig.from_dict(values.get(name, {}), f"{section}.{name}") for name in ("stage0", "stage1")
+        }
+        rest = {k: v for k, v in values.items() if k not in stages}
+        known = {f.name for f in fields(cls)} - set(stages)
+        _require(not set(rest) - known, f"params section '{section}' has unknown keys {sorted(set(rest) - known)}")
+        return cls(**rest, **stages)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Params:
     """Everything one run reads, one dataclass per params.yaml section."""
 
     synth: SynthConfig
     prepare: PrepareConfig
     gate: DataGateConfig
+    train: TrainConfig
 
 
-SECTIONS = {"synth": SynthConfig, "prepare": PrepareConfig, "gate": DataGateConfig}
+SECTIONS = {"synth": SynthConfig, "prepare": PrepareConfig, "gate": DataGateConfig, "train": TrainConfig}
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

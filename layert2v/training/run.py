@@ -1,0 +1,130 @@
+"""Run one training stage: Lightning Trainer, MLflow tracking, checkpoints, resume, final weights.
+
+Each stage writes under `<out>/stage<N>/`: `checkpoints/last.ckpt` every `checkpoint_every` steps (a
+killed run started again continues from it, in the same MLflow run, whose id is kept in `mlflow_run_id`),
+then `vae.safetensors` + `config.json` when it finishes. MLflow tracking defaults to an absolute
+`sqlite:///<repo>/mlflow.db` with artifacts in `<repo>/mlartifacts`; `MLFLOW_TRACKING_URI` overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+from safetensors.torch import load_file, save_file
+
+from layert2v.config import ModelConfig, Params, StageConfig, model_preset
+from layert2v.data.datamodule import VidLayerDataModule
+from layert2v.models.vae import LayerVAE
+from layert2v.training.stage0_vae import VAEPretraining, rgb_streams
+from layert2v.training.stage1_alpha import AlphaAdaptation
+
+
+def tracking_uri(root: Path) -> str:
+    """`MLFLOW_TRACKING_URI`, else an absolute SQLite file under `root` (relative URIs follow the CWD)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def save_vae(vae: LayerVAE, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, folder / "vae.safetensors")
+    config = {"model": dataclasses.asdict(vae.cfg), "vae_lora": vae.has_lora}
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder / "vae.safetensors"
+
+
+def load_vae(folder: Path) -> LayerVAE:
+    """A VAE saved by `save_vae`; missing files name the stage that writes them."""
+    path, config_path = folder / "vae.safetensors", folder / "config.json"
+    if not path.is_file() or not config_path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the stage that writes it first")
+    config = json.loads(config_path.read_text())
+    cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items()})
+    vae = LayerVAE(cfg)
+    if config.get("vae_lora"):
+        vae.add_decoder_lora()
+    vae.load_state_dict(load_file(path))
+    return vae
+
+
+def _module(stage: int, params: Params, out: Path) -> tuple[L.LightningModule, StageConfig]:
+    train = params.train
+    if stage == 0:
+        return VAEPretraining(model_preset(train.preset), train.stage0), train.stage0
+    if stage == 1:
+        return AlphaAdaptation(load_vae(out / "stage0"), train.stage1), train.stage1
+    raise ValueError(f"stage {stage} is not available yet; stages 0 and 1 are")
+
+
+def _logger(folder: Path, root: Path, experiment: str, stage: int) -> MLFlowLogger:
+    run_file = folder / "mlflow_run_id"
+    logger = MLFlowLogger(
+        experiment_name=experiment,
+        run_name=f"stage{stage}",
+        tracking_uri=tracking_uri(root),
+        artifact_location=(root / "mlartifacts").resolve().as_uri(),
+        run_id=run_file.read_text().strip() if run_file.is_file() else None,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(logger.run_id + "\n")
+    return logger
+
+
+def _log_params(logger: MLFlowLogger, params: Params, stage: StageConfig) -> None:
+    flat = {f"train.{k}": v for k, v in dataclasses.asdict(params.train).items() if not isinstance(v, dict)}
+    flat |= {f"stage.{k}": v for k, v in dataclasses.asdict(stage).items()}
+    flat |= {f"model.{k}": v for k, v in dataclasses.asdict(model_preset(params.train.preset)).items()}
+    existing = logger.experiment.get_run(logger.run_id).data.params
+    logger.log_hyperparams({k: v for k, v in flat.items() if k not in existing})  # a resumed run keeps its params
+
+
+def train_stage(stage: int, params: Params, prepared: Path, out: Path, root: Path = Path(".")) -> Path:
+    """Train `stage` on `prepared` and return the saved weights; resumes from `last.ckpt` when present."""
+    L.seed_everything(params.train.seed, workers=True)
+    folder = out / f"stage{stage}"
+    module, cfg = _module(stage, params, out)
+    logger = _logger(folder, root, params.train.experiment, stage)
+    _log_params(logger, params, cfg)
+    checkpoints = ModelCheckpoint(
+        dirpath=folder / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every
+    )
+    trainer = L.Trainer(
+        max_steps=cfg.max_steps,
+        accelerator="auto",
+        devices=params.train.devices,
+        num_nodes=params.train.num_nodes,
+        strategy=params.train.strategy,
+        precision=params.train.precision,
+        gradient_clip_val=cfg.grad_clip,
+        val_check_interval=cfg.val_every,
+        check_val_every_n_epoch=None,
+        limit_val_batches=cfg.val_batches,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        callbacks=[checkpoints],
+        logger=logger,
+        default_root_dir=folder,
+    )
+    data = VidLayerDataModule(
+        prepared, cfg.batch_size, model_preset(params.train.preset).max_fg, seed=params.train.seed
+    )
+    last = folder / "checkpoints" / "last.ckpt"
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    if stage == 0:
+        _fit_latent_stats(module.vae, data)
+    weights = save_vae(module.vae, folder)
+    logger.experiment.log_artifact(logger.run_id, str(weights), "weights")
+    logger.experiment.log_artifact(logger.run_id, str(folder / "config.json"), "weights")
+    return weights
+
+
+@torch.no_grad()
+def _fit_latent_stats(vae: LayerVAE, data: VidLayerDataModule, batches: int = 8) -> None:
+    loader = iter(data.train_dataloader())
+    vae.fit_latent_stats([rgb_streams(next(loader)) for _ in range(min(batches, len(data.train_dataloader())))])

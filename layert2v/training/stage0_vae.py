@@ -1,0 +1,42 @@
+"""Stage 0: pretrain the Wan VAE on RGB streams (full, background, premultiplied foreground) when no
+pretrained VAE is given: L1 reconstruction plus a small KL term on the posterior."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from layert2v.config import ModelConfig, StageConfig
+from layert2v.models.vae import LayerVAE
+from layert2v.training.schedule import adamw_warmup_cosine
+
+
+def rgb_streams(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`[3B, 3, F, H, W]`: the full, background and first-foreground videos of a batch."""
+    return torch.cat([batch["full"], batch["background"], batch["foregrounds"][:, 0]])
+
+
+class VAEPretraining(L.LightningModule):
+    def __init__(self, model_cfg: ModelConfig, stage: StageConfig, kl_weight: float = 1e-6) -> None:
+        super().__init__()
+        self.vae = LayerVAE(model_cfg)
+        self.stage, self.kl_weight = stage, kl_weight
+
+    def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
+        x = rgb_streams(batch) * 2 - 1
+        posterior = self.vae.vae.encode(x).latent_dist
+        recon = self.vae.vae.decode(posterior.sample()).sample
+        l1, kl = F.l1_loss(recon, x), posterior.kl().mean()
+        loss = l1 + self.kl_weight * kl
+        self.log_dict({"train/loss": loss, "train/l1": l1, "train/kl": kl}, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> None:
+        x = rgb_streams(batch)
+        recon = self.vae.decode_rgb(self.vae.encode_rgb(x))
+        mse = (recon - x).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+        self.log("val/psnr_rgb", (10 * torch.log10(1 / mse)).median(), prog_bar=True)
+
+    def configure_optimizers(self) -> dict:
+        return adamw_warmup_cosine(self.parameters(), self.stage)

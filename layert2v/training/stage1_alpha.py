@@ -1,0 +1,56 @@
+"""Stage 1: adapt the VAE to alpha mattes. The VAE stays frozen; only the zero-gated alpha adapter and the
+decoder LoRA train, on smooth-L1 plus an edge-weighted L1 that makes matte boundaries count."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from layert2v.config import StageConfig
+from layert2v.models.vae import LayerVAE
+from layert2v.training.schedule import adamw_warmup_cosine
+
+
+def edge_weights(alpha: torch.Tensor, weight: float) -> torch.Tensor:
+    """`1 + weight` on pixels next to an alpha transition, 1 elsewhere; alpha `[B, 1, F, H, W]`."""
+    dx = (alpha[..., :, 1:] - alpha[..., :, :-1]).abs()
+    dy = (alpha[..., 1:, :] - alpha[..., :-1, :]).abs()
+    edge = F.pad(dx, (0, 1)) + F.pad(dx, (1, 0)) + F.pad(dy, (0, 0, 0, 1)) + F.pad(dy, (0, 0, 1, 0))
+    return 1 + weight * (edge > 0.05).float()
+
+
+def first_alphas(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return batch["alphas"][:, 0]
+
+
+class AlphaAdaptation(L.LightningModule):
+    def __init__(self, vae: LayerVAE, stage: StageConfig, edge_weight: float = 4.0, lora_rank: int = 8) -> None:
+        super().__init__()
+        vae.requires_grad_(False)
+        if not vae.has_lora:
+            vae.add_decoder_lora(lora_rank)
+        for name, param in vae.named_parameters():
+            param.requires_grad = "lora_" in name or name.startswith("alpha_adapter")
+        self.vae, self.stage, self.edge_weight = vae, stage, edge_weight
+
+    def _reconstruct(self, alpha: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode_alpha(self.vae.encode_alpha(alpha))
+
+    def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
+        alpha = first_alphas(batch)
+        pred = self._reconstruct(alpha)
+        smooth = F.smooth_l1_loss(pred, alpha, beta=0.1)
+        edge = (edge_weights(alpha, self.edge_weight) * (pred - alpha).abs()).mean()
+        loss = smooth + edge
+        self.log_dict({"train/loss": loss, "train/smooth_l1": smooth, "train/edge_l1": edge}, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> None:
+        alpha = first_alphas(batch)
+        pred, truth = self._reconstruct(alpha) > 0.5, alpha > 0.5
+        iou = (pred & truth).flatten(1).sum(1) / (pred | truth).flatten(1).sum(1).clamp_min(1)
+        self.log("val/alpha_iou", iou.median(), prog_bar=True)
+
+    def configure_optimizers(self) -> dict:
+        return adamw_warmup_cosine(self.parameters(), self.stage)

@@ -1,0 +1,92 @@
+"""Training stages 0-1 on the tiny preset: real Lightning, real MLflow (SQLite in a temp dir), resume after SIGKILL."""
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from layert2v.config import StageConfig
+from layert2v.training.run import load_vae, train_stage
+
+from .conftest import ROOT
+
+
+@pytest.fixture
+def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def test_stage0_then_stage1_smoke_tracked_in_mlflow(tmp_path: Path, smoke, smoke_prepared, tracking: str) -> None:
+    out = tmp_path / "train"
+    weights0 = train_stage(0, smoke, smoke_prepared.out, out, tmp_path)
+    vae = load_vae(out / "stage0")
+    assert weights0.is_file() and not vae.latent_std.eq(1).all()  # latent statistics were fitted from data
+    weights1 = train_stage(1, smoke, smoke_prepared.out, out, tmp_path)
+    assert weights1.is_file() and load_vae(out / "stage1").has_lora
+
+    client = mlflow.MlflowClient(tracking)
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("layert2v").experiment_id])}
+    assert set(runs) == {"stage0", "stage1"}
+    stage0 = runs["stage0"]
+    assert stage0.data.params["train.preset"] == "tiny" and stage0.data.params["stage.max_steps"] == "4"
+    assert "val/psnr_rgb" in stage0.data.metrics and "val/alpha_iou" in runs["stage1"].data.metrics
+    assert len(client.get_metric_history(stage0.info.run_id, "train/loss")) == 4
+    assert {a.path for a in client.list_artifacts(stage0.info.run_id, "weights")} == {
+        "weights/vae.safetensors",
+        "weights/config.json",
+    }
+
+
+def test_stage1_without_stage0_is_a_clear_error(tmp_path: Path, smoke, smoke_prepared, tracking: str) -> None:
+    with pytest.raises(FileNotFoundError, match=r"stage0/vae\.safetensors is missing"):
+        train_stage(1, smoke, smoke_prepared.out, tmp_path / "train", tmp_path)
+
+
+@pytest.mark.slow
+def test_killed_stage_resumes_from_its_last_checkpoint(tmp_path: Path, smoke, smoke_prepared, tracking: str) -> None:
+    longer = dataclasses.replace(smoke.train.stage0, max_steps=40, checkpoint_every=2, val_every=100)
+    raw = yaml.safe_load(subprocess.run(
+        [sys.executable, "-m", "layert2v.cli", "params", "--params", str(ROOT / "params.yaml"), "--profile", "smoke"],
+        capture_output=True, text=True, check=True,
+    ).stdout)  # fmt: skip
+    raw["train"]["stage0"] = dataclasses.asdict(longer)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "layert2v.cli", "train", "--stage", "0", "--params", str(params)]
+    cmd += ["--prepared", str(smoke_prepared.out), "--out", str(tmp_path / "train"), "--root", str(tmp_path)]
+    env = os.environ | {"MLFLOW_TRACKING_URI": tracking}
+    last = tmp_path / "train" / "stage0" / "checkpoints" / "last.ckpt"
+
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not last.is_file() and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.5)
+    time.sleep(1.0)  # let a few more steps run past the first checkpoint
+    assert first.poll() is None, "the first run ended before it could be killed"
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    run_id = (tmp_path / "train" / "stage0" / "mlflow_run_id").read_text().strip()
+
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Restoring states from the checkpoint path" in second.stdout + second.stderr
+    assert (tmp_path / "train" / "stage0" / "mlflow_run_id").read_text().strip() == run_id  # same MLflow run
+    client = mlflow.MlflowClient(tracking)
+    steps = {m.step for m in client.get_metric_history(run_id, "train/loss")}
+    assert (
+        max(steps) == longer.max_steps - 1 and len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
+    )
+
+
+def test_stage_config_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="warmup_steps"):
+        StageConfig(max_steps=5, batch_size=2, lr=1e-3, warmup_steps=5)
