@@ -71,6 +71,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_encode(args: argparse.Namespace) -> int:
+    from layert2v.training.encode import encode_prepared
+    from layert2v.training.run import load_vae
+
+    shapes = encode_prepared(load_vae(Path(args.vae)), Path(args.prepared), Path(args.out))
+    print(f"latent cache in {args.out}: " + ", ".join(f"{split} {shape}" for split, shape in shapes.items()))
+    return 0
+
+
 def cmd_params(args: argparse.Namespace) -> int:
     load_params(args.params, args.profile)  # validate before printing
     raw = yaml.safe_load(Path(args.params).read_text())
@@ -126,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="artifacts/train")
     train.add_argument("--root", default=".", help="where mlflow.db and mlartifacts/ live (default: here)")
     train.set_defaults(func=cmd_train)
+
+    encode = commands.add_parser("encode", help="encode every clip's segments with the stage-1 VAE (latent cache)")
+    encode.add_argument("--vae", default="artifacts/train/stage1", help="folder with vae.safetensors + config.json")
+    encode.add_argument("--prepared", default="artifacts/prepared")
+    encode.add_argument("--out", default="artifacts/latents")
+    encode.set_defaults(func=cmd_encode)
     return parser
 
 

@@ -9,11 +9,16 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 import yaml
 
-from layert2v.config import StageConfig
-from layert2v.training.run import load_vae, train_stage
+from layert2v.config import StageConfig, model_preset
+from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
+from layert2v.training.encode import encode_prepared
+from layert2v.training.run import load_vae, save_vae, train_stage
 
 from .conftest import ROOT
 
@@ -90,3 +95,25 @@ def test_killed_stage_resumes_from_its_last_checkpoint(tmp_path: Path, smoke, sm
 def test_stage_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="warmup_steps"):
         StageConfig(max_steps=5, batch_size=2, lr=1e-3, warmup_steps=5)
+
+
+def test_alpha_on_the_latent_grid() -> None:
+    alpha = torch.zeros(1, 1, 9, 16, 16)
+    alpha[:, :, 0, :8, :8] = 1.0  # frame 0: top-left block
+    alpha[:, :, 1:5, 8:, 8:] = 0.5  # frames 1-4: bottom-right block at half
+    grid = alpha_to_latent_grid(alpha)
+    assert grid.shape == (1, 1, 3, 2, 2)
+    assert grid[0, 0, 0, 0, 0] == 1 and grid[0, 0, 1, 1, 1] == 0.5 and grid[0, 0, 2].abs().sum() == 0
+
+
+def test_encode_writes_the_latent_cache(tmp_path: Path, smoke_prepared) -> None:
+    torch.manual_seed(0)
+    save_vae(LayerVAE(model_preset("tiny")), tmp_path / "vae")
+    shapes = encode_prepared(load_vae(tmp_path / "vae"), smoke_prepared.out, tmp_path / "latents")
+    manifest = pd.read_parquet(smoke_prepared.out / "manifest.parquet")
+    for split, rows in manifest.groupby("split"):
+        assert shapes[split] == [len(rows), 16, 2, 4, 4]  # 5 frames -> 2 latent frames, 32 px -> 4
+        folder = tmp_path / "latents" / split
+        fg, alpha, grid = (np.load(folder / f"{n}.npy") for n in ("foreground", "alpha", "alpha_grid"))
+        assert len(fg) == len(alpha) == len(grid) == rows["num_fg"].sum() and fg.dtype == np.float16
+        assert grid.min() >= 0 and grid.max() <= 1 and grid.shape[1:] == (1, 2, 4, 4)

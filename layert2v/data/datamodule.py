@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 
-def _frames(array: np.ndarray) -> torch.Tensor:
+def to_frames(array: np.ndarray) -> torch.Tensor:
     """uint8 `[F, H, W, C]` (or `[F, H, W]`) -> float `[C, F, H, W]` in [0, 1]."""
     tensor = torch.from_numpy(np.asarray(array, dtype=np.float32) / 255.0)
     return tensor[..., None].permute(3, 0, 1, 2) if tensor.ndim == 3 else tensor.permute(3, 0, 1, 2)
@@ -49,11 +49,11 @@ class PreparedClips(Dataset):
         fg = torch.zeros(self.max_fg, 3, *self.arrays["full"].shape[1:4])
         alpha = torch.zeros(self.max_fg, 1, *self.arrays["full"].shape[1:4])
         for k in range(min(count, self.max_fg)):
-            fg[k] = _frames(self.arrays["foreground"][start + k])
-            alpha[k] = _frames(self.arrays["alpha"][start + k])
+            fg[k] = to_frames(self.arrays["foreground"][start + k])
+            alpha[k] = to_frames(self.arrays["alpha"][start + k])
         return {
-            "full": _frames(self.arrays["full"][int(row["cache_row"])]),
-            "background": _frames(self.arrays["background"][int(row["cache_row"])]),
+            "full": to_frames(self.arrays["full"][int(row["cache_row"])]),
+            "background": to_frames(self.arrays["background"][int(row["cache_row"])]),
             "foregrounds": fg,
             "alphas": alpha,
             "num_fg": torch.tensor(count),

@@ -129,3 +129,14 @@ class LayerVAE(nn.Module):
         latents = torch.cat([self._encode(v * 2 - 1).transpose(0, 1).flatten(1) for v in videos], dim=1)
         self.latent_mean.copy_(latents.mean(1))
         self.latent_std.copy_(latents.std(1).clamp_min(1e-4))
+
+
+def alpha_to_latent_grid(alpha: torch.Tensor) -> torch.Tensor:
+    """Alpha `[B, 1, F, H, W]` -> `[B, 1, (F - 1) / 4 + 1, H / 8, W / 8]` on the VAE's causal latent grid.
+
+    Latent frame 0 covers frame 0 and latent frame j frames 4j-3 .. 4j, so frame 0 stays alone and later frames
+    are averaged in fours; space is averaged over 8 x 8. This is the `alpha_down` of the consistency loss.
+    """
+    first, rest = alpha[:, :, :1], alpha[:, :, 1:]
+    groups = rest.unflatten(2, (-1, 4)).mean(3) if rest.shape[2] else rest
+    return torch.nn.functional.avg_pool3d(torch.cat([first, groups], dim=2), kernel_size=(1, 8, 8))
