@@ -66,7 +66,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from layert2v.training.run import train_stage
 
-    weights = train_stage(args.stage, _params(args), Path(args.prepared), Path(args.out), Path(args.root))
+    weights = train_stage(
+        args.stage, _params(args), Path(args.prepared), Path(args.out), Path(args.root), Path(args.latents)
+    )
     print(f"stage {args.stage} weights: {weights}")
     return 0
 
@@ -130,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="run one training stage (Lightning, tracked in MLflow)")
     _common(train)
-    train.add_argument("--stage", type=int, required=True, choices=[0, 1], help="0: VAE on RGB, 1: alpha adaptation")
+    train.add_argument(
+        "--stage", type=int, required=True, choices=[0, 1, 2], help="0: VAE on RGB, 1: alpha adaptation, 2: joint DiT"
+    )
+    train.add_argument("--latents", default="artifacts/latents", help="latent cache (stage 2)")
     train.add_argument("--prepared", default="artifacts/prepared")
     train.add_argument("--out", default="artifacts/train")
     train.add_argument("--root", default=".", help="where mlflow.db and mlartifacts/ live (default: here)")

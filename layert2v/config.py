@@ -210,6 +210,7 @@ class TrainConfig:
     experiment: str = "layert2v"  # MLflow experiment
     stage0: StageConfig  # VAE pretraining on RGB
     stage1: StageConfig  # alpha VAE adaptation
+    stage2: StageConfig  # joint multi-layer learning (K = 1) on the latent cache
 
     def __post_init__(self) -> None:
         _require(self.preset in PRESETS, f"train.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
@@ -225,7 +226,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], section: str) -> TrainConfig:
         stages = {
-            name: StageConfig.from_dict(values.get(name, {}), f"{section}.{name}") for name in ("stage0", "stage1")
+            name: StageConfig.from_dict(values.get(name, {}), f"{section}.{name}")
+            for name in ("stage0", "stage1", "stage2")
         }
         rest = {k: v for k, v in values.items() if k not in stages}
         known = {f.name for f in fields(cls)} - set(stages)

@@ -17,6 +17,7 @@ import yaml
 
 from layert2v.config import StageConfig, model_preset
 from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
+from layert2v.pipeline import LayerT2VPipeline
 from layert2v.training.encode import encode_prepared
 from layert2v.training.run import load_vae, save_vae, train_stage
 
@@ -30,17 +31,23 @@ def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return uri
 
 
-def test_stage0_then_stage1_smoke_tracked_in_mlflow(tmp_path: Path, smoke, smoke_prepared, tracking: str) -> None:
+def test_stages_0_1_encode_2_smoke_tracked_in_mlflow(tmp_path: Path, smoke, smoke_prepared, tracking: str) -> None:
     out = tmp_path / "train"
     weights0 = train_stage(0, smoke, smoke_prepared.out, out, tmp_path)
     vae = load_vae(out / "stage0")
     assert weights0.is_file() and not vae.latent_std.eq(1).all()  # latent statistics were fitted from data
     weights1 = train_stage(1, smoke, smoke_prepared.out, out, tmp_path)
     assert weights1.is_file() and load_vae(out / "stage1").has_lora
+    encode_prepared(load_vae(out / "stage1"), smoke_prepared.out, tmp_path / "latents")
+    config2 = train_stage(2, smoke, smoke_prepared.out, out, tmp_path, latents=tmp_path / "latents")
+    pipeline = LayerT2VPipeline.from_folder(config2.parent)  # stage 2 leaves a complete model folder
+    video = pipeline.generate("a red circle", "a grey wall", ["a red circle"], frames=5, height=32, width=32, steps=2)
+    assert video.full.shape == (5, 32, 32, 3) and len(video.alphas) == 1
 
     client = mlflow.MlflowClient(tracking)
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("layert2v").experiment_id])}
-    assert set(runs) == {"stage0", "stage1"}
+    assert set(runs) == {"stage0", "stage1", "stage2"}
+    assert {"val/fm", "val/consistency", "train/fm_alpha_1"} <= set(runs["stage2"].data.metrics)
     stage0 = runs["stage0"]
     assert stage0.data.params["train.preset"] == "tiny" and stage0.data.params["stage.max_steps"] == "4"
     assert "val/psnr_rgb" in stage0.data.metrics and "val/alpha_iou" in runs["stage1"].data.metrics
@@ -90,6 +97,11 @@ def test_killed_stage_resumes_from_its_last_checkpoint(tmp_path: Path, smoke, sm
     assert (
         max(steps) == longer.max_steps - 1 and len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
     )
+
+
+def test_stage2_without_latents_is_a_clear_error(tmp_path: Path, smoke, smoke_prepared, tracking: str) -> None:
+    with pytest.raises(FileNotFoundError, match="run `layert2v encode` first"):
+        train_stage(2, smoke, smoke_prepared.out, tmp_path / "train", tmp_path, latents=tmp_path / "none")
 
 
 def test_stage_config_rejects_bad_values() -> None:

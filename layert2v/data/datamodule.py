@@ -10,6 +10,7 @@ Item shapes (F frames, H x W): full, background `[3, F, H, W]`; foregrounds `[K_
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -81,3 +82,56 @@ class VidLayerDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
+
+
+class LatentClips(Dataset):
+    """Single-foreground samples from the latent cache (stage 2): each clip's nearest foreground only.
+
+    Item: segments `[4, C, T', h, w]` (full, bg, fg_1, alpha_1), alpha_grid `[1, T', h, w]`,
+    text `[3, M, D]` (full, bg, fg_1 prompt states) and text_mask `[3, M]`.
+    """
+
+    def __init__(self, prepared: Path, latents: Path, split: str) -> None:
+        manifest = pd.read_parquet(prepared / "manifest.parquet")
+        self.rows = manifest[manifest["split"] == split].sort_values("cache_row").reset_index(drop=True)
+        if self.rows.empty:
+            raise ValueError(f"{prepared} has no clips in split '{split}'")
+        names = ("full", "background", "foreground", "alpha", "alpha_grid")
+        self.latents = {n: np.load(latents / split / f"{n}.npy", mmap_mode="r") for n in names}
+        self.states = np.load(prepared / "text" / "states.npy", mmap_mode="r")
+        self.masks = np.load(prepared / "text" / "mask.npy", mmap_mode="r")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        row = self.rows.iloc[index]
+        clip, layer = int(row["cache_row"]), int(row["layer_start"])
+        get = lambda name, i: torch.from_numpy(np.asarray(self.latents[name][i], dtype=np.float32))  # noqa: E731
+        segments = [get("full", clip), get("background", clip), get("foreground", layer), get("alpha", layer)]
+        prompts = [int(row["text_full"]), int(row["text_background"]), json.loads(row["text_foreground"])[0]]
+        return {
+            "segments": torch.stack(segments),
+            "alpha_grid": get("alpha_grid", layer),
+            "text": torch.from_numpy(np.asarray(self.states[prompts], dtype=np.float32)),
+            "text_mask": torch.from_numpy(np.asarray(self.masks[prompts])),
+        }
+
+
+class LatentDataModule(L.LightningDataModule):
+    """Train and val loaders over the latent cache (stage 2)."""
+
+    def __init__(self, prepared: Path, latents: Path, batch_size: int, seed: int = 0) -> None:
+        super().__init__()
+        self.prepared, self.latents, self.batch_size, self.seed = Path(prepared), Path(latents), batch_size, seed
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_set = LatentClips(self.prepared, self.latents, "train")
+        self.val_set = LatentClips(self.prepared, self.latents, "val")
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True, generator=generator)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size)

@@ -20,10 +20,11 @@ from lightning.pytorch.loggers import MLFlowLogger
 from safetensors.torch import load_file, save_file
 
 from layert2v.config import ModelConfig, Params, StageConfig, model_preset
-from layert2v.data.datamodule import VidLayerDataModule
+from layert2v.data.datamodule import LatentDataModule, VidLayerDataModule
 from layert2v.models.vae import LayerVAE
 from layert2v.training.stage0_vae import VAEPretraining, rgb_streams
 from layert2v.training.stage1_alpha import AlphaAdaptation
+from layert2v.training.stage2_joint import JointLayerTraining
 
 
 def tracking_uri(root: Path) -> str:
@@ -53,13 +54,45 @@ def load_vae(folder: Path) -> LayerVAE:
     return vae
 
 
+def dit_config(params: Params) -> ModelConfig:
+    """The DiT preset with the text length the cached embeddings were written with."""
+    return model_preset(params.train.preset, text_len=params.prepare.max_tokens)
+
+
 def _module(stage: int, params: Params, out: Path) -> tuple[L.LightningModule, StageConfig]:
     train = params.train
     if stage == 0:
         return VAEPretraining(model_preset(train.preset), train.stage0), train.stage0
     if stage == 1:
         return AlphaAdaptation(load_vae(out / "stage0"), train.stage1), train.stage1
-    raise ValueError(f"stage {stage} is not available yet; stages 0 and 1 are")
+    if stage == 2:
+        return JointLayerTraining(dit_config(params), train.stage2), train.stage2
+    raise ValueError(f"stage {stage} is not available yet; stages 0, 1 and 2 are")
+
+
+def _data(stage: int, params: Params, prepared: Path, latents: Path, cfg: StageConfig) -> L.LightningDataModule:
+    if stage == 2:
+        if not (latents / "encode.json").is_file():
+            raise FileNotFoundError(f"latent cache {latents} is missing: run `layert2v encode` first")
+        return LatentDataModule(prepared, latents, cfg.batch_size, seed=params.train.seed)
+    return VidLayerDataModule(
+        prepared, cfg.batch_size, model_preset(params.train.preset).max_fg, seed=params.train.seed
+    )
+
+
+def _save(stage: int, module: L.LightningModule, data: L.LightningDataModule, folder: Path, out: Path) -> list[Path]:
+    """Stage 0-1: the VAE; stage 2: a complete pipeline model folder (EMA DiT + stage-1 VAE + text encoder)."""
+    if stage == 2:
+        from layert2v.models.text import load_text_encoder
+        from layert2v.pipeline import LayerT2VPipeline
+
+        dit = module.ema
+        pipeline = LayerT2VPipeline(dit, load_vae(out / "stage1"), load_text_encoder(None, dit.cfg.text_len))
+        model = pipeline.save(folder / "model")
+        return [model / "config.json", model / "dit.safetensors", model / "vae.safetensors"]
+    if stage == 0:
+        _fit_latent_stats(module.vae, data)
+    return [save_vae(module.vae, folder), folder / "config.json"]
 
 
 def _logger(folder: Path, root: Path, experiment: str, stage: int) -> MLFlowLogger:
@@ -84,11 +117,14 @@ def _log_params(logger: MLFlowLogger, params: Params, stage: StageConfig) -> Non
     logger.log_hyperparams({k: v for k, v in flat.items() if k not in existing})  # a resumed run keeps its params
 
 
-def train_stage(stage: int, params: Params, prepared: Path, out: Path, root: Path = Path(".")) -> Path:
-    """Train `stage` on `prepared` and return the saved weights; resumes from `last.ckpt` when present."""
+def train_stage(
+    stage: int, params: Params, prepared: Path, out: Path, root: Path = Path("."), latents: Path | None = None
+) -> Path:
+    """Train `stage` and return the first saved file; resumes from `last.ckpt` when present."""
     L.seed_everything(params.train.seed, workers=True)
     folder = out / f"stage{stage}"
     module, cfg = _module(stage, params, out)
+    data = _data(stage, params, prepared, latents or Path("artifacts/latents"), cfg)
     logger = _logger(folder, root, params.train.experiment, stage)
     _log_params(logger, params, cfg)
     checkpoints = ModelCheckpoint(
@@ -111,17 +147,12 @@ def train_stage(stage: int, params: Params, prepared: Path, out: Path, root: Pat
         logger=logger,
         default_root_dir=folder,
     )
-    data = VidLayerDataModule(
-        prepared, cfg.batch_size, model_preset(params.train.preset).max_fg, seed=params.train.seed
-    )
     last = folder / "checkpoints" / "last.ckpt"
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
-    if stage == 0:
-        _fit_latent_stats(module.vae, data)
-    weights = save_vae(module.vae, folder)
-    logger.experiment.log_artifact(logger.run_id, str(weights), "weights")
-    logger.experiment.log_artifact(logger.run_id, str(folder / "config.json"), "weights")
-    return weights
+    saved = _save(stage, module, data, folder, out)
+    for path in saved:
+        logger.experiment.log_artifact(logger.run_id, str(path), "weights")
+    return saved[0]
 
 
 @torch.no_grad()

@@ -1,0 +1,68 @@
+"""Stage 2: joint multi-layer learning with one foreground (K = 1).
+
+LayerDiT (with LayerAdaLN) learns the rectified-flow velocity of the packed latents
+`[full | bg | fg | alpha]` plus 0.1 x latent compositing consistency (DESIGN section 2). Prompts are
+dropped (states zeroed, only the first token visible) with probability `prompt_dropout` so classifier-free
+guidance has an unconditional branch to contrast with. An exponential moving average of the weights is
+kept and is what gets saved.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import lightning as L
+import torch
+
+from layert2v.config import ModelConfig, StageConfig
+from layert2v.diffusion import LossWeights, layered_loss, logit_normal_t, noisy
+from layert2v.models.dit import LayerDiT
+from layert2v.models.layout import Layout, pack
+from layert2v.training.schedule import adamw_warmup_cosine
+
+
+def drop_prompts(text: torch.Tensor, mask: torch.Tensor, p: float, generator: torch.Generator | None = None):
+    """Zero the states of whole samples with probability p, keeping one visible token per prompt."""
+    drop = torch.rand(text.shape[0], generator=generator) < p
+    text = torch.where(drop[:, None, None, None], torch.zeros_like(text), text)
+    first = torch.zeros_like(mask)
+    first[..., 0] = True
+    return text, torch.where(drop[:, None, None], first, mask)
+
+
+class JointLayerTraining(L.LightningModule):
+    def __init__(
+        self, model_cfg: ModelConfig, stage: StageConfig, ema_decay: float = 0.999, prompt_dropout: float = 0.1
+    ) -> None:
+        super().__init__()
+        self.dit = LayerDiT(model_cfg)
+        self.ema = copy.deepcopy(self.dit).requires_grad_(False)
+        self.stage, self.ema_decay, self.prompt_dropout = stage, ema_decay, prompt_dropout
+        self.layout, self.weights = Layout(1), LossWeights()
+
+    def _losses(self, batch: dict[str, torch.Tensor], model: LayerDiT, dropout: float) -> dict[str, torch.Tensor]:
+        x0 = pack(list(batch["segments"].unbind(1)))
+        noise, t = torch.randn_like(x0), logit_normal_t(x0.shape[0]).to(x0)
+        text, mask = drop_prompts(batch["text"], batch["text_mask"], dropout)
+        text = text.flatten(1, 2)  # [B, P * M, D]
+        velocity = model.forward_layout(noisy(x0, noise, t), t * 1000, text, mask, self.layout)
+        return layered_loss(velocity, x0, noise, t, self.layout, self.weights, alpha_latent_res=[batch["alpha_grid"]])
+
+    def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
+        losses = self._losses(batch, self.dit, self.prompt_dropout)
+        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"})
+        self.log("train/loss", losses["loss"], prog_bar=True)
+        return losses["loss"]
+
+    def on_train_batch_end(self, *_: object) -> None:
+        with torch.no_grad():
+            for ema, live in zip(self.ema.parameters(), self.dit.parameters(), strict=True):
+                ema.lerp_(live, 1 - self.ema_decay)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> None:
+        losses = self._losses(batch, self.ema, 0.0)
+        self.log_dict({f"val/{k}": v for k, v in losses.items() if k != "loss"})
+        self.log("val/loss", losses["loss"], prog_bar=True)
+
+    def configure_optimizers(self) -> dict:
+        return adamw_warmup_cosine(self.dit.parameters(), self.stage)
