@@ -155,6 +155,11 @@ class ModelConfig(FromDict):
     def head_dim(self) -> int:
         return self.dim // self.heads
 
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> ModelConfig:
+        """Inverse of `dataclasses.asdict` after a JSON round trip (lists back to tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
 
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(

@@ -26,7 +26,7 @@ from layert2v.diffusion import guided, sample
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import ALPHA, Layout, pack, unpack
 from layert2v.models.text import TextEncoder, load_text_encoder
-from layert2v.models.vae import LayerVAE
+from layert2v.models.vae import LayerVAE, load_vae, save_vae
 
 Backend = Literal["torch", "onnxruntime", "tensorrt"]
 MAX_STEPS = 200
@@ -56,14 +56,13 @@ class LayerT2VPipeline:
         """Write config.json, dit.safetensors and vae.safetensors under `folder`."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        config = {
-            "model": dataclasses.asdict(self.cfg),
+        save_vae(self.vae, folder)  # vae.safetensors + config.json with the VAE's own sizes and LoRA flag
+        config = json.loads((folder / "config.json").read_text()) | {
+            "model": dataclasses.asdict(self.cfg),  # the DiT's sizes (its text length may differ from the VAE preset)
             "text_encoder": str(self.text_encoder.path),
-            "vae_lora": self.vae.has_lora,
         }
         (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         save_file({k: v.contiguous() for k, v in self.dit.state_dict().items()}, folder / "dit.safetensors")
-        save_file({k: v.contiguous() for k, v in self.vae.state_dict().items()}, folder / "vae.safetensors")
         return folder
 
     @classmethod
@@ -76,15 +75,11 @@ class LayerT2VPipeline:
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"model folder {folder} has no {name}")
         config = json.loads((folder / "config.json").read_text())
-        model = config["model"]
-        cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in model.items()})
-        dit, vae = LayerDiT(cfg), LayerVAE(cfg)
-        if config.get("vae_lora"):
-            vae.add_decoder_lora()
+        dit = LayerDiT(ModelConfig.from_json(config["model"]))
         dit.load_state_dict(load_file(folder / "dit.safetensors"))
-        vae.load_state_dict(load_file(folder / "vae.safetensors"))
+        vae = load_vae(folder)
         encoder_path = text_encoder if text_encoder is not None else _default_or(Path(config["text_encoder"]))
-        return cls(dit, vae, load_text_encoder(encoder_path, cfg.text_len), backend)
+        return cls(dit, vae, load_text_encoder(encoder_path, dit.cfg.text_len), backend)
 
     # ------------------------------------------------------------ generation
 

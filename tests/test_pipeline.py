@@ -70,3 +70,11 @@ def test_missing_weights_and_unknown_backend(tmp_path: Path, pipeline: LayerT2VP
         LayerT2VPipeline.from_folder(tmp_path)
     with pytest.raises(ValueError, match="not available yet"):
         LayerT2VPipeline(pipeline.dit, pipeline.vae, pipeline.text_encoder, backend="tensorrt")
+
+
+def test_model_folder_keeps_dit_and_vae_sizes_apart(tmp_path: Path, pipeline: LayerT2VPipeline) -> None:
+    """A DiT trained on 24-token text with a tiny VAE reloads with 24 tokens, not the VAE preset's 16."""
+    dit = LayerDiT(model_preset("tiny", text_len=24))
+    folder = LayerT2VPipeline(dit, pipeline.vae, load_text_encoder(None, 24)).save(tmp_path / "m")
+    loaded = LayerT2VPipeline.from_folder(folder)
+    assert loaded.cfg.text_len == 24 and loaded.text_encoder.max_tokens == 24 and loaded.vae.cfg.text_len == 16

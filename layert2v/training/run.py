@@ -9,7 +9,6 @@ then `vae.safetensors` + `config.json` when it finishes. MLflow tracking default
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 
@@ -17,11 +16,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
-from safetensors.torch import load_file, save_file
 
 from layert2v.config import ModelConfig, Params, StageConfig, model_preset
 from layert2v.data.datamodule import LatentDataModule, VidLayerDataModule
-from layert2v.models.vae import LayerVAE
+from layert2v.models.vae import LayerVAE, load_vae, save_vae
 from layert2v.training.stage0_vae import VAEPretraining, rgb_streams
 from layert2v.training.stage1_alpha import AlphaAdaptation
 from layert2v.training.stage2_joint import JointLayerTraining
@@ -30,28 +28,6 @@ from layert2v.training.stage2_joint import JointLayerTraining
 def tracking_uri(root: Path) -> str:
     """`MLFLOW_TRACKING_URI`, else an absolute SQLite file under `root` (relative URIs follow the CWD)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
-
-
-def save_vae(vae: LayerVAE, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, folder / "vae.safetensors")
-    config = {"model": dataclasses.asdict(vae.cfg), "vae_lora": vae.has_lora}
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return folder / "vae.safetensors"
-
-
-def load_vae(folder: Path) -> LayerVAE:
-    """A VAE saved by `save_vae`; missing files name the stage that writes them."""
-    path, config_path = folder / "vae.safetensors", folder / "config.json"
-    if not path.is_file() or not config_path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run the stage that writes it first")
-    config = json.loads(config_path.read_text())
-    cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items()})
-    vae = LayerVAE(cfg)
-    if config.get("vae_lora"):
-        vae.add_decoder_lora()
-    vae.load_state_dict(load_file(path))
-    return vae
 
 
 def dit_config(params: Params) -> ModelConfig:
