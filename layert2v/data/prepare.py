@@ -26,7 +26,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -62,7 +62,7 @@ class Prepared:
     stats: dict
 
 
-def _read(clip: ClipSource, path: Path, reader) -> np.ndarray:
+def _read(clip: ClipSource, path: Path, reader: Callable[[Path], np.ndarray]) -> np.ndarray:
     try:
         return reader(path)
     except VideoError as err:
