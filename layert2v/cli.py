@@ -64,11 +64,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from layert2v.quality.report import GateFailed
     from layert2v.training.run import train_stage
 
-    weights = train_stage(
-        args.stage, _params(args), Path(args.prepared), Path(args.out), Path(args.root), Path(args.latents)
-    )
+    try:
+        weights = train_stage(
+            args.stage, _params(args), Path(args.prepared), Path(args.out), Path(args.root), Path(args.latents)
+        )
+    except GateFailed as failed:
+        print(f"error: {failed}", file=sys.stderr)
+        return 1
     print(f"stage {args.stage} weights: {weights}")
     return 0
 

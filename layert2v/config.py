@@ -11,7 +11,7 @@ Every dataclass validates itself at construction and raises `ValueError` naming 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Self
 
@@ -192,6 +192,7 @@ class StageConfig(FromDict):
     val_every: int = 50  # validation (and preview) every N steps
     checkpoint_every: int = 20  # `last.ckpt` every N steps, what a killed run resumes from
     val_batches: int = 2  # validation batches per check
+    gate: dict[str, float] = field(default_factory=dict)  # validation metric -> minimum; a miss stops the chain
 
     def __post_init__(self) -> None:
         _require(self.max_steps >= 1 and self.batch_size >= 1, f"stage max_steps/batch_size must be >= 1: {self}")

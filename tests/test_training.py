@@ -1,6 +1,7 @@
 """Training stages 0-1 on the tiny preset: real Lightning, real MLflow (SQLite in a temp dir), resume after SIGKILL."""
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import yaml
 from layert2v.config import StageConfig, model_preset
 from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
 from layert2v.pipeline import LayerT2VPipeline
+from layert2v.quality.report import GateFailed
 from layert2v.training.encode import encode_prepared
 from layert2v.training.run import load_vae, save_vae, train_stage
 
@@ -129,3 +131,20 @@ def test_encode_writes_the_latent_cache(tmp_path: Path, smoke_prepared) -> None:
         fg, alpha, grid = (np.load(folder / f"{n}.npy") for n in ("foreground", "alpha", "alpha_grid"))
         assert len(fg) == len(alpha) == len(grid) == rows["num_fg"].sum() and fg.dtype == np.float16
         assert grid.min() >= 0 and grid.max() <= 1 and grid.shape[1:] == (1, 2, 4, 4)
+
+
+def test_a_failing_gate_stops_the_stage_with_metric_value_and_threshold(
+    tmp_path: Path, smoke, smoke_prepared, tracking: str
+) -> None:
+    out = tmp_path / "train"
+    train_stage(0, smoke, smoke_prepared.out, out, tmp_path)
+    strict = dataclasses.replace(smoke.train.stage1, gate={"val/alpha_iou": 1.01, "val/psnr_rgb": 0.0})
+    params = dataclasses.replace(smoke, train=dataclasses.replace(smoke.train, stage1=strict))
+    with pytest.raises(GateFailed, match=r"val/alpha_iou >= 1\.01 \(val/alpha_iou = [0-9.]+, threshold 1\.01\)"):
+        train_stage(1, params, smoke_prepared.out, out, tmp_path)
+    report = json.loads((out / "stage1" / "gate.json").read_text())
+    assert report["passed"] is False and [r["passed"] for r in report["rules"]] == [False, True]
+    client = mlflow.MlflowClient(tracking)
+    run = client.get_run((out / "stage1" / "mlflow_run_id").read_text().strip())
+    assert run.data.tags["gate"] == "failed"
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "gate")} == {"gate/gate.json", "gate/gate.md"}

@@ -11,12 +11,12 @@ great_expectations costs seconds to import, so it is imported inside `run_data_g
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from layert2v.config import DataGateConfig, PrepareConfig
+from layert2v.quality.report import GateReport, RuleResult, gx_batch
 
 REQUIRED_COLUMNS = (
     "clip_id",
@@ -38,50 +38,6 @@ REQUIRED_COLUMNS = (
     "tokens_foreground_max",
     "full_md5",
 )
-
-
-@dataclass(frozen=True, kw_only=True)
-class RuleResult:
-    rule: str
-    passed: bool
-    failing: int  # rows (or units) that break the rule
-    examples: list[str]  # clip ids, or a short description
-
-
-@dataclass(frozen=True, kw_only=True)
-class GateReport:
-    name: str
-    passed: bool
-    rules: list[RuleResult]
-    counts: dict[str, int]
-
-    def to_json(self) -> str:
-        return (
-            json.dumps(
-                {
-                    "gate": self.name,
-                    "passed": self.passed,
-                    "counts": self.counts,
-                    "rules": [r.__dict__ for r in self.rules],
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-
-    def to_markdown(self) -> str:
-        lines = [f"# {self.name}: {'PASSED' if self.passed else 'FAILED'}", ""]
-        lines += [f"- {key}: {value}" for key, value in self.counts.items()]
-        lines += ["", "| rule | result | failing | examples |", "|---|---|---|---|"]
-        for r in self.rules:
-            lines.append(f"| {r.rule} | {'pass' if r.passed else 'FAIL'} | {r.failing} | {', '.join(r.examples[:5])} |")
-        return "\n".join(lines) + "\n"
-
-    def write(self, path: Path) -> None:
-        """`path` (JSON) and the same name with `.md`."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json())
-        path.with_suffix(".md").write_text(self.to_markdown())
 
 
 def with_derived_columns(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -177,19 +133,8 @@ def _split_counts(df: pd.DataFrame, gate: DataGateConfig) -> list[RuleResult]:
 
 def run_data_gate(manifest: pd.DataFrame, rejected: int, gate: DataGateConfig, prep: PrepareConfig) -> GateReport:
     """Validate `manifest` with great_expectations; `rejected` is the number of clips prepare left out."""
-    import great_expectations as gx
-
     df = with_derived_columns(manifest)
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    batch = (
-        context.data_sources.add_pandas(name="prepared")
-        .add_dataframe_asset(name="manifest")
-        .add_batch_definition_whole_dataframe("all")
-        .get_batch(batch_parameters={"dataframe": df})
-    )
+    batch = gx_batch(df, "manifest")
     format_ = {"result_format": "COMPLETE", "unexpected_index_column_names": ["clip_id"]}
     rules = []
     for rule, expectation in _expectations(gate, prep):

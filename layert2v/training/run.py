@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from layert2v.config import ModelConfig, Params, StageConfig, model_preset
 from layert2v.data.datamodule import LatentDataModule, VidLayerDataModule
 from layert2v.models.vae import LayerVAE, load_vae, save_vae
+from layert2v.quality.report import GateFailed, run_metric_gate
 from layert2v.training.stage0_vae import VAEPretraining, rgb_streams
 from layert2v.training.stage1_alpha import AlphaAdaptation
 from layert2v.training.stage2_joint import JointLayerTraining
@@ -128,7 +129,21 @@ def train_stage(
     saved = _save(stage, module, data, folder, out)
     for path in saved:
         logger.experiment.log_artifact(logger.run_id, str(path), "weights")
+    if cfg.gate:
+        _gate(stage, trainer, module, data, cfg, folder, logger)
     return saved[0]
+
+
+def _gate(stage: int, trainer, module, data, cfg: StageConfig, folder: Path, logger: MLFlowLogger) -> None:
+    """Validate the finished stage and check its thresholds; a miss raises `GateFailed` (the report is kept)."""
+    metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
+    report_path = folder / "gate.json"
+    report = run_metric_gate(f"stage {stage} gate", metrics, cfg.gate, report_path)
+    for path in (report_path, report_path.with_suffix(".md")):
+        logger.experiment.log_artifact(logger.run_id, str(path), "gate")
+    logger.experiment.set_tag(logger.run_id, "gate", "passed" if report.passed else "failed")
+    if not report.passed:
+        raise GateFailed(report, report_path)
 
 
 @torch.no_grad()

@@ -47,10 +47,15 @@ class AlphaAdaptation(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> None:
+        """Alpha IoU of the adapted path, and RGB PSNR to show the RGB path (LoRA off) is untouched."""
         alpha = first_alphas(batch)
         pred, truth = self._reconstruct(alpha) > 0.5, alpha > 0.5
         iou = (pred & truth).flatten(1).sum(1) / (pred | truth).flatten(1).sum(1).clamp_min(1)
-        self.log("val/alpha_iou", iou.median(), prog_bar=True)
+        rgb = batch["full"]
+        mse = (self.vae.decode_rgb(self.vae.encode_rgb(rgb)) - rgb).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+        self.log_dict(
+            {"val/alpha_iou": iou.median(), "val/psnr_rgb": (10 * torch.log10(1 / mse)).median()}, prog_bar=True
+        )
 
     def configure_optimizers(self) -> dict:
         return adamw_warmup_cosine(self.parameters(), self.stage)
