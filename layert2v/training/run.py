@@ -134,7 +134,15 @@ def train_stage(
     return saved[0]
 
 
-def _gate(stage: int, trainer, module, data, cfg: StageConfig, folder: Path, logger: MLFlowLogger) -> None:
+def _gate(
+    stage: int,
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    data: L.LightningDataModule,
+    cfg: StageConfig,
+    folder: Path,
+    logger: MLFlowLogger,
+) -> None:
     """Validate the finished stage and check its thresholds; a miss raises `GateFailed` (the report is kept)."""
     metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
     report_path = folder / "gate.json"
