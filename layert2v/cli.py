@@ -138,9 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="run one training stage (Lightning, tracked in MLflow)")
     _common(train)
     train.add_argument(
-        "--stage", type=int, required=True, choices=[0, 1, 2], help="0: VAE on RGB, 1: alpha adaptation, 2: joint DiT"
+        "--stage",
+        type=int,
+        required=True,
+        choices=[0, 1, 2, 3],
+        help="0: VAE on RGB, 1: alpha, 2: joint DiT (K=1), 3: K up to K_max",
     )
-    train.add_argument("--latents", default="artifacts/latents", help="latent cache (stage 2)")
+    train.add_argument("--latents", default="artifacts/latents", help="latent cache (stages 2-3)")
     train.add_argument("--prepared", default="artifacts/prepared")
     train.add_argument("--out", default="artifacts/train")
     train.add_argument("--root", default=".", help="where mlflow.db and mlartifacts/ live (default: here)")

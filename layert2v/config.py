@@ -217,6 +217,7 @@ class TrainConfig:
     stage0: StageConfig  # VAE pretraining on RGB
     stage1: StageConfig  # alpha VAE adaptation
     stage2: StageConfig  # joint multi-layer learning (K = 1) on the latent cache
+    stage3: StageConfig  # multi-foreground extension (K = 1..K_max), from stage 2
 
     def __post_init__(self) -> None:
         _require(self.preset in PRESETS, f"train.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
@@ -233,7 +234,7 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any], section: str) -> TrainConfig:
         stages = {
             name: StageConfig.from_dict(values.get(name, {}), f"{section}.{name}")
-            for name in ("stage0", "stage1", "stage2")
+            for name in ("stage0", "stage1", "stage2", "stage3")
         }
         rest = {k: v for k, v in values.items() if k not in stages}
         known = {f.name for f in fields(cls)} - set(stages)

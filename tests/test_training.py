@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from layert2v.config import StageConfig, model_preset
+from layert2v.data.datamodule import SameKBatches
 from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
 from layert2v.pipeline import LayerT2VPipeline
 from layert2v.quality.report import GateFailed
@@ -33,7 +34,7 @@ def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return uri
 
 
-def test_stages_0_1_encode_2_smoke_tracked_in_mlflow(tmp_path: Path, smoke, smoke_prepared, tracking: str) -> None:
+def test_stages_0_1_encode_2_3_smoke_tracked_in_mlflow(tmp_path: Path, smoke, smoke_prepared, tracking: str) -> None:
     out = tmp_path / "train"
     weights0 = train_stage(0, smoke, smoke_prepared.out, out, tmp_path)
     vae = load_vae(out / "stage0")
@@ -45,10 +46,22 @@ def test_stages_0_1_encode_2_smoke_tracked_in_mlflow(tmp_path: Path, smoke, smok
     pipeline = LayerT2VPipeline.from_folder(config2.parent)  # stage 2 leaves a complete model folder
     video = pipeline.generate("a red circle", "a grey wall", ["a red circle"], frames=5, height=32, width=32, steps=2)
     assert video.full.shape == (5, 32, 32, 3) and len(video.alphas) == 1
+    config3 = train_stage(3, smoke, smoke_prepared.out, out, tmp_path, latents=tmp_path / "latents")
+    two = LayerT2VPipeline.from_folder(config3.parent).generate(
+        "a red circle and a blue star",
+        "a grey wall",
+        ["a red circle", "a blue star"],
+        frames=5,
+        height=32,
+        width=32,
+        steps=2,
+    )
+    assert len(two.alphas) == 2
 
     client = mlflow.MlflowClient(tracking)
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("layert2v").experiment_id])}
-    assert set(runs) == {"stage0", "stage1", "stage2"}
+    assert set(runs) == {"stage0", "stage1", "stage2", "stage3"}
+    assert "train/fm_alpha_2" in runs["stage3"].data.metrics  # stage 3 saw two-foreground batches
     assert {"val/fm", "val/consistency", "train/fm_alpha_1"} <= set(runs["stage2"].data.metrics)
     stage0 = runs["stage0"]
     assert stage0.data.params["train.preset"] == "tiny" and stage0.data.params["stage.max_steps"] == "4"
@@ -148,3 +161,12 @@ def test_a_failing_gate_stops_the_stage_with_metric_value_and_threshold(
     run = client.get_run((out / "stage1" / "mlflow_run_id").read_text().strip())
     assert run.data.tags["gate"] == "failed"
     assert {a.path for a in client.list_artifacts(run.info.run_id, "gate")} == {"gate/gate.json", "gate/gate.md"}
+
+
+def test_same_k_batches_never_mix_layouts() -> None:
+    num_fg = [1, 2, 1, 3, 2, 1, 2, 3, 1, 2]
+    sampler = SameKBatches(num_fg, batch_size=2, seed=0)
+    first, second = list(sampler), list(sampler)
+    assert len(first) == len(sampler) == 5 and first != second  # 2 + 2 + 1 full batches, reshuffled each epoch
+    for batch in first:
+        assert len(batch) == 2 and len({num_fg[i] for i in batch}) == 1

@@ -17,7 +17,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 def to_frames(array: np.ndarray) -> torch.Tensor:
@@ -85,13 +85,13 @@ class VidLayerDataModule(L.LightningDataModule):
 
 
 class LatentClips(Dataset):
-    """Single-foreground samples from the latent cache (stage 2): each clip's nearest foreground only.
+    """Layered samples from the latent cache, with up to `max_fg` foregrounds each (stage 2: 1, stage 3: K_max).
 
-    Item: segments `[4, C, T', h, w]` (full, bg, fg_1, alpha_1), alpha_grid `[1, T', h, w]`,
-    text `[3, M, D]` (full, bg, fg_1 prompt states) and text_mask `[3, M]`.
+    Item: segments `[2 + 2K, C, T', h, w]` (full, bg, fg_1, alpha_1, ..., fg_K, alpha_K), alpha_grid
+    `[K, 1, T', h, w]`, text `[2 + K, M, D]` (full, bg, fg_1 .. fg_K prompt states), text_mask `[2 + K, M]`.
     """
 
-    def __init__(self, prepared: Path, latents: Path, split: str) -> None:
+    def __init__(self, prepared: Path, latents: Path, split: str, max_fg: int = 1) -> None:
         manifest = pd.read_parquet(prepared / "manifest.parquet")
         self.rows = manifest[manifest["split"] == split].sort_values("cache_row").reset_index(drop=True)
         if self.rows.empty:
@@ -100,38 +100,72 @@ class LatentClips(Dataset):
         self.latents = {n: np.load(latents / split / f"{n}.npy", mmap_mode="r") for n in names}
         self.states = np.load(prepared / "text" / "states.npy", mmap_mode="r")
         self.masks = np.load(prepared / "text" / "mask.npy", mmap_mode="r")
+        self.num_fg = [min(int(k), max_fg) for k in self.rows["num_fg"]]
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        row = self.rows.iloc[index]
-        clip, layer = int(row["cache_row"]), int(row["layer_start"])
+        row, count = self.rows.iloc[index], self.num_fg[index]
+        clip, start = int(row["cache_row"]), int(row["layer_start"])
         get = lambda name, i: torch.from_numpy(np.asarray(self.latents[name][i], dtype=np.float32))  # noqa: E731
-        segments = [get("full", clip), get("background", clip), get("foreground", layer), get("alpha", layer)]
-        prompts = [int(row["text_full"]), int(row["text_background"]), json.loads(row["text_foreground"])[0]]
+        layers = range(start, start + count)
+        segments = [get("full", clip), get("background", clip)]
+        segments += [z for i in layers for z in (get("foreground", i), get("alpha", i))]
+        prompts = [int(row["text_full"]), int(row["text_background"]), *json.loads(row["text_foreground"])[:count]]
         return {
             "segments": torch.stack(segments),
-            "alpha_grid": get("alpha_grid", layer),
+            "alpha_grid": torch.stack([get("alpha_grid", i) for i in layers]),
             "text": torch.from_numpy(np.asarray(self.states[prompts], dtype=np.float32)),
             "text_mask": torch.from_numpy(np.asarray(self.masks[prompts])),
         }
 
 
-class LatentDataModule(L.LightningDataModule):
-    """Train and val loaders over the latent cache (stage 2)."""
+class SameKBatches(Sampler[list[int]]):
+    """Batches whose clips all have the same K (one layout per step), in a seeded random order each epoch."""
 
-    def __init__(self, prepared: Path, latents: Path, batch_size: int, seed: int = 0) -> None:
+    def __init__(self, num_fg: list[int], batch_size: int, seed: int, shuffle: bool = True) -> None:
+        self.groups: dict[int, list[int]] = {}
+        for index, k in enumerate(num_fg):
+            self.groups.setdefault(k, []).append(index)
+        self.batch_size, self.seed, self.shuffle, self.epoch = batch_size, seed, shuffle, 0
+
+    def _batches(self) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        batches = []
+        for indices in self.groups.values():
+            order = [indices[i] for i in torch.randperm(len(indices), generator=generator)] if self.shuffle else indices
+            batches += [
+                order[i : i + self.batch_size] for i in range(0, len(order) - self.batch_size + 1, self.batch_size)
+            ]
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+        return batches
+
+    def __iter__(self):
+        batches = self._batches()
+        self.epoch += 1
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return sum(len(g) // self.batch_size for g in self.groups.values())
+
+
+class LatentDataModule(L.LightningDataModule):
+    """Train and val loaders over the latent cache; every batch holds clips of one K."""
+
+    def __init__(self, prepared: Path, latents: Path, batch_size: int, max_fg: int = 1, seed: int = 0) -> None:
         super().__init__()
-        self.prepared, self.latents, self.batch_size, self.seed = Path(prepared), Path(latents), batch_size, seed
+        self.prepared, self.latents, self.batch_size = Path(prepared), Path(latents), batch_size
+        self.max_fg, self.seed = max_fg, seed
 
     def setup(self, stage: str | None = None) -> None:
-        self.train_set = LatentClips(self.prepared, self.latents, "train")
-        self.val_set = LatentClips(self.prepared, self.latents, "val")
+        self.train_set = LatentClips(self.prepared, self.latents, "train", self.max_fg)
+        self.val_set = LatentClips(self.prepared, self.latents, "val", self.max_fg)
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True, generator=generator)
+        return DataLoader(self.train_set, batch_sampler=SameKBatches(self.train_set.num_fg, self.batch_size, self.seed))
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size)
+        batches = SameKBatches(self.val_set.num_fg, 1, self.seed, shuffle=False)
+        return DataLoader(self.val_set, batch_sampler=batches)

@@ -24,6 +24,7 @@ from layert2v.quality.report import GateFailed, run_metric_gate
 from layert2v.training.stage0_vae import VAEPretraining, rgb_streams
 from layert2v.training.stage1_alpha import AlphaAdaptation
 from layert2v.training.stage2_joint import JointLayerTraining
+from layert2v.training.stage3_multifg import MultiForegroundTraining
 
 
 def tracking_uri(root: Path) -> str:
@@ -44,14 +45,17 @@ def _module(stage: int, params: Params, out: Path) -> tuple[L.LightningModule, S
         return AlphaAdaptation(load_vae(out / "stage0"), train.stage1), train.stage1
     if stage == 2:
         return JointLayerTraining(dit_config(params), train.stage2), train.stage2
-    raise ValueError(f"stage {stage} is not available yet; stages 0, 1 and 2 are")
+    if stage == 3:
+        return MultiForegroundTraining(dit_config(params), train.stage3, out / "stage2" / "model"), train.stage3
+    raise ValueError(f"unknown stage {stage}; stages are 0-3")
 
 
 def _data(stage: int, params: Params, prepared: Path, latents: Path, cfg: StageConfig) -> L.LightningDataModule:
-    if stage == 2:
+    if stage in (2, 3):
         if not (latents / "encode.json").is_file():
             raise FileNotFoundError(f"latent cache {latents} is missing: run `layert2v encode` first")
-        return LatentDataModule(prepared, latents, cfg.batch_size, seed=params.train.seed)
+        max_fg = 1 if stage == 2 else dit_config(params).max_fg
+        return LatentDataModule(prepared, latents, cfg.batch_size, max_fg, seed=params.train.seed)
     return VidLayerDataModule(
         prepared, cfg.batch_size, model_preset(params.train.preset).max_fg, seed=params.train.seed
     )
@@ -59,7 +63,7 @@ def _data(stage: int, params: Params, prepared: Path, latents: Path, cfg: StageC
 
 def _save(stage: int, module: L.LightningModule, data: L.LightningDataModule, folder: Path, out: Path) -> list[Path]:
     """Stage 0-1: the VAE; stage 2: a complete pipeline model folder (EMA DiT + stage-1 VAE + text encoder)."""
-    if stage == 2:
+    if stage in (2, 3):
         from layert2v.models.text import load_text_encoder
         from layert2v.pipeline import LayerT2VPipeline
 

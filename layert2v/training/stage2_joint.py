@@ -1,4 +1,4 @@
-"""Stage 2: joint multi-layer learning with one foreground (K = 1).
+"""Stage 2: joint multi-layer learning with one foreground (K = 1); stage 3 reuses it for K = 1..K_max.
 
 LayerDiT (with LayerAdaLN) learns the rectified-flow velocity of the packed latents
 `[full | bg | fg | alpha]` plus 0.1 x latent compositing consistency (DESIGN section 2). Prompts are
@@ -38,15 +38,17 @@ class JointLayerTraining(L.LightningModule):
         self.dit = LayerDiT(model_cfg)
         self.ema = copy.deepcopy(self.dit).requires_grad_(False)
         self.stage, self.ema_decay, self.prompt_dropout = stage, ema_decay, prompt_dropout
-        self.layout, self.weights = Layout(1), LossWeights()
+        self.weights = LossWeights()
 
     def _losses(self, batch: dict[str, torch.Tensor], model: LayerDiT, dropout: float) -> dict[str, torch.Tensor]:
+        layout = Layout((batch["segments"].shape[1] - 2) // 2)  # every batch holds clips of one K
         x0 = pack(list(batch["segments"].unbind(1)))
         noise, t = torch.randn_like(x0), logit_normal_t(x0.shape[0]).to(x0)
         text, mask = drop_prompts(batch["text"], batch["text_mask"], dropout)
         text = text.flatten(1, 2)  # [B, P * M, D]
-        velocity = model.forward_layout(noisy(x0, noise, t), t * 1000, text, mask, self.layout)
-        return layered_loss(velocity, x0, noise, t, self.layout, self.weights, alpha_latent_res=[batch["alpha_grid"]])
+        velocity = model.forward_layout(noisy(x0, noise, t), t * 1000, text, mask, layout)
+        alphas = list(batch["alpha_grid"].unbind(1))
+        return layered_loss(velocity, x0, noise, t, layout, self.weights, alpha_latent_res=alphas)
 
     def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
         losses = self._losses(batch, self.dit, self.prompt_dropout)
