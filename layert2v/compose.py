@@ -14,6 +14,8 @@ from typing import TypeVar
 
 import numpy as np
 
+from layert2v.io import to_uint8
+
 Array = TypeVar("Array")
 
 
@@ -31,10 +33,6 @@ def straighten(premultiplied: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Straight RGB from premultiplied RGB: `rgb / a` where a > 0 (black where fully transparent)."""
     safe = np.where(alpha > 1e-3, alpha, 1.0)[..., None]
     return np.clip(np.where(alpha[..., None] > 1e-3, premultiplied / safe, 0.0), 0, 1)
-
-
-def _u8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,9 +69,9 @@ class LayeredVideo:
         if "mp4" in formats:
             for name, video in (("full", self.full), ("background", self.background)):
                 written[name] = folder / f"{name}.mp4"
-                io.write_video(written[name], _u8(video), self.fps)
+                io.write_video(written[name], to_uint8(video), self.fps)
         for k, (rgb, alpha) in enumerate(zip(self.straight, self.alphas, strict=True), start=1):
-            rgb8, alpha8 = _u8(rgb), _u8(alpha)
+            rgb8, alpha8 = to_uint8(rgb), to_uint8(alpha)
             if "mov" in formats:
                 written[f"fg_{k}_mov"] = folder / f"foreground_{k}.mov"
                 io.write_prores_alpha(written[f"fg_{k}_mov"], rgb8, alpha8, self.fps)
@@ -89,10 +87,10 @@ class LayeredVideo:
 
     def preview_rows(self) -> dict[str, np.ndarray]:
         """uint8 RGB rows for a contact sheet: full, background, then each foreground and its alpha."""
-        rows = {"full": _u8(self.full), "background": _u8(self.background)}
+        rows = {"full": to_uint8(self.full), "background": to_uint8(self.background)}
         for k, (fg, alpha) in enumerate(zip(self.foregrounds, self.alphas, strict=True), start=1):
-            rows[f"fg {k}"] = _u8(fg)
-            rows[f"alpha {k}"] = _u8(np.repeat(alpha[..., None], 3, axis=-1))
+            rows[f"fg {k}"] = to_uint8(fg)
+            rows[f"alpha {k}"] = to_uint8(np.repeat(alpha[..., None], 3, axis=-1))
         return rows
 
     def preview_strip(self) -> np.ndarray:

@@ -24,6 +24,11 @@ H264_CRF = 12  # README states the measured round-trip PSNR
 RGB_PIX_FMT = "yuv444p"
 
 
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Float frames in [0, 1] -> uint8, rounded and clipped: the one conversion every writer and cache uses."""
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
 class VideoError(ValueError):
     """A video file that cannot be used; the message names the file and the rule broken."""
 
@@ -71,7 +76,7 @@ def write_video(
 def write_mask(path: Path | str, alpha: np.ndarray, fps: int, crf: int = H264_CRF) -> None:
     """Write an alpha matte (float `[T, H, W]` in [0, 1], or uint8) as a grayscale H.264 MP4."""
     if alpha.dtype != np.uint8:
-        alpha = np.clip(np.rint(alpha * 255.0), 0, 255).astype(np.uint8)
+        alpha = to_uint8(alpha)
     if alpha.ndim != 3:
         raise ValueError(f"write_mask wants [T, H, W], got {alpha.shape}")
     _encode(Path(path), alpha, fps, "gray", "gray", crf)

@@ -36,7 +36,7 @@ from PIL import Image
 from layert2v.compose import over
 from layert2v.config import PrepareConfig
 from layert2v.data.vidlayer import ClipError, ClipSource, Reject, discover
-from layert2v.io import VideoError, probe, read_mask, read_video
+from layert2v.io import VideoError, probe, read_mask, read_video, to_uint8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,10 +135,6 @@ def clip_stats(full: np.ndarray, background: np.ndarray, fgs: list[np.ndarray], 
     }
 
 
-def _u8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-
-
 def conform(clip: ClipSource, streams: Streams, cfg: PrepareConfig) -> Prepared:
     """Check, select frames, resize and crop one clip's decoded streams; derive missing foregrounds."""
     if len(clip.masks) > cfg.max_fg:
@@ -161,10 +157,10 @@ def conform(clip: ClipSource, streams: Streams, cfg: PrepareConfig) -> Prepared:
     }
     return Prepared(
         clip=clip,
-        full=_u8(full),
-        background=_u8(background),
-        foregrounds=[_u8(f) for f in fgs],
-        alphas=[_u8(a) for a in alphas],
+        full=to_uint8(full),
+        background=to_uint8(background),
+        foregrounds=[to_uint8(f) for f in fgs],
+        alphas=[to_uint8(a) for a in alphas],
         stats=stats,
     )
 

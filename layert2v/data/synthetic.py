@@ -29,6 +29,7 @@ import numpy as np
 from layert2v.compose import over
 from layert2v.config import SynthConfig
 from layert2v.data.vidlayer import write_clip
+from layert2v.io import to_uint8
 
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "hexagon")
 COLOURS = {
@@ -404,10 +405,6 @@ def make_clip(cfg: SynthConfig, index: int) -> dict:
     }
 
 
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-
-
 def write_synthetic_clip(cfg: SynthConfig, index: int, out: Path) -> str:
     """Render and write clip `index` under `out/<split>/<clip_id>/`; returns the clip id."""
     clip = make_clip(cfg, index)
@@ -415,10 +412,10 @@ def write_synthetic_clip(cfg: SynthConfig, index: int, out: Path) -> str:
     write_clip(
         out / meta["split"] / meta["clip_id"],
         metadata=meta,
-        full=_to_uint8(clip["full"]),
-        background=_to_uint8(clip["background"]),
-        foregrounds=[_to_uint8(f) for f in clip["foregrounds"]],
-        alphas=[_to_uint8(a) for a in clip["alphas"]],
+        full=to_uint8(clip["full"]),
+        background=to_uint8(clip["background"]),
+        foregrounds=[to_uint8(f) for f in clip["foregrounds"]],
+        alphas=[to_uint8(a) for a in clip["alphas"]],
         fps=cfg.fps,
     )
     return meta["clip_id"]
