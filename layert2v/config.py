@@ -192,6 +192,7 @@ class StageConfig(FromDict):
     val_every: int = 50  # validation (and preview) every N steps
     checkpoint_every: int = 20  # `last.ckpt` every N steps, what a killed run resumes from
     val_batches: int = 2  # validation batches per check
+    alpha_decode_samples: int = 0  # DiT stages: samples per batch whose predicted alpha is decoded (0.1 smooth-L1)
     gate: dict[str, float] = field(default_factory=dict)  # validation metric -> minimum; a miss stops the chain
 
     def __post_init__(self) -> None:
@@ -201,6 +202,7 @@ class StageConfig(FromDict):
             0 <= self.warmup_steps < self.max_steps, f"warmup_steps must be in [0, max_steps), got {self.warmup_steps}"
         )
         _require(self.checkpoint_every >= 1 and self.val_every >= 1, "checkpoint_every and val_every must be >= 1")
+        _require(self.alpha_decode_samples >= 0, f"alpha_decode_samples must be >= 0, got {self.alpha_decode_samples}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -243,6 +245,41 @@ class TrainConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EvaluateConfig(FromDict):
+    """Validation samples of a trained model: how they are drawn, and the minimums a model must reach."""
+
+    prompts: int = 16  # validation clips whose captions are sampled (first N of the val split by clip id)
+    steps: int = 20  # sampler steps
+    guidance: float = 4.0  # classifier-free guidance scale
+    shift: float = 3.0  # timestep shift
+    sampler: str = "unipc"
+    seed: int = 0
+    preview_steps: int = 8  # sampler steps of the training-time previews
+    gate: dict[str, float] = field(default_factory=dict)  # metric -> minimum; checked before registration
+
+    def __post_init__(self) -> None:
+        _require(self.prompts >= 1, f"evaluate.prompts must be >= 1, got {self.prompts}")
+        _require(self.steps >= 1 and self.preview_steps >= 1, "evaluate.steps and preview_steps must be >= 1")
+        _require(self.guidance >= 1.0, f"evaluate.guidance must be >= 1, got {self.guidance}")
+        _require(self.sampler in ("euler", "unipc"), f"evaluate.sampler must be euler or unipc, got {self.sampler!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegistryConfig(FromDict):
+    """Registered model name and the promotion rule: challenger replaces champion when it improves the
+    primary metric by at least `min_improvement` and loses no more than `tolerance[m]` on any metric m."""
+
+    model_name: str = "layert2v"
+    primary: str = "coherence_db"
+    min_improvement: float = 0.0
+    tolerance: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.model_name.strip()), "registry.model_name must not be empty")
+        _require(all(v >= 0 for v in self.tolerance.values()), f"registry.tolerance must be >= 0: {self.tolerance}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Params:
     """Everything one run reads, one dataclass per params.yaml section."""
 
@@ -250,9 +287,18 @@ class Params:
     prepare: PrepareConfig
     gate: DataGateConfig
     train: TrainConfig
+    evaluate: EvaluateConfig
+    registry: RegistryConfig
 
 
-SECTIONS = {"synth": SynthConfig, "prepare": PrepareConfig, "gate": DataGateConfig, "train": TrainConfig}
+SECTIONS = {
+    "synth": SynthConfig,
+    "prepare": PrepareConfig,
+    "gate": DataGateConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+    "registry": RegistryConfig,
+}
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

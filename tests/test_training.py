@@ -22,7 +22,7 @@ from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
 from layert2v.pipeline import LayerT2VPipeline
 from layert2v.quality.report import GateFailed
 from layert2v.training.encode import encode_prepared
-from layert2v.training.run import load_vae, save_vae, train_stage
+from layert2v.training.run import _guard_resume, fingerprint, load_vae, save_vae, train_stage
 
 from .conftest import ROOT
 
@@ -60,9 +60,16 @@ def test_stages_0_1_encode_2_3_smoke_tracked_in_mlflow(tmp_path: Path, smoke, sm
 
     client = mlflow.MlflowClient(tracking)
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("layert2v").experiment_id])}
-    assert set(runs) == {"stage0", "stage1", "stage2", "stage3"}
+    assert set(runs) == {"pipeline", "stage0", "stage1", "stage2", "stage3"}
+    parent = runs["pipeline"].info.run_id
+    assert all(runs[f"stage{n}"].data.tags["mlflow.parentRunId"] == parent for n in range(4))
     assert "train/fm_alpha_2" in runs["stage3"].data.metrics  # stage 3 saw two-foreground batches
-    assert {"val/fm", "val/consistency", "train/fm_alpha_1"} <= set(runs["stage2"].data.metrics)
+    assert {"val/fm", "val/consistency", "train/fm_alpha_1", "train/alpha"} <= set(runs["stage2"].data.metrics)
+    for stage in ("stage2", "stage3"):  # gated on finite losses and validation-sample metrics, with previews
+        run = runs[stage]
+        assert run.data.tags["gate"] == "passed" and "sample/coherence_db" in run.data.metrics
+        previews = {a.path for a in client.list_artifacts(run.info.run_id, "previews")}
+        assert {"previews/step000002.png", "previews/step000002.gif", "previews/step000004.png"} <= previews
     stage0 = runs["stage0"]
     assert stage0.data.params["train.preset"] == "tiny" and stage0.data.params["stage.max_steps"] == "4"
     assert "val/psnr_rgb" in stage0.data.metrics and "val/alpha_iou" in runs["stage1"].data.metrics
@@ -109,9 +116,28 @@ def test_killed_stage_resumes_from_its_last_checkpoint(tmp_path: Path, smoke, sm
     assert (tmp_path / "train" / "stage0" / "mlflow_run_id").read_text().strip() == run_id  # same MLflow run
     client = mlflow.MlflowClient(tracking)
     steps = {m.step for m in client.get_metric_history(run_id, "train/loss")}
-    assert (
-        max(steps) == longer.max_steps - 1 and len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
-    )
+    stage_runs = client.search_runs([client.get_run(run_id).info.experiment_id], "attributes.run_name = 'stage0'")
+    assert max(steps) == longer.max_steps - 1 and len(stage_runs) == 1
+
+
+def test_checkpoints_made_under_other_params_are_set_aside_not_resumed(tmp_path: Path, smoke) -> None:
+    out, latents = tmp_path / "train", tmp_path / "latents"
+    folder = out / "stage0"
+    _guard_resume(folder, fingerprint(0, smoke, out, latents))
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    (folder / "mlflow_run_id").write_text("abc\n")
+    _guard_resume(folder, fingerprint(0, smoke, out, latents))  # same params: resumable
+    assert (folder / "checkpoints" / "last.ckpt").is_file() and (folder / "mlflow_run_id").is_file()
+
+    changed = dataclasses.replace(smoke, train=dataclasses.replace(smoke.train, seed=1))
+    _guard_resume(folder, fingerprint(0, changed, out, latents))
+    assert not (folder / "checkpoints").exists() and not (folder / "mlflow_run_id").exists()
+    assert (folder / "stale-checkpoints" / "last.ckpt").read_bytes() == b"weights"  # set aside, not deleted
+    (out / "stage0" / "vae.safetensors").write_bytes(b"v1")
+    before = fingerprint(1, smoke, out, latents)
+    (out / "stage0" / "vae.safetensors").write_bytes(b"v2")
+    assert fingerprint(1, smoke, out, latents) != before  # new upstream weights: stage 1 starts afresh
 
 
 def test_stage2_without_latents_is_a_clear_error(tmp_path: Path, smoke, smoke_prepared, tracking: str) -> None:

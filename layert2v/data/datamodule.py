@@ -88,7 +88,8 @@ class LatentClips(Dataset):
     """Layered samples from the latent cache, with up to `max_fg` foregrounds each (stage 2: 1, stage 3: K_max).
 
     Item: segments `[2 + 2K, C, T', h, w]` (full, bg, fg_1, alpha_1, ..., fg_K, alpha_K), alpha_grid
-    `[K, 1, T', h, w]`, text `[2 + K, M, D]` (full, bg, fg_1 .. fg_K prompt states), text_mask `[2 + K, M]`.
+    `[K, 1, T', h, w]`, alpha_pixels `[K, 1, F, H, W]` (decoded-alpha loss), text `[2 + K, M, D]` (full, bg,
+    fg_1 .. fg_K prompt states), text_mask `[2 + K, M]`.
     """
 
     def __init__(self, prepared: Path, latents: Path, split: str, max_fg: int = 1) -> None:
@@ -98,6 +99,7 @@ class LatentClips(Dataset):
             raise ValueError(f"{prepared} has no clips in split '{split}'")
         names = ("full", "background", "foreground", "alpha", "alpha_grid")
         self.latents = {n: np.load(latents / split / f"{n}.npy", mmap_mode="r") for n in names}
+        self.alpha_pixels = np.load(prepared / "cache" / split / "alpha.npy", mmap_mode="r")
         self.states = np.load(prepared / "text" / "states.npy", mmap_mode="r")
         self.masks = np.load(prepared / "text" / "mask.npy", mmap_mode="r")
         self.num_fg = [min(int(k), max_fg) for k in self.rows["num_fg"]]
@@ -116,6 +118,7 @@ class LatentClips(Dataset):
         return {
             "segments": torch.stack(segments),
             "alpha_grid": torch.stack([get("alpha_grid", i) for i in layers]),
+            "alpha_pixels": torch.stack([to_frames(self.alpha_pixels[i]) for i in layers]),
             "text": torch.from_numpy(np.asarray(self.states[prompts], dtype=np.float32)),
             "text_mask": torch.from_numpy(np.asarray(self.masks[prompts])),
         }

@@ -81,7 +81,8 @@ def run_metric_gate(name: str, metrics: dict[str, float], minimums: dict[str, fl
     """Check `metrics[key] >= minimums[key]` (and finite) with great_expectations; write the report to `path`."""
     import great_expectations.expectations as gxe
 
-    df = pd.DataFrame([{key: float(metrics[key]) for key in minimums}])
+    metrics = {key: float(metrics.get(key, float("nan"))) for key in minimums}  # not measured = failing
+    df = pd.DataFrame([metrics])
     batch = gx_batch(df, name.replace(" ", "_"))
     rules = []
     for key, low in minimums.items():

@@ -4,7 +4,9 @@ LayerDiT (with LayerAdaLN) learns the rectified-flow velocity of the packed late
 `[full | bg | fg | alpha]` plus 0.1 x latent compositing consistency (DESIGN section 2). Prompts are
 dropped (states zeroed, only the first token visible) with probability `prompt_dropout` so classifier-free
 guidance has an unconditional branch to contrast with. An exponential moving average of the weights is
-kept and is what gets saved.
+kept and is what gets saved. With a frozen VAE and `alpha_decode_samples > 0`, the predicted alpha latents of
+that many samples per batch also go through the VAE's alpha decoder and are compared with the true matte
+(0.1 x smooth-L1): decoding is the costly part on a CPU, so a few samples per batch carry the term.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from layert2v.config import ModelConfig, StageConfig
 from layert2v.diffusion import LossWeights, layered_loss, logit_normal_t, noisy
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import Layout, pack
+from layert2v.models.vae import LayerVAE
 from layert2v.training.schedule import adamw_warmup_cosine
 
 
@@ -32,13 +35,29 @@ def drop_prompts(text: torch.Tensor, mask: torch.Tensor, p: float, generator: to
 
 class JointLayerTraining(L.LightningModule):
     def __init__(
-        self, model_cfg: ModelConfig, stage: StageConfig, ema_decay: float = 0.999, prompt_dropout: float = 0.1
+        self,
+        model_cfg: ModelConfig,
+        stage: StageConfig,
+        vae: LayerVAE | None = None,
+        ema_decay: float = 0.999,
+        prompt_dropout: float = 0.1,
     ) -> None:
         super().__init__()
         self.dit = LayerDiT(model_cfg)
         self.ema = copy.deepcopy(self.dit).requires_grad_(False)
+        self.vae = vae.requires_grad_(False).eval() if vae is not None else None
         self.stage, self.ema_decay, self.prompt_dropout = stage, ema_decay, prompt_dropout
         self.weights = LossWeights()
+
+    def _decoded_alpha(self, batch: dict[str, torch.Tensor]) -> dict:
+        """`decode_alpha` and `alpha_pixels` for `layered_loss` on the first samples of the batch, or nothing."""
+        n = self.stage.alpha_decode_samples
+        if self.vae is None or n == 0 or "alpha_pixels" not in batch:
+            return {}
+        return {
+            "decode_alpha": lambda z: self.vae.decode_alpha(z[:n]),
+            "alpha_pixels": [a[:n] for a in batch["alpha_pixels"].unbind(1)],
+        }
 
     def _losses(self, batch: dict[str, torch.Tensor], model: LayerDiT, dropout: float) -> dict[str, torch.Tensor]:
         layout = Layout((batch["segments"].shape[1] - 2) // 2)  # every batch holds clips of one K
@@ -48,13 +67,19 @@ class JointLayerTraining(L.LightningModule):
         text = text.flatten(1, 2)  # [B, P * M, D]
         velocity = model.forward_layout(noisy(x0, noise, t), t * 1000, text, mask, layout)
         alphas = list(batch["alpha_grid"].unbind(1))
-        return layered_loss(velocity, x0, noise, t, layout, self.weights, alpha_latent_res=alphas)
+        return layered_loss(
+            velocity, x0, noise, t, layout, self.weights, alpha_latent_res=alphas, **self._decoded_alpha(batch)
+        )
 
     def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
         losses = self._losses(batch, self.dit, self.prompt_dropout)
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"})
         self.log("train/loss", losses["loss"], prog_bar=True)
         return losses["loss"]
+
+    def on_train_start(self) -> None:
+        if self.vae is not None:
+            self.vae.eval()  # frozen: Lightning's train() must not switch it
 
     def on_train_batch_end(self, *_: object) -> None:
         with torch.no_grad():

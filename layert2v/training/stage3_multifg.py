@@ -9,12 +9,15 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from layert2v.config import ModelConfig, StageConfig
+from layert2v.models.vae import LayerVAE
 from layert2v.training.stage2_joint import JointLayerTraining
 
 
 class MultiForegroundTraining(JointLayerTraining):
-    def __init__(self, model_cfg: ModelConfig, stage: StageConfig, stage2_model: Path) -> None:
-        super().__init__(model_cfg, stage)
+    def __init__(
+        self, model_cfg: ModelConfig, stage: StageConfig, stage2_model: Path, vae: LayerVAE | None = None
+    ) -> None:
+        super().__init__(model_cfg, stage, vae)
         weights = stage2_model / "dit.safetensors"
         if not weights.is_file():
             raise FileNotFoundError(f"{weights} is missing: run stage 2 first")
