@@ -87,6 +87,62 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from layert2v.evaluate import evaluate_pipeline, validation_prompts
+    from layert2v.pipeline import LayerT2VPipeline
+    from layert2v.quality.report import run_metric_gate
+
+    params, out = _params(args), Path(args.out)
+    pipeline = LayerT2VPipeline.from_folder(args.model)
+    prompts = validation_prompts(Path(args.prepared), params.evaluate.prompts, pipeline.cfg.max_fg)
+    size = (params.prepare.height, params.prepare.width)
+    summary, _ = evaluate_pipeline(pipeline, prompts, params.evaluate, params.prepare.frames, size, out)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    report = run_metric_gate("evaluation gate", summary, params.evaluate.gate, out / "gate.json")
+    print(report.to_markdown())
+    print(f"metrics: {out / 'metrics.json'}; previews: {out / 'previews'}")
+    return 0 if report.passed else 1
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    import json
+
+    from layert2v.registry import register
+
+    params = _params(args)
+    metrics = json.loads(Path(args.metrics).read_text())
+    parent_file = Path(args.train) / "stage0" / "pipeline_run_id"
+    parent = parent_file.read_text().strip() if parent_file.is_file() else None
+    version = register(Path(args.model), metrics, params, Path(args.root), Path("."), parent)
+    record = {"name": version.name, "version": version.version, "alias": "challenger", "source": version.source}
+    Path(args.record).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.record).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"registered {version.name} version {version.version} as challenger")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from layert2v.registry import promote
+
+    decision = promote(_params(args).registry, Path(args.root), args.actor)
+    if args.record:
+        Path(args.record).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.record).write_text(decision.to_json())
+    verdict = "promoted to champion" if decision.promote else "not promoted"
+    print(f"version {decision.challenger} {verdict}: {decision.reason} (champion before: {decision.champion})")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from layert2v.registry import rollback
+
+    version = rollback(_params(args).registry, Path(args.root), args.actor, args.reason)
+    print(f"champion rolled back to version {version}")
+    return 0
+
+
 def cmd_params(args: argparse.Namespace) -> int:
     load_params(args.params, args.profile)  # validate before printing
     raw = yaml.safe_load(Path(args.params).read_text())
@@ -155,6 +211,34 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--prepared", default="artifacts/prepared")
     encode.add_argument("--out", default="artifacts/latents")
     encode.set_defaults(func=cmd_encode)
+
+    evaluate = commands.add_parser("evaluate", help="sample validation prompts, measure them, check the gate")
+    _common(evaluate)
+    evaluate.add_argument("--model", default="artifacts/train/stage3/model", help="pipeline model folder")
+    evaluate.add_argument("--prepared", default="artifacts/prepared")
+    evaluate.add_argument("--out", default="artifacts/eval")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    registry = commands.add_parser("registry", help="MLflow model registry: register, promote, rollback")
+    registry_commands = registry.add_subparsers(dest="registry_command", required=True)
+    reg = registry_commands.add_parser("register", help="register a model folder as the challenger")
+    _common(reg)
+    reg.add_argument("--model", default="artifacts/train/stage3/model")
+    reg.add_argument("--metrics", default="artifacts/eval/metrics.json")
+    reg.add_argument("--train", default="artifacts/train", help="training folder (its pipeline MLflow run)")
+    reg.add_argument("--record", default="artifacts/registry/registered.json")
+    reg.set_defaults(func=cmd_register)
+    prom = registry_commands.add_parser("promote", help="challenger -> champion if the params.yaml rule says so")
+    _common(prom)
+    prom.add_argument("--record", default=None, help="write the decision as JSON here")
+    prom.set_defaults(func=cmd_promote)
+    back = registry_commands.add_parser("rollback", help="champion -> the version it replaced")
+    _common(back)
+    back.add_argument("--reason", default="rollback")
+    back.set_defaults(func=cmd_rollback)
+    for sub in (reg, prom, back):
+        sub.add_argument("--root", default=".", help="where mlflow.db and mlartifacts/ live (default: here)")
+        sub.add_argument("--actor", default=None, help="who acts (default: the login name)")
     return parser
 
 

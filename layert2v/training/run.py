@@ -23,7 +23,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
 
 from layert2v.config import ModelConfig, Params, StageConfig, model_preset
 from layert2v.data.datamodule import LatentDataModule, VidLayerDataModule
@@ -197,7 +197,7 @@ def train_stage(
         num_sanity_val_steps=0,
         log_every_n_steps=1,
         callbacks=[checkpoints, *_previews(stage, module, params, prepared, folder, cfg)],
-        logger=logger,
+        logger=[logger, CSVLogger(folder, name="", version="csv")],  # csv/metrics.csv: the DVC loss plots
         default_root_dir=folder,
     )
     last = folder / "checkpoints" / "last.ckpt"

@@ -1,0 +1,171 @@
+"""MLflow model registry: register a trained model as the `challenger`, promote it to `champion` by the rule
+in `params.yaml`, roll back.
+
+Aliases, not stages (deprecated since MLflow 2.9): every registered version keeps its evaluation metrics
+(`metric.<name>` tags) and lineage tags (git commit, data version from `data.dvc`, params hash, preset).
+`promote` moves `champion` and records who, when, why and the previous champion on the version;
+`rollback` moves `champion` back to that previous version. Serving loads `models:/<name>@champion`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import subprocess
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from layert2v.config import Params, RegistryConfig
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+ENTRY = Path(__file__).parent / "serving" / "pyfunc_entry.py"
+
+
+def _client(root: Path):
+    from mlflow import MlflowClient
+
+    from layert2v.training.run import tracking_uri
+
+    return MlflowClient(tracking_uri(root), registry_uri=tracking_uri(root))
+
+
+def git_commit(repo: Path) -> str:
+    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=False)
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def data_version(repo: Path) -> str:
+    """The md5 of the dataset as `data.dvc` records it ("untracked" without one)."""
+    path = repo / "data.dvc"
+    if not path.is_file():
+        return "untracked"
+    outs = (yaml.safe_load(path.read_text()) or {}).get("outs", [{}])
+    return str(outs[0].get("md5", "unknown"))
+
+
+def params_hash(params: Params) -> str:
+    return hashlib.sha256(json.dumps(asdict(params), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def register(
+    model: Path,
+    metrics: dict[str, float],
+    params: Params,
+    root: Path,
+    repo: Path = Path("."),
+    parent: str | None = None,
+):
+    """Log `model` (a pipeline folder) as a pyfunc in a `register` run (a child of the pipeline run `parent`),
+    create a registered version with lineage and metric tags, and alias it challenger."""
+    import mlflow
+
+    from layert2v.training.run import _artifacts, tracking_uri
+
+    name = params.registry.model_name
+    mlflow.set_tracking_uri(tracking_uri(root))
+    mlflow.set_registry_uri(tracking_uri(root))
+    if mlflow.get_experiment_by_name(params.train.experiment) is None:
+        mlflow.create_experiment(params.train.experiment, _artifacts(root))
+    mlflow.set_experiment(params.train.experiment)
+    tags = {
+        "git_commit": git_commit(repo),
+        "data_version": data_version(repo),
+        "params_hash": params_hash(params),
+        "preset": params.train.preset,
+    } | {f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}
+    run_tags = {"mlflow.parentRunId": parent} if parent else None
+    with mlflow.start_run(run_name="register", tags=run_tags):
+        mlflow.log_metrics(metrics)
+        mlflow.set_tags(tags)
+        info = mlflow.pyfunc.log_model(
+            name="layert2v", python_model=str(ENTRY), artifacts={"model": str(Path(model).resolve())}
+        )
+        version = mlflow.register_model(info.model_uri, name, tags=tags)
+    client = _client(root)
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    return version
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+    challenger: str
+    champion: str | None  # the champion before the decision
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+
+def decide(challenger: dict[str, float], champion: dict[str, float] | None, rule: RegistryConfig) -> tuple[bool, str]:
+    """The promotion rule: no champion yet, or primary improved by >= min_improvement and no metric
+    regressed by more than its tolerance."""
+    if champion is None:
+        return True, "no champion yet"
+    for metric, tolerance in rule.tolerance.items():
+        if metric in champion and challenger.get(metric, float("-inf")) < champion[metric] - tolerance:
+            return False, (
+                f"{metric} regressed: {challenger.get(metric)} < champion {champion[metric]} - tolerance {tolerance}"
+            )
+    gain = challenger.get(rule.primary, float("-inf")) - champion.get(rule.primary, float("-inf"))
+    if gain <= 0 or gain < rule.min_improvement:
+        return False, f"{rule.primary} did not improve: {challenger.get(rule.primary)} vs {champion.get(rule.primary)}"
+    return True, f"{rule.primary} improved by {gain:.4g} with no regression beyond tolerance"
+
+
+def version_metrics(version) -> dict[str, float]:
+    return {k.removeprefix("metric."): float(v) for k, v in version.tags.items() if k.startswith("metric.")}
+
+
+def _alias(client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def promote(rule: RegistryConfig, root: Path, actor: str | None = None) -> Decision:
+    """Compare `challenger` with `champion` and move `champion` when the rule says so; tags record it."""
+    client, name = _client(root), rule.model_name
+    challenger = _alias(client, name, CHALLENGER)
+    if challenger is None:
+        raise ValueError(f"registered model {name!r} has no '{CHALLENGER}' version: register one first")
+    champion = _alias(client, name, CHAMPION)
+    if champion is not None and champion.version == challenger.version:
+        return Decision(False, "the challenger is already the champion", challenger.version, champion.version)
+    ok, reason = decide(version_metrics(challenger), version_metrics(champion) if champion else None, rule)
+    stamp = {"by": actor or getpass.getuser(), "at": datetime.now(UTC).isoformat(timespec="seconds"), "reason": reason}
+    if ok:
+        client.set_registered_model_alias(name, CHAMPION, challenger.version)
+        for key, value in stamp.items():
+            client.set_model_version_tag(name, challenger.version, f"promoted_{key}", value)
+        client.set_model_version_tag(
+            name, challenger.version, "previous_champion", champion.version if champion else ""
+        )
+    else:
+        client.set_model_version_tag(name, challenger.version, "rejected_reason", reason)
+    return Decision(ok, reason, challenger.version, champion.version if champion else None)
+
+
+def rollback(rule: RegistryConfig, root: Path, actor: str | None = None, reason: str = "rollback") -> str:
+    """Move `champion` back to the version it replaced; returns that version."""
+    client, name = _client(root), rule.model_name
+    champion = _alias(client, name, CHAMPION)
+    if champion is None:
+        raise ValueError(f"registered model {name!r} has no '{CHAMPION}' to roll back")
+    previous = champion.tags.get("previous_champion", "")
+    if not previous:
+        raise ValueError(
+            f"version {champion.version} of {name!r} replaced no earlier champion; nothing to roll back to"
+        )
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    stamp = {"by": actor or getpass.getuser(), "at": datetime.now(UTC).isoformat(timespec="seconds"), "reason": reason}
+    for key, value in stamp.items():
+        client.set_model_version_tag(name, champion.version, f"rolled_back_{key}", value)
+    return previous
