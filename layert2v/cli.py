@@ -60,7 +60,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     report = validate_prepared(Path(args.prepared), params.gate, params.prepare, Path(args.report))
     print(report.to_markdown())
     print(f"report: {args.report} (and .md)")
+    if args.passed:
+        _mark_passed(Path(args.passed), Path(args.prepared) / "manifest.parquet", report.passed)
     return 0 if report.passed else 1
+
+
+def _mark_passed(marker: Path, manifest: Path, passed: bool) -> None:
+    """Training depends on this marker, not on the report: it holds the hash of the data that passed, so a
+    changed threshold re-runs the gate without re-running training on the same data."""
+    import hashlib
+
+    marker.unlink(missing_ok=True)
+    if passed:
+        marker.write_text(hashlib.sha256(manifest.read_bytes()).hexdigest() + "\n")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -189,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(validate)
     validate.add_argument("--prepared", default="artifacts/prepared")
     validate.add_argument("--report", default="artifacts/reports/data_gate.json")
+    validate.add_argument("--passed", default=None, help="write the data's hash here when the gate passes")
     validate.set_defaults(func=cmd_validate)
 
     train = commands.add_parser("train", help="run one training stage (Lightning, tracked in MLflow)")

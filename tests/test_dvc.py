@@ -1,11 +1,13 @@
 """Real DVC: the pipeline reproduces in a temp git repo, and regenerating the default data matches data.dvc."""
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 
@@ -34,6 +36,7 @@ def copy_code(repo: Path) -> None:
     """The tracked files the pipeline reads: package, dvc.yaml (data comes from the test)."""
     shutil.copytree(ROOT / "layert2v", repo / "layert2v", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    (repo / ".gitignore").write_text("mlflow.db\nmlartifacts/\n")
 
 
 def stages_run(output: str) -> set[str]:
@@ -52,17 +55,30 @@ def test_dvc_repro_smoke_then_nothing_then_only_dependents(tmp_path: Path) -> No
     run(["git", "commit", "-qm", "smoke"], repo)
 
     first = run(["dvc", "repro"], repo)
-    assert stages_run(first) == {"prepare", "validate"}
+    assert stages_run(first) == set(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
     assert yaml.safe_load((repo / "artifacts/reports/data_gate.json").read_text())["passed"] is True
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    assert str(client.get_model_version_by_alias("layert2v", "champion").version) == "1"
+    assert json.loads((repo / "artifacts/registry/promotion.json").read_text())["reason"] == "no champion yet"
+    assert (repo / "artifacts/train/stage2/csv/metrics.csv").is_file() and any(
+        (repo / "artifacts/eval/previews").iterdir()
+    )
 
     second = run(["dvc", "repro"], repo)
     assert stages_run(second) == set()
 
     changed = yaml.safe_load(params)
     changed["gate"]["min_clips"] = 10
+    changed["train"]["stage3"]["lr"] = 0.001
     (repo / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
     third = run(["dvc", "repro"], repo)
-    assert stages_run(third) == {"validate"}
+    assert stages_run(third) == {"validate", "stage3", "evaluate", "register", "promote"}
+    assert str(client.get_model_version_by_alias("layert2v", "challenger").version) == "2"
+
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "after repro"], repo)
+    experiment = run(["dvc", "exp", "run", "-S", "registry.min_improvement=5.0"], repo)
+    assert stages_run(experiment) == {"promote"}
 
 
 @pytest.mark.slow

@@ -208,7 +208,8 @@ def train_stage(
     for path in saved:
         logger.experiment.log_artifact(logger.run_id, str(path), "weights")
     if cfg.gate:
-        losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+        logged = logger.experiment.get_run(logger.run_id).data.metrics  # also holds a resumed run's last losses
+        losses = {k: float(v) for k, v in logged.items() if k.startswith("train/")}
         metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
         metrics |= _sample_metrics(stage, params, prepared, folder, losses)
         _gate(stage, metrics, cfg, folder, logger)
