@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
-	$(BIN)/python -c "import layert2v, torch, av, great_expectations, lightning, mlflow, diffusers, peft, transformers" || (echo "install failed" && exit 1)
+	$(BIN)/python -c "import layert2v, torch, av, great_expectations, lightning, mlflow, diffusers, peft, transformers, prefect" || (echo "install failed" && exit 1)
 	touch $(STAMP)
 
 install: $(STAMP)

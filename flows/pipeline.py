@@ -1,0 +1,108 @@
+"""The LayerT2V flows. Parameters are typed, so the Prefect UI shows a form for each.
+
+- `ingest`: synthesise a VidLayer dataset or import one (folder layout or jsonl), `dvc add data`, then the
+  `prepare` and `validate` (data gate) stages;
+- `train`: the training stages in order (each with its gate), with a progress artifact;
+- `evaluate_and_promote`: validation samples + gate, registration as `challenger`, promotion by the rule;
+- `pipeline`: all three.
+
+Every flow works on a repository folder (`repo`, default: the current directory) whose `params.yaml` the
+DVC stages read; `profile` rewrites that file from a profile of the same file first (`git diff` shows it).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from flows.tasks import dvc_stage, publish_evaluation, shell
+
+TrainStage = Literal["stage0_vae", "stage1_alpha", "encode", "stage2", "stage3"]
+TRAIN_STAGES: list[TrainStage] = ["stage0_vae", "stage1_alpha", "encode", "stage2", "stage3"]
+Profile = Literal["default", "smoke", "keep"]
+
+
+def apply_profile(repo: Path, profile: Profile) -> None:
+    """`keep` leaves params.yaml alone; a profile name writes that profile's plain params into it."""
+    if profile == "keep":
+        return
+    from layert2v.config import resolve_profile
+
+    path = repo / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    if "profiles" not in raw:
+        raise ValueError(f"{path} holds plain params (no profiles); use profile='keep'")
+    path.write_text(yaml.safe_dump(resolve_profile(raw, profile), sort_keys=False))
+
+
+@flow(name="ingest", log_prints=True)
+def ingest(
+    repo: str = ".",
+    source: Literal["synthetic", "folder", "jsonl"] = "synthetic",
+    source_path: str | None = None,
+    profile: Profile = "keep",
+) -> str:
+    """Make or import the dataset under `data/vidlayer`, version it with DVC, prepare it and gate it."""
+    root = Path(repo).resolve()
+    apply_profile(root, profile)
+    target = root / "data" / "vidlayer"
+    if source == "synthetic":
+        shell(["layert2v", "data", "synth", "--out", "data/vidlayer"], str(root))
+    else:
+        if not source_path:
+            raise ValueError(f"source={source!r} needs source_path (a VidLayer folder or a jsonl manifest)")
+        src = Path(source_path)
+        if not src.exists():
+            raise FileNotFoundError(f"source_path {src} does not exist")
+        shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source == "folder":
+            shutil.copytree(src, target)  # the source is copied, never moved or edited
+        else:
+            target.mkdir()
+            shutil.copy(src, target / src.name)
+    shell(["dvc", "add", "-q", "data"], str(root))
+    for stage in ("prepare", "validate"):
+        dvc_stage(stage, str(root))
+    return str(root / "artifacts" / "prepared")
+
+
+@flow(name="train", log_prints=True)
+def train(repo: str = ".", stages: list[TrainStage] | None = None) -> str:
+    """Run the training stages in order (all by default); a failing gate fails the flow with its report."""
+    root = Path(repo).resolve()
+    chosen = [s for s in TRAIN_STAGES if s in (stages or TRAIN_STAGES)]
+    progress = create_progress_artifact(0.0, key="training-progress", description="training stages done")
+    for done, stage in enumerate(chosen, start=1):
+        get_run_logger().info("training stage %s (%d/%d)", stage, done, len(chosen))
+        dvc_stage(stage, str(root))
+        update_progress_artifact(progress, 100.0 * done / len(chosen))
+    return str(root / "artifacts" / "train")
+
+
+@flow(name="evaluate_and_promote", log_prints=True)
+def evaluate_and_promote(repo: str = ".") -> dict:
+    """Validation samples and their gate, registration as challenger, promotion by the params.yaml rule."""
+    root = Path(repo).resolve()
+    for stage in ("evaluate", "register", "promote"):
+        dvc_stage(stage, str(root))
+    return publish_evaluation(str(root))
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(
+    repo: str = ".",
+    source: Literal["synthetic", "folder", "jsonl"] = "synthetic",
+    source_path: str | None = None,
+    profile: Profile = "keep",
+    stages: list[TrainStage] | None = None,
+) -> dict:
+    """Everything: ingest -> train -> evaluate_and_promote, each a subflow run of its own."""
+    ingest(repo, source, source_path, profile)
+    train(repo, stages)
+    return evaluate_and_promote(repo)

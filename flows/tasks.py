@@ -1,0 +1,119 @@
+"""Prefect tasks that run DVC stages and publish what they produced.
+
+DVC keeps the lineage: every step is `dvc repro --single-item <stage>` in the repository, one at a time
+(DVC holds a repository lock), so `dvc.lock` records exactly what ran. Tasks pass paths and MLflow URIs,
+never tensors. A stage that exits non-zero (a gate) fails its task; its report is published first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+BIN = Path(sys.executable).parent
+MLFLOW_UI = os.environ.get("LAYERT2V_MLFLOW_UI", "http://127.0.0.1:5000")
+
+# stage -> the gate report it writes (published as a table artifact, pass or fail)
+GATE_REPORTS = {
+    "validate": "artifacts/reports/data_gate.json",
+    "stage1_alpha": "artifacts/train/stage1/gate.json",
+    "stage2": "artifacts/train/stage2/gate.json",
+    "stage3": "artifacts/train/stage3/gate.json",
+    "evaluate": "artifacts/eval/gate.json",
+}
+
+
+class StageFailed(RuntimeError):
+    """A DVC stage (often its gate) failed; the message carries the command's last output."""
+
+
+def _env() -> dict[str, str]:
+    return os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+
+
+def run_command(cmd: list[str], repo: Path) -> str:
+    """Run `cmd` in `repo` with this environment's tools first on PATH; a non-zero exit raises StageFailed."""
+    done = subprocess.run(cmd, cwd=repo, env=_env(), capture_output=True, text=True, check=False)
+    output = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise StageFailed(f"`{' '.join(cmd)}` exited {done.returncode}:\n{output[-4000:]}")
+    return output
+
+
+def _artifact_key(text: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+def publish_gate(stage: str, repo: Path) -> bool | None:
+    """The stage's gate report as a table artifact; returns whether it passed (None when it has no gate)."""
+    path = repo / GATE_REPORTS[stage] if stage in GATE_REPORTS else None
+    if path is None or not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    rows = [
+        {"rule": r["rule"], "passed": r["passed"], "failing": r["failing"], "examples": "; ".join(r["examples"])}
+        for r in report["rules"]
+    ]
+    create_table_artifact(rows, key=_artifact_key(f"gate-{stage}"), description=f"{report['gate']}: {path}")
+    return bool(report["passed"])
+
+
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=lambda task, run, state: _is_lock_error(state))
+def dvc_stage(stage: str, repo: str) -> str:
+    """`dvc repro --single-item <stage>`; publishes the stage's gate report; retried only on DVC lock errors."""
+    logger = get_run_logger()
+    root = Path(repo)
+    try:
+        output = run_command(["dvc", "repro", "--single-item", stage], root)
+    except StageFailed:
+        publish_gate(stage, root)
+        raise
+    publish_gate(stage, root)
+    ran = f"Running stage '{stage}'" in output
+    logger.info("%s: %s", stage, "ran" if ran else "up to date, skipped")
+    return stage
+
+
+def _is_lock_error(state) -> bool:
+    try:
+        state.result()
+    except StageFailed as failed:
+        return "Unable to acquire lock" in str(failed)
+    except Exception:
+        return False
+    return False
+
+
+@task(retries=2, retry_delay_seconds=5)
+def shell(cmd: list[str], repo: str) -> str:
+    """Any other command of the platform (synthesis, `dvc add`), retried on transient I/O errors."""
+    return run_command(cmd, Path(repo))
+
+
+@task
+def publish_evaluation(repo: str) -> dict:
+    """Markdown report of the evaluation and promotion, and links to the MLflow model and the previews."""
+    root = Path(repo)
+    metrics = json.loads((root / "artifacts/eval/metrics.json").read_text())
+    registered = json.loads((root / "artifacts/registry/registered.json").read_text())
+    decision = json.loads((root / "artifacts/registry/promotion.json").read_text())
+    lines = ["# LayerT2V evaluation", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4g} |" for k, v in metrics.items()]
+    verdict = "promoted to **champion**" if decision["promote"] else "**not promoted**"
+    lines += ["", f"Version {registered['version']} of `{registered['name']}`: {verdict} ({decision['reason']})."]
+    previews = sorted((root / "artifacts/eval/previews").glob("*.png"))
+    lines += ["", "Previews (contact sheets):"] + [f"- {p.resolve().as_uri()}" for p in previews]
+    create_markdown_artifact("\n".join(lines), key="evaluation-report", description="validation-sample metrics")
+    create_link_artifact(
+        f"{MLFLOW_UI}/#/models/{registered['name']}/versions/{registered['version']}",
+        link_text=f"MLflow: {registered['name']} v{registered['version']}",
+        key="mlflow-model-version",
+    )
+    return {"metrics": metrics, "version": registered["version"], "promoted": decision["promote"]}

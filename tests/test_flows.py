@@ -1,0 +1,174 @@
+"""Prefect flows on a smoke repository: real Prefect (test harness and a real local server), real DVC."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.testing.utilities import prefect_test_harness
+
+from .conftest import ROOT
+from .test_dvc import copy_code, new_repo, run
+
+pytest.importorskip("flows.pipeline")
+from flows.pipeline import ingest
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def smoke_repo(tmp_path: Path) -> Path:
+    repo = new_repo(tmp_path / "repo")
+    copy_code(repo)
+    (repo / "params.yaml").write_text((ROOT / "params.yaml").read_text())  # with profiles: the flow applies one
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "code"], repo)
+    return repo
+
+
+def _artifacts(flow_run_id) -> dict:
+    import asyncio
+
+    async def read() -> list:
+        async with get_client() as client:
+            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+            )
+
+    return {a.key: a for a in asyncio.run(read())}
+
+
+@pytest.mark.slow
+def test_ingest_flow_versions_prepares_and_gates(harness, smoke_repo: Path) -> None:
+    state = ingest(repo=str(smoke_repo), profile="smoke", return_state=True)
+    assert state.is_completed(), state
+    assert (smoke_repo / "data.dvc").is_file() and (smoke_repo / "artifacts/reports/data_gate.passed").is_file()
+    artifacts = _artifacts(state.state_details.flow_run_id)
+    gate = json.loads(artifacts["gate-validate"].data)
+    assert all(row["passed"] for row in gate) and any("clip ids unique" in row["rule"] for row in gate)
+
+
+@pytest.mark.slow
+def test_a_failing_gate_fails_the_flow_with_its_report(harness, smoke_repo: Path) -> None:
+    params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
+    params["profiles"]["smoke"]["gate"]["min_clips"] = 10_000  # impossible
+    (smoke_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    state = ingest(repo=str(smoke_repo), profile="smoke", return_state=True)
+    assert state.is_failed()
+    gate = json.loads(_artifacts(state.state_details.flow_run_id)["gate-validate"].data)
+    failing = [row for row in gate if not row["passed"]]
+    assert failing and "at least 10000 clips" in failing[0]["rule"]
+    assert not (smoke_repo / "artifacts/reports/data_gate.passed").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_served_deployment_runs_on_a_real_server(tmp_path: Path, smoke_repo: Path) -> None:
+    """`prefect server start` on loopback, `flows/deploy.py` serving, a run triggered through the API client."""
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = os.environ | {
+        "PREFECT_API_URL": api,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}",
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    prefect = str(Path(sys.executable).parent / "prefect")
+    server = subprocess.Popen(
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    served = None
+    try:
+        _wait_healthy(api)
+        served = subprocess.Popen(
+            [sys.executable, "-m", "flows.deploy", "--repo", str(smoke_repo)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        run_id = _trigger(api, "ingest/layert2v-ingest", {"profile": "smoke"})
+        state = _wait_final(api, run_id, timeout=300)
+        assert state == "COMPLETED", state
+        assert (smoke_repo / "artifacts/reports/data_gate.passed").is_file()
+    finally:
+        for proc in (served, server):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=30)
+
+
+def _wait_healthy(api: str, timeout: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"prefect server at {api} not healthy after {timeout} s")
+
+
+def _trigger(api: str, deployment: str, parameters: dict, timeout: float = 120):
+    import asyncio
+
+    from prefect.client.orchestration import PrefectClient
+
+    async def go():
+        async with PrefectClient(api) as client:
+            deadline = time.monotonic() + timeout
+            while True:  # the serve process registers the deployment shortly after it starts
+                try:
+                    found = await client.read_deployment_by_name(deployment)
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(1)
+            flow_run = await client.create_flow_run_from_deployment(found.id, parameters=parameters)
+            return flow_run.id
+
+    return asyncio.run(go())
+
+
+def _wait_final(api: str, run_id, timeout: float) -> str:
+    import asyncio
+
+    from prefect.client.orchestration import PrefectClient
+
+    async def go():
+        async with PrefectClient(api) as client:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                flow_run = await client.read_flow_run(run_id)
+                if flow_run.state and flow_run.state.is_final():
+                    return flow_run.state.type.value
+                await asyncio.sleep(2)
+            return "TIMEOUT"
+
+    return asyncio.run(go())
