@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint data data-check bench clean
+.PHONY: install run test lint data data-check bench clean prefect mlflow-ui push
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,8 @@ test: install lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
 
 lint: install
-	$(BIN)/ruff check layert2v tests benchmarks
-	$(BIN)/ruff format --check layert2v tests benchmarks
+	$(BIN)/ruff check layert2v flows tests benchmarks
+	$(BIN)/ruff format --check layert2v flows tests benchmarks
 
 # The default synthetic dataset that data.dvc tracks; regenerating it reproduces the same hash, so
 # `dvc add` leaves data.dvc unchanged (git diff is empty) and fills this clone's DVC cache.
@@ -38,6 +38,27 @@ data-check: data
 
 bench: install
 	$(BIN)/python benchmarks/bench_data.py
+
+# A local Prefect server (SQLite under .prefect/, loopback only) and every flow served as a deployment:
+# open http://127.0.0.1:4200 -> Deployments, or `prefect deployment run pipeline/layert2v-pipeline`.
+PREFECT_PORT ?= 4200
+prefect: install
+	mkdir -p .prefect
+	PREFECT_HOME=$(CURDIR)/.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	  $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > .prefect/server.log 2>&1 & \
+	  echo $$! > .prefect/server.pid
+	until curl -sf http://127.0.0.1:$(PREFECT_PORT)/api/health > /dev/null; do sleep 1; done
+	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (server log: .prefect/server.log)"
+	PATH="$(CURDIR)/$(BIN):$$PATH" PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
+	  $(BIN)/python -m flows.deploy --repo $(CURDIR); kill `cat .prefect/server.pid`
+
+# The MLflow UI over the same store the pipeline writes (absolute SQLite path, local artifacts).
+mlflow-ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+
+# Push data and pipeline outputs to the DVC remote (`local` by default: ../layert2v-dvc-remote).
+push: install
+	$(BIN)/dvc push
 
 clean:
 	rm -rf artifacts .pytest_cache
