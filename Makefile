@@ -24,8 +24,8 @@ test: install lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
 
 lint: install
-	$(BIN)/ruff check layert2v flows tests benchmarks
-	$(BIN)/ruff format --check layert2v flows tests benchmarks
+	$(BIN)/ruff check layert2v flows deploy tests benchmarks
+	$(BIN)/ruff format --check layert2v flows deploy tests benchmarks
 
 # The default synthetic dataset that data.dvc tracks; regenerating it reproduces the same hash, so
 # `dvc add` leaves data.dvc unchanged (git diff is empty) and fills this clone's DVC cache.
