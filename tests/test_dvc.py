@@ -67,18 +67,10 @@ def test_dvc_repro_smoke_then_nothing_then_only_dependents(tmp_path: Path) -> No
     second = run(["dvc", "repro"], repo)
     assert stages_run(second) == set()
 
-    changed = yaml.safe_load(params)
-    changed["gate"]["min_clips"] = 10
-    changed["train"]["stage3"]["lr"] = 0.001
-    (repo / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
-    third = run(["dvc", "repro"], repo)
-    assert stages_run(third) == {"validate", "stage3", "evaluate", "register", "promote"}
-    assert str(client.get_model_version_by_alias("layert2v", "challenger").version) == "2"
-
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "after repro"], repo)
-    experiment = run(["dvc", "exp", "run", "-S", "registry.min_improvement=5.0"], repo)
-    assert stages_run(experiment) == {"promote"}
+    experiment = run(["dvc", "exp", "run", "-S", "gate.min_clips=10", "-S", "registry.min_improvement=5.0"], repo)
+    assert stages_run(experiment) == {"validate", "promote"}  # training depends on the data, not the threshold
 
 
 @pytest.mark.slow
