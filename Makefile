@@ -5,15 +5,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint data data-check bench clean prefect mlflow-ui push
+.PHONY: install install-gpu run test lint data data-check bench clean prefect mlflow-ui push
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
-	$(BIN)/python -c "import layert2v, torch, av, great_expectations, lightning, mlflow, diffusers, peft, transformers, prefect" || (echo "install failed" && exit 1)
+	$(BIN)/python -c "import layert2v, torch, av, great_expectations, lightning, mlflow, diffusers, peft, transformers, prefect, onnx, onnxscript, onnxruntime" || (echo "install failed" && exit 1)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# GPU machines: TensorRT and onnxruntime-gpu. The CPU onnxruntime goes first, since both wheels provide the
+# `onnxruntime` module and the CUDA/TensorRT providers vanish when they are installed side by side.
+install-gpu: install
+	$(BIN)/python -m pip install --quiet -e '.[gpu]'
+	$(BIN)/python -m pip uninstall --quiet -y onnxruntime
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps 'onnxruntime-gpu>=1.20'
 
 # The main job: regenerate the default dataset if this clone has none, then the DVC pipeline.
 run: install

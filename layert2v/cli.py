@@ -158,6 +158,63 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from layert2v.export.onnx import ClipShape, export_model
+    from layert2v.quality.report import GateFailed
+
+    params = _params(args)
+    shape = ClipShape(params.prepare.frames, params.prepare.height, params.prepare.width)
+    try:
+        report = export_model(Path(args.model), Path(args.out), shape, params.export)
+    except GateFailed as failed:
+        print(failed.report.to_markdown())
+        print(f"error: {failed}", file=sys.stderr)
+        return 1
+    print(report.to_markdown())
+    print(f"ONNX graphs, manifest and parity report in {args.out}")
+    return 0
+
+
+def cmd_export_tensorrt(args: argparse.Namespace) -> int:
+    from layert2v.export.onnx import parity_gate
+    from layert2v.export.tensorrt import TensorRTUnavailable
+    from layert2v.pipeline import load_dit
+    from layert2v.quality.report import GateFailed
+
+    try:
+        report = parity_gate(load_dit(args.model), Path(args.onnx), _params(args).export, backend="tensorrt")
+    except TensorRTUnavailable as missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
+    except GateFailed as failed:
+        print(failed.report.to_markdown())
+        print(f"error: {failed}", file=sys.stderr)
+        return 1
+    print(report.to_markdown())
+    print(f"engines in {Path(args.onnx) / 'engines'}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from layert2v.pipeline import LayerT2VPipeline
+
+    pipeline = LayerT2VPipeline.from_folder(args.model, backend=args.backend, onnx=args.onnx, precision=args.precision)
+    video = pipeline.generate(
+        args.prompt,
+        args.background,
+        args.foreground,
+        frames=args.frames,
+        height=args.height,
+        width=args.width,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+    )
+    written = video.write(args.out)
+    print(f"{len(written)} files in {args.out}: " + ", ".join(sorted(p.name for p in written.values())))
+    return 0
+
+
 def cmd_params(args: argparse.Namespace) -> int:
     load_params(args.params, args.profile)  # validate before printing
     raw = yaml.safe_load(Path(args.params).read_text())
@@ -234,6 +291,37 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--prepared", default="artifacts/prepared")
     evaluate.add_argument("--out", default="artifacts/eval")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    export = commands.add_parser("export", help="ONNX graphs of the denoising step, TensorRT engines")
+    export_commands = export.add_subparsers(dest="export_command", required=True)
+    onnx = export_commands.add_parser("onnx", help="export every K to ONNX (fp32 + fp16) and gate on parity")
+    trt = export_commands.add_parser("tensorrt", help="build TensorRT engines from the ONNX graphs (GPU)")
+    for sub in (onnx, trt):
+        _common(sub)
+        sub.add_argument("--model", default="artifacts/train/stage3/model", help="pipeline model folder")
+    onnx.add_argument("--out", default="artifacts/export", help="export folder")
+    onnx.set_defaults(func=cmd_export_onnx)
+    trt.add_argument("--onnx", default="artifacts/export", help="export folder written by `export onnx`")
+    trt.set_defaults(func=cmd_export_tensorrt)
+
+    gen = commands.add_parser("generate", help="one layered clip from prompts, written as video files")
+    gen.add_argument("prompt", help="the overall caption")
+    gen.add_argument("--background", required=True, help="background caption")
+    gen.add_argument(
+        "--foreground", action="append", required=True, help="a foreground caption (repeat, nearest first)"
+    )
+    gen.add_argument("--model", default="artifacts/train/stage3/model", help="pipeline model folder")
+    gen.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
+    gen.add_argument("--onnx", default=None, help="export folder (default: <model>/onnx)")
+    gen.add_argument("--precision", default=None, choices=["fp32", "fp16"], help="graph precision of the backend")
+    gen.add_argument("--out", required=True, help="folder for the layered files")
+    gen.add_argument("--frames", type=int, default=9)
+    gen.add_argument("--height", type=int, default=64)
+    gen.add_argument("--width", type=int, default=64)
+    gen.add_argument("--steps", type=int, default=20)
+    gen.add_argument("--guidance", type=float, default=4.0)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(func=cmd_generate)
 
     registry = commands.add_parser("registry", help="MLflow model registry: register, promote, rollback")
     registry_commands = registry.add_subparsers(dest="registry_command", required=True)

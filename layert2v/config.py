@@ -280,6 +280,24 @@ class RegistryConfig(FromDict):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ExportConfig(FromDict):
+    """ONNX export of one LayerDiT denoising step per K, and the parity gate against PyTorch."""
+
+    opset: int = 18  # >= 17 so LayerNorm stays one LayerNormalization node
+    max_batch: int = 2  # dynamic batch 1..max_batch (2: both classifier-free guidance branches in one call)
+    fp16: bool = True  # also write a 16-bit graph (TensorRT 10/11 take precision from the ONNX file)
+    tolerance: float = 1e-3  # fp32: max abs error onnxruntime vs PyTorch (the parity gate)
+    fp16_tolerance: float = 5e-2  # 16-bit graph vs fp32 PyTorch
+    parity_samples: int = 3  # seeded input sets per graph and batch size
+
+    def __post_init__(self) -> None:
+        _require(self.opset >= 17, f"export.opset must be >= 17 (LayerNormalization), got {self.opset}")
+        _require(self.max_batch >= 2, f"export.max_batch must be >= 2 (guidance runs batch 2), got {self.max_batch}")
+        _require(self.tolerance > 0 and self.fp16_tolerance > 0, "export tolerances must be > 0")
+        _require(self.parity_samples >= 1, f"export.parity_samples must be >= 1, got {self.parity_samples}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Params:
     """Everything one run reads, one dataclass per params.yaml section."""
 
@@ -288,6 +306,7 @@ class Params:
     gate: DataGateConfig
     train: TrainConfig
     evaluate: EvaluateConfig
+    export: ExportConfig
     registry: RegistryConfig
 
 
@@ -297,6 +316,7 @@ SECTIONS = {
     "gate": DataGateConfig,
     "train": TrainConfig,
     "evaluate": EvaluateConfig,
+    "export": ExportConfig,
     "registry": RegistryConfig,
 }
 

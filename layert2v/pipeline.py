@@ -6,7 +6,9 @@ background and per-foreground prompts, samples the packed latents `[full | bg | 
 with classifier-free guidance (negative prompt repeated for every prompt slot), and decodes each segment:
 RGB segments with the plain decoder, alpha segments through the alpha path.
 
-Backends are named by a string; `torch` runs here, `onnxruntime` and `tensorrt` arrive with the export work.
+Backends are named by a string and only change who computes the denoising step: `torch` (the LayerDiT
+itself), `onnxruntime` (the exported graphs of `export/onnx.py`, CPU here, CUDA with the `gpu` extra) or
+`tensorrt` (engines built from those graphs; GPU only). Text encoding and VAE decoding stay in PyTorch.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from layert2v.compose import LayeredVideo
 from layert2v.config import ModelConfig
 from layert2v.diffusion import guided, sample
+from layert2v.export.onnx import GraphDenoiser
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import ALPHA, Layout, pack, unpack
 from layert2v.models.text import TextEncoder, load_text_encoder
@@ -38,16 +41,31 @@ def _check(ok: bool, message: str) -> None:
 
 
 class LayerT2VPipeline:
-    """Holds the DiT, the VAE and the frozen text encoder; `generate` makes one layered clip."""
+    """Holds the DiT, the VAE and the frozen text encoder; `generate` makes one layered clip.
 
-    def __init__(self, dit: LayerDiT, vae: LayerVAE, text_encoder: TextEncoder, backend: Backend = "torch") -> None:
-        _check(backend == "torch", f"backend {backend!r} is not available yet: only 'torch' (export adds the others)")
+    `denoiser` answers `forward_layout` for the sampler: the DiT itself for `torch`, an `OrtDenoiser` or a
+    `TrtDenoiser` over an export folder for the other backends (`from_folder` builds them).
+    """
+
+    def __init__(
+        self,
+        dit: LayerDiT,
+        vae: LayerVAE,
+        text_encoder: TextEncoder,
+        backend: Backend = "torch",
+        denoiser: GraphDenoiser | None = None,
+    ) -> None:
+        _check(
+            (backend == "torch") == (denoiser is None),
+            f"backend {backend!r} needs {'no' if backend == 'torch' else 'an exported'} denoiser",
+        )
         _check(
             text_encoder.dim == dit.cfg.text_dim and text_encoder.max_tokens == dit.cfg.text_len,
             f"text encoder ({text_encoder.dim}-dim, {text_encoder.max_tokens} tokens) does not match the model "
             f"({dit.cfg.text_dim}-dim, {dit.cfg.text_len} tokens)",
         )
         self.dit, self.vae, self.text_encoder, self.backend = dit.eval(), vae.eval(), text_encoder, backend
+        self.denoiser = denoiser
         self.cfg = dit.cfg
 
     # ------------------------------------------------------------ files
@@ -67,19 +85,32 @@ class LayerT2VPipeline:
 
     @classmethod
     def from_folder(
-        cls, folder: Path | str, backend: Backend = "torch", text_encoder: Path | None = None
+        cls,
+        folder: Path | str,
+        backend: Backend = "torch",
+        text_encoder: Path | None = None,
+        onnx: Path | str | None = None,
+        precision: str | None = None,
     ) -> LayerT2VPipeline:
-        """Load a model folder written by `save`; a missing file is an error naming it."""
+        """Load a model folder written by `save`; a missing file is an error naming it. The `onnxruntime` and
+        `tensorrt` backends read the export folder `onnx` (default `<folder>/onnx`) in `precision` (default
+        fp32 for onnxruntime, fp16 for TensorRT)."""
         folder = Path(folder)
         for name in ("config.json", "dit.safetensors", "vae.safetensors"):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"model folder {folder} has no {name}")
         config = json.loads((folder / "config.json").read_text())
-        dit = LayerDiT(ModelConfig.from_json(config["model"]))
-        dit.load_state_dict(load_file(folder / "dit.safetensors"))
+        dit = load_dit(folder)
         vae = load_vae(folder)
         encoder_path = text_encoder if text_encoder is not None else _default_or(Path(config["text_encoder"]))
-        return cls(dit, vae, load_text_encoder(encoder_path, dit.cfg.text_len), backend)
+        graphs = Path(onnx) if onnx is not None else folder / "onnx"
+        return cls(
+            dit,
+            vae,
+            load_text_encoder(encoder_path, dit.cfg.text_len),
+            backend,
+            make_denoiser(backend, graphs, dit.cfg, precision),
+        )
 
     # ------------------------------------------------------------ generation
 
@@ -115,7 +146,7 @@ class LayerT2VPipeline:
 
         def velocity(x: torch.Tensor, t: torch.Tensor, doubled: bool) -> torch.Tensor:
             text, mask = (torch.cat([cond[0], uncond[0]]), torch.cat([cond[1], uncond[1]])) if doubled else cond
-            return self.dit.forward_layout(x, t * 1000, text, mask, layout)
+            return (self.denoiser or self.dit).forward_layout(x, t * 1000, text, mask, layout)
 
         latent_frames = (frames - 1) // 4 + 1
         shape = (1, self.cfg.latent_channels, latent_frames, height // 8, width // 8)
@@ -160,7 +191,35 @@ class LayerT2VPipeline:
         )
         _check(1 <= steps <= MAX_STEPS, f"steps must be in 1..{MAX_STEPS}, got {steps}")
         _check(guidance >= 1.0, f"guidance must be >= 1, got {guidance}")
+        if self.denoiser is not None:
+            self.denoiser.check(frames, height, width, len(foregrounds))
         return Layout(len(foregrounds))
+
+
+def load_dit(folder: Path | str) -> LayerDiT:
+    """The LayerDiT of a model folder (its `config.json` sizes, `dit.safetensors` weights)."""
+    folder = Path(folder)
+    for name in ("config.json", "dit.safetensors"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"model folder {folder} has no {name}")
+    dit = LayerDiT(ModelConfig.from_json(json.loads((folder / "config.json").read_text())["model"]))
+    dit.load_state_dict(load_file(folder / "dit.safetensors"))
+    return dit
+
+
+def make_denoiser(backend: Backend, graphs: Path, cfg: ModelConfig, precision: str | None) -> GraphDenoiser | None:
+    """The exported-graph runtime of `backend` (None for torch); imports onnxruntime / tensorrt only here."""
+    if backend == "torch":
+        return None
+    if backend == "onnxruntime":
+        from layert2v.export.runtime import OrtDenoiser
+
+        return OrtDenoiser(graphs, cfg, precision or "fp32")
+    if backend == "tensorrt":
+        from layert2v.export.tensorrt import TrtDenoiser
+
+        return TrtDenoiser(graphs, cfg, precision or "fp16")
+    raise ValueError(f"unknown backend {backend!r}: choose torch, onnxruntime or tensorrt")
 
 
 def _default_or(path: Path) -> Path | None:

@@ -68,8 +68,10 @@ def test_bad_requests_are_named(pipeline: LayerT2VPipeline, change: dict, messag
 def test_missing_weights_and_unknown_backend(tmp_path: Path, pipeline: LayerT2VPipeline) -> None:
     with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         LayerT2VPipeline.from_folder(tmp_path)
-    with pytest.raises(ValueError, match="not available yet"):
+    with pytest.raises(ValueError, match="'tensorrt' needs an exported denoiser"):
         LayerT2VPipeline(pipeline.dit, pipeline.vae, pipeline.text_encoder, backend="tensorrt")
+    with pytest.raises(ValueError, match="unknown backend 'jax'"):
+        LayerT2VPipeline.from_folder(pipeline.save(tmp_path / "m"), backend="jax")
 
 
 def test_model_folder_keeps_dit_and_vae_sizes_apart(tmp_path: Path, pipeline: LayerT2VPipeline) -> None:

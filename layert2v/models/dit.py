@@ -226,9 +226,17 @@ class LayerDiT(nn.Module):
         layout: Layout,
     ) -> torch.Tensor:
         """`forward` with ids and the cross-attention mask built from `layout`; text_mask bool `[B, P, M]`."""
-        pt, ph, pw = self.cfg.patch
-        frames, height, width = latents.shape[2:]
-        tokens = (frames // pt) * (height // ph) * (width // pw) // layout.num_segments
-        layer_ids, instance_ids = (ids.to(latents.device) for ids in layout.token_ids(tokens))
-        mask = layout.cross_attention_mask(tokens, text_mask)
+        mask, layer_ids, instance_ids = layout_inputs(self.cfg, latents.shape, text_mask, layout)
         return self(latents, timestep, text, mask, layer_ids, instance_ids)
+
+
+def layout_inputs(
+    cfg: ModelConfig, latent_shape: torch.Size | tuple[int, ...], text_mask: torch.Tensor, layout: Layout
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The cross-attention mask `[B, N, S]` and the per-token layer / instance ids `[N]` of `layout` for latents
+    of `latent_shape`: what `forward` takes besides latents, timestep and text (also the ONNX graph's inputs)."""
+    pt, ph, pw = cfg.patch
+    frames, height, width = latent_shape[2:]
+    tokens = (frames // pt) * (height // ph) * (width // pw) // layout.num_segments
+    layer_ids, instance_ids = (ids.to(text_mask.device) for ids in layout.token_ids(tokens))
+    return layout.cross_attention_mask(tokens, text_mask), layer_ids, instance_ids

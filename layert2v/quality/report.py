@@ -77,28 +77,36 @@ class GateFailed(RuntimeError):
         self.report = report
 
 
-def run_metric_gate(name: str, metrics: dict[str, float], minimums: dict[str, float], path: Path) -> GateReport:
-    """Check `metrics[key] >= minimums[key]` (and finite) with great_expectations; write the report to `path`."""
+def run_metric_gate(
+    name: str,
+    metrics: dict[str, float],
+    minimums: dict[str, float],
+    path: Path,
+    maximums: dict[str, float] | None = None,
+) -> GateReport:
+    """Check `metrics[key] >= minimums[key]` and `metrics[key] <= maximums[key]` (and finite) with
+    great_expectations; write the report to `path`. A metric that was not measured fails its rule."""
     import great_expectations.expectations as gxe
 
-    metrics = {key: float(metrics.get(key, float("nan"))) for key in minimums}  # not measured = failing
-    df = pd.DataFrame([metrics])
+    bounds = [(key, low, None) for key, low in minimums.items()]
+    bounds += [(key, None, high) for key, high in (maximums or {}).items()]
+    df = pd.DataFrame([{key: float(metrics.get(key, float("nan"))) for key, _, _ in bounds}])
     batch = gx_batch(df, name.replace(" ", "_"))
     rules = []
-    for key, low in minimums.items():
-        finite = batch.validate(gxe.ExpectColumnValuesToNotBeNull(column=key)).success and df[key].abs().iloc[
-            0
-        ] != float("inf")
-        above = batch.validate(gxe.ExpectColumnValuesToBeBetween(column=key, min_value=low)).success
-        value = f"{key} = {metrics[key]:.4g}, threshold {low}"
+    for key, low, high in bounds:
+        value = df[key].iloc[0]
+        finite = batch.validate(gxe.ExpectColumnValuesToNotBeNull(column=key)).success and abs(value) != float("inf")
+        within = batch.validate(gxe.ExpectColumnValuesToBeBetween(column=key, min_value=low, max_value=high)).success
+        threshold = low if high is None else high
+        passed = bool(finite and within)
         rules.append(
             RuleResult(
-                rule=f"{key} >= {low}",
-                passed=bool(finite and above),
-                failing=int(not (finite and above)),
-                examples=[value],
+                rule=f"{key} {'>=' if high is None else '<='} {threshold}",
+                passed=passed,
+                failing=int(not passed),
+                examples=[f"{key} = {value:.4g}, threshold {threshold}"],
             )
         )
-    report = GateReport(name=name, passed=all(r.passed for r in rules), rules=rules, counts={"metrics": len(minimums)})
+    report = GateReport(name=name, passed=all(r.passed for r in rules), rules=rules, counts={"metrics": len(bounds)})
     report.write(path)
     return report

@@ -1,0 +1,212 @@
+"""ONNX export of one LayerDiT denoising step, and the parity gate against PyTorch.
+
+One graph per number of foregrounds K (1..max_fg): the token count and the layer layout depend on K, the
+batch does not (dynamic, 1..`max_batch`, so both guidance branches run in one call). Graph inputs are those
+of `LayerDiT.forward`:
+
+    latents [B, C, T, H, W]  timestep [B] (0..1000, fp32)  text [B, S, D_text]
+    cross_mask bool [B, N, S]  layer_ids int64 [N]  instance_ids int64 [N]     ->  velocity [B, C, T, H, W]
+
+`models.dit.layout_inputs` builds the last three from a `Layout` and the prompts' text mask. The exporter is
+torch's dynamo exporter (`torch.export` + onnxscript); every file is checked with `onnx.checker`. The 16-bit
+graph is the model cast to fp16 before export (timestep stays fp32), so TensorRT's strongly typed build and
+onnxruntime both compute in the precision the file states.
+
+An export folder holds `manifest.json` (shapes, opset, files per K, checksums), the `.onnx` files,
+`parity.json` (the figures) and `gate.json` / `gate.md` (the parity gate's report).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from layert2v.config import ExportConfig, ModelConfig
+from layert2v.models.dit import LayerDiT, layout_inputs
+from layert2v.models.layout import Layout
+from layert2v.quality.report import GateFailed, GateReport, run_metric_gate
+
+INPUTS = ("latents", "timestep", "text", "cross_mask", "layer_ids", "instance_ids")
+BATCHED = ("latents", "timestep", "text", "cross_mask")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ClipShape:
+    """Pixel size of the clips a graph is exported for (the token count is fixed in the graph)."""
+
+    frames: int
+    height: int
+    width: int
+
+    def latents(self, cfg: ModelConfig, layout: Layout, batch: int) -> tuple[int, ...]:
+        latent_frames = (self.frames - 1) // 4 + 1
+        return (batch, cfg.latent_channels, layout.num_segments * latent_frames, self.height // 8, self.width // 8)
+
+
+def graph_name(num_fg: int, precision: str) -> str:
+    return f"dit_k{num_fg}.onnx" if precision == "fp32" else f"dit_k{num_fg}_{precision}.onnx"
+
+
+def step_inputs(cfg: ModelConfig, layout: Layout, shape: ClipShape, batch: int, seed: int) -> dict[str, torch.Tensor]:
+    """Seeded inputs of one denoising step: noise-like latents, a random timestep per sample, random text
+    states and prompts of random lengths (the first token always real, as the tokenizer guarantees)."""
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn(shape.latents(cfg, layout, batch), generator=generator)
+    timestep = torch.rand(batch, generator=generator) * 1000
+    text = torch.randn(batch, layout.num_prompts * cfg.text_len, cfg.text_dim, generator=generator)
+    lengths = torch.randint(1, cfg.text_len + 1, (batch, layout.num_prompts, 1), generator=generator)
+    text_mask = torch.arange(cfg.text_len)[None, None] < lengths
+    mask, layer_ids, instance_ids = layout_inputs(cfg, latents.shape, text_mask, layout)
+    return dict(zip(INPUTS, (latents, timestep, text, mask, layer_ids, instance_ids), strict=True))
+
+
+def _cast(inputs: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Latents and text in `dtype`; the timestep stays fp32 (fp16 cannot tell t = 999.7 from 999.5)."""
+    return {k: v.to(dtype) if k in ("latents", "text") else v for k, v in inputs.items()}
+
+
+def export_step(dit: LayerDiT, num_fg: int, shape: ClipShape, path: Path, precision: str, cfg: ExportConfig) -> Path:
+    """Write the denoising step for K = `num_fg` to `path` and check it with `onnx.checker`."""
+    import onnx
+    from torch.export import Dim
+
+    dtype = PRECISIONS[precision]
+    model = copy.deepcopy(dit).eval().to(dtype)
+    example = _cast(step_inputs(dit.cfg, Layout(num_fg), shape, cfg.max_batch, seed=0), dtype)
+    batch = Dim("batch", min=1, max=cfg.max_batch)
+    dynamic = {name: ({0: batch} if name in BATCHED else None) for name in INPUTS}
+    program = torch.onnx.export(
+        model,
+        tuple(example.values()),
+        dynamo=True,
+        opset_version=cfg.opset,
+        dynamic_shapes=dynamic,
+        input_names=list(INPUTS),
+        output_names=["velocity"],
+        verbose=False,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+def parity(dit: LayerDiT, denoiser: GraphDenoiser, num_fg: int, cfg: ExportConfig) -> dict[str, float]:
+    """Max and mean abs difference of `denoiser`'s graph for K = `num_fg` against the fp32 PyTorch step,
+    over `parity_samples` seeded input sets at every batch size 1..max_batch."""
+    model, worst, total, count, scale = dit.eval().float(), 0.0, 0.0, 0, 0.0
+    for seed in range(cfg.parity_samples):
+        for batch in range(1, cfg.max_batch + 1):
+            inputs = step_inputs(dit.cfg, Layout(num_fg), denoiser.shape, batch, seed=1000 + seed)
+            with torch.no_grad():
+                expected = model(*inputs.values())
+            diff = (denoiser.run(num_fg, inputs) - expected).abs()
+            worst, total, count = max(worst, diff.max().item()), total + diff.sum().item(), count + diff.numel()
+            scale = max(scale, expected.abs().max().item())
+    return {"max_abs": worst, "mean_abs": total / count, "reference_max_abs": scale}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_model(model_dir: Path, out: Path, shape: ClipShape, cfg: ExportConfig) -> GateReport:
+    """Export every K of the pipeline folder `model_dir` into `out`, check parity and write the manifest
+    and the parity gate's files (see `parity_gate`)."""
+    from layert2v.pipeline import load_dit
+
+    dit = load_dit(model_dir)
+    precisions = ["fp32", "fp16"] if cfg.fp16 else ["fp32"]
+    files = {
+        str(k): {p: export_step(dit, k, shape, out / graph_name(k, p), p, cfg).name for p in precisions}
+        for k in range(1, dit.cfg.max_fg + 1)
+    }
+    manifest = {
+        "opset": cfg.opset,
+        "max_batch": cfg.max_batch,
+        "shape": asdict(shape),
+        "inputs": list(INPUTS),
+        "files": files,
+        "sha256": {name: _sha256(out / name) for per_k in files.values() for name in per_k.values()},
+        "dit_sha256": _sha256(Path(model_dir) / "dit.safetensors"),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return parity_gate(dit, out, cfg)
+
+
+def parity_gate(dit: LayerDiT, folder: Path, cfg: ExportConfig, backend: str = "onnxruntime") -> GateReport:
+    """Parity of every graph in the export folder on `backend`; writes `parity.json` (figures, `_trt` suffixed
+    for TensorRT) and the gate report `gate.json` / `.md`, and raises `GateFailed` after writing them when a
+    graph is off by more than its tolerance (`tolerance` for fp32, `fp16_tolerance` for 16-bit)."""
+    from layert2v.pipeline import make_denoiser
+
+    manifest, figures, limits = read_manifest(folder), {}, {}
+    suffix = "" if backend == "onnxruntime" else "_trt"
+    for precision in sorted({p for per_k in manifest["files"].values() for p in per_k}):
+        denoiser = make_denoiser(backend, folder, dit.cfg, precision)
+        for num_fg in sorted(int(k) for k in manifest["files"]):
+            prefix = f"k{num_fg}_{precision}{suffix}"
+            figures |= {f"{prefix}_{key}": v for key, v in parity(dit, denoiser, num_fg, cfg).items()}
+            limits[f"{prefix}_max_abs"] = cfg.tolerance if precision == "fp32" else cfg.fp16_tolerance
+    path = folder / f"parity{suffix}.json"
+    path.write_text(json.dumps(dict(sorted(figures.items())), indent=2) + "\n")
+    report = run_metric_gate(f"{backend} parity gate", figures, {}, folder / f"gate{suffix}.json", maximums=limits)
+    if not report.passed:
+        raise GateFailed(report, folder / f"gate{suffix}.json")
+    return report
+
+
+def read_manifest(folder: Path) -> dict:
+    """The manifest of an export folder; a missing one names the command that writes it."""
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `layert2v export onnx` first")
+    return json.loads(path.read_text())
+
+
+class GraphDenoiser(ABC):
+    """What the onnxruntime and TensorRT backends share: the export folder, its manifest and the request check."""
+
+    def __init__(self, folder: Path | str, cfg: ModelConfig, precision: str) -> None:
+        self.folder, self.cfg, self.precision = Path(folder), cfg, precision
+        self.manifest = read_manifest(self.folder)
+        self.shape = ClipShape(**self.manifest["shape"])
+        available = {p for per_k in self.manifest["files"].values() for p in per_k}
+        if precision not in available:
+            raise ValueError(f"{self.folder} has no {precision} graphs (it has: {sorted(available)})")
+
+    def graph(self, num_fg: int) -> str:
+        return self.manifest["files"][str(num_fg)][self.precision]
+
+    def check(self, frames: int, height: int, width: int, num_fg: int) -> None:
+        """Graphs have a fixed token count: a request for another clip size or K is an error, not a crash."""
+        if ClipShape(frames, height, width) != self.shape:
+            raise ValueError(
+                f"the ONNX graphs in {self.folder} are for {self.shape.frames} frames of "
+                f"{self.shape.height}x{self.shape.width}, not {frames} of {height}x{width}: export again"
+            )
+        if str(num_fg) not in self.manifest["files"]:
+            raise ValueError(f"{self.folder} has no graph for K={num_fg} (has K in {sorted(self.manifest['files'])})")
+
+    def forward_layout(
+        self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor, layout: Layout
+    ) -> torch.Tensor:
+        """What `LayerDiT.forward_layout` computes, by the exported graph for `layout.num_fg`."""
+        mask, layer_ids, instance_ids = layout_inputs(self.cfg, latents.shape, text_mask, layout)
+        inputs = (latents, timestep, text, mask, layer_ids, instance_ids)
+        return self.run(layout.num_fg, dict(zip(INPUTS, inputs, strict=True)))
+
+    @abstractmethod
+    def run(self, num_fg: int, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The fp32 velocity `[B, C, T, H, W]` of the graph for K = `num_fg` on the graph's named inputs."""

@@ -1,0 +1,134 @@
+"""ONNX export of the denoising step (real dynamo export, real onnxruntime sessions), the parity gate, the
+onnxruntime backend of the pipeline, the CLI, and the TensorRT backend's behaviour without a GPU."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from layert2v.cli import main
+from layert2v.config import ExportConfig, model_preset
+from layert2v.export.onnx import ClipShape, export_model, parity_gate
+from layert2v.export.runtime import session
+from layert2v.models.dit import LayerDiT
+from layert2v.models.text import load_text_encoder
+from layert2v.models.vae import LayerVAE
+from layert2v.pipeline import LayerT2VPipeline, load_dit
+from layert2v.quality.report import GateFailed
+
+CFG = dataclasses.replace(model_preset("tiny"), max_fg=2)  # two K values keep the suite short
+SHAPE = ClipShape(frames=5, height=32, width=32)
+EXPORT = ExportConfig(parity_samples=1)
+ARGS = ("a red circle over stripes", "navy stripes with a still camera")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny model folder with non-trivial layer tables and head, and its export folder."""
+    torch.manual_seed(0)
+    dit = LayerDiT(CFG)
+    for table in (dit.head.head.weight, dit.layer_adaln, dit.instance_adaln):
+        torch.nn.init.normal_(table, std=0.05)
+    model = LayerT2VPipeline(dit, LayerVAE(CFG), load_text_encoder(None, CFG.text_len)).save(
+        tmp_path_factory.mktemp("model")
+    )
+    out = tmp_path_factory.mktemp("export")
+    export_model(model, out, SHAPE, EXPORT)
+    return model, out
+
+
+def test_export_writes_checked_graphs_with_dynamic_batch_and_parity(exported: tuple[Path, Path]) -> None:
+    _, out = exported
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["files"] == {
+        "1": {"fp32": "dit_k1.onnx", "fp16": "dit_k1_fp16.onnx"},
+        "2": {"fp32": "dit_k2.onnx", "fp16": "dit_k2_fp16.onnx"},
+    }
+    assert manifest["opset"] == 18 and manifest["shape"] == {"frames": 5, "height": 32, "width": 32}
+    graph = onnx.load(str(out / "dit_k2_fp16.onnx"))
+    onnx.checker.check_model(graph)
+    assert any(op.domain in ("", "ai.onnx") and op.version >= 17 for op in graph.opset_import)
+    assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    inputs = {i.name: i.shape for i in session(out / "dit_k2.onnx").get_inputs()}
+    assert inputs["latents"][0] == inputs["cross_mask"][0] == "batch"  # dynamic, for CFG's batch of 2
+    assert inputs["latents"][1:] == [16, 12, 4, 4] and inputs["layer_ids"] == [48]
+    figures = json.loads((out / "parity.json").read_text())
+    assert figures["k1_fp32_max_abs"] <= 1e-3 and figures["k2_fp32_max_abs"] <= 1e-3
+    assert 0 < figures["k2_fp16_max_abs"] <= 5e-2 and figures["k2_fp16_reference_max_abs"] > 0.1
+    assert json.loads((out / "gate.json").read_text())["passed"]
+
+
+def test_onnxruntime_backend_generates_what_torch_generates(exported: tuple[Path, Path]) -> None:
+    model, out = exported
+    torch_pipe = LayerT2VPipeline.from_folder(model)
+    ort_pipe = LayerT2VPipeline.from_folder(model, backend="onnxruntime", onnx=out)
+    request = {"frames": 5, "height": 32, "width": 32, "steps": 3, "guidance": 3.0, "seed": 4}
+    for foregrounds in (["a red circle"], ["a red circle", "a blue star"]):
+        expected = torch_pipe.generate(*ARGS, foregrounds, **request)
+        got = ort_pipe.generate(*ARGS, foregrounds, **request)
+        assert len(got.alphas) == len(foregrounds)
+        assert np.abs(got.full - expected.full).max() < 1e-3
+        assert np.abs(got.alphas[-1] - expected.alphas[-1]).max() < 1e-3
+    half = LayerT2VPipeline.from_folder(model, backend="onnxruntime", onnx=out, precision="fp16")
+    assert np.abs(half.generate(*ARGS, ["a red circle"], **request).full - expected.full).max() < 0.05
+
+
+def test_onnxruntime_backend_refuses_a_size_it_was_not_exported_for(exported: tuple[Path, Path]) -> None:
+    model, out = exported
+    pipe = LayerT2VPipeline.from_folder(model, backend="onnxruntime", onnx=out)
+    with pytest.raises(ValueError, match=r"for 5 frames of 32x32, not 9 of 32x32: export again"):
+        pipe.generate(*ARGS, ["a red circle"], frames=9, height=32, width=32, steps=1)
+    with pytest.raises(FileNotFoundError, match="run `layert2v export onnx` first"):
+        LayerT2VPipeline.from_folder(model, backend="onnxruntime")  # no <model>/onnx
+
+
+def test_parity_gate_fails_with_the_numbers_when_the_graph_is_not_the_model(
+    exported: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, out = exported
+    other = load_dit(model)
+    with torch.no_grad():
+        other.head.head.bias.add_(0.01)  # a model the graphs no longer match
+    with pytest.raises(GateFailed, match=r"k1_fp32_max_abs <= 0.001 \(k1_fp32_max_abs = 0.01"):
+        parity_gate(other, out, EXPORT)
+    report = json.loads((out / "gate.json").read_text())
+    assert not report["passed"] and not next(r for r in report["rules"] if r["rule"].startswith("k1_fp32"))["passed"]
+    parity_gate(load_dit(model), out, EXPORT)  # the folder is left passing for the other tests
+
+
+def test_cli_generate_with_the_onnxruntime_backend_writes_layered_files(
+    exported: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, out = exported
+    argv = ["generate", ARGS[0], "--background", ARGS[1], "--foreground", "a red circle", "--model", str(model)]
+    argv += ["--backend", "onnxruntime", "--onnx", str(out), "--out", str(tmp_path / "clip")]
+    argv += ["--frames", "5", "--height", "32", "--width", "32", "--steps", "2"]
+    assert main(argv) == 0
+    names = {p.name for p in (tmp_path / "clip").iterdir()}
+    assert {"full.mp4", "background.mp4"} <= names and any(n.endswith(".mov") for n in names)
+    assert main([*argv[:-8], "--frames", "9", "--height", "32", "--width", "32", "--steps", "2"]) == 2
+
+
+def test_tensorrt_backend_without_a_gpu_says_what_is_missing(exported: tuple[Path, Path]) -> None:
+    from layert2v.export.tensorrt import TensorRTUnavailable
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the gpu-marked test covers TensorRT")
+    model, out = exported
+    with pytest.raises(TensorRTUnavailable, match="gpu"):
+        LayerT2VPipeline.from_folder(model, backend="tensorrt", onnx=out)
+    assert main(["export", "tensorrt", "--model", str(model), "--onnx", str(out)]) == 2
+
+
+@pytest.mark.gpu
+def test_tensorrt_engine_matches_pytorch(exported: tuple[Path, Path]) -> None:
+    pytest.importorskip("tensorrt")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    model, out = exported
+    report = parity_gate(load_dit(model), out, EXPORT, backend="tensorrt")
+    assert report.passed and list((out / "engines").glob("*.plan"))
