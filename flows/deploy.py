@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prefect import serve
 
-from flows.pipeline import evaluate_and_promote, ingest, pipeline, train
+from flows.pipeline import evaluate_and_promote, export, ingest, pipeline, train
 
 
 def deployments(repo: str) -> list:
@@ -20,6 +20,7 @@ def deployments(repo: str) -> list:
     return [
         ingest.to_deployment(name="layert2v-ingest", parameters=params, tags=["layert2v", "data"]),
         train.to_deployment(name="layert2v-train", parameters=params, tags=["layert2v", "training"]),
+        export.to_deployment(name="layert2v-export", parameters=params, tags=["layert2v", "export"]),
         evaluate_and_promote.to_deployment(
             name="layert2v-evaluate-and-promote", parameters=params, tags=["layert2v", "registry"]
         ),

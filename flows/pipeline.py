@@ -3,8 +3,9 @@
 - `ingest`: synthesise a VidLayer dataset or import one (folder layout or jsonl), `dvc add data`, then the
   `prepare` and `validate` (data gate) stages;
 - `train`: the training stages in order (each with its gate), with a progress artifact;
+- `export`: ONNX graphs of the trained DiT and their parity gate (the graphs are registered with the model);
 - `evaluate_and_promote`: validation samples + gate, registration as `challenger`, promotion by the rule;
-- `pipeline`: all three.
+- `pipeline`: all four.
 
 Every flow works on a repository folder (`repo`, default: the current directory) whose `params.yaml` the
 DVC stages read; `profile` rewrites that file from a profile of the same file first (`git diff` shows it).
@@ -86,6 +87,14 @@ def train(repo: str = ".", stages: list[TrainStage] | None = None) -> str:
     return str(root / "artifacts" / "train")
 
 
+@flow(name="export", log_prints=True)
+def export(repo: str = ".") -> str:
+    """ONNX export of the stage-3 model; a parity failure fails the flow with the gate report as an artifact."""
+    root = Path(repo).resolve()
+    dvc_stage("export", str(root))
+    return str(root / "artifacts" / "export" / "onnx")
+
+
 @flow(name="evaluate_and_promote", log_prints=True)
 def evaluate_and_promote(repo: str = ".") -> dict:
     """Validation samples and their gate, registration as challenger, promotion by the params.yaml rule."""
@@ -103,7 +112,8 @@ def pipeline(
     profile: Profile = "keep",
     stages: list[TrainStage] | None = None,
 ) -> dict:
-    """Everything: ingest -> train -> evaluate_and_promote, each a subflow run of its own."""
+    """Everything: ingest -> train -> export -> evaluate_and_promote, each a subflow run of its own."""
     ingest(repo, source, source_path, profile)
     train(repo, stages)
+    export(repo)
     return evaluate_and_promote(repo)

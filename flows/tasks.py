@@ -25,6 +25,7 @@ GATE_REPORTS = {
     "stage1_alpha": "artifacts/train/stage1/gate.json",
     "stage2": "artifacts/train/stage2/gate.json",
     "stage3": "artifacts/train/stage3/gate.json",
+    "export": "artifacts/export/gate.json",
     "evaluate": "artifacts/eval/gate.json",
 }
 

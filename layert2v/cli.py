@@ -127,7 +127,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     metrics = json.loads(Path(args.metrics).read_text())
     parent_file = Path(args.train) / "stage0" / "pipeline_run_id"
     parent = parent_file.read_text().strip() if parent_file.is_file() else None
-    version = register(Path(args.model), metrics, params, Path(args.root), Path("."), parent)
+    onnx, parity = (Path(args.onnx) if args.onnx else None), (Path(args.parity) if args.parity else None)
+    version = register(Path(args.model), metrics, params, Path(args.root), Path("."), parent, onnx, parity)
     record = {"name": version.name, "version": version.version, "alias": "challenger", "source": version.source}
     _write(Path(args.record), json.dumps(record, indent=2) + "\n")
     print(f"registered {version.name} version {version.version} as challenger")
@@ -165,7 +166,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     params = _params(args)
     shape = ClipShape(params.prepare.frames, params.prepare.height, params.prepare.width)
     try:
-        report = export_model(Path(args.model), Path(args.out), shape, params.export)
+        report = export_model(Path(args.model), Path(args.out), shape, params.export, args.reports)
     except GateFailed as failed:
         print(failed.report.to_markdown())
         print(f"error: {failed}", file=sys.stderr)
@@ -299,9 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (onnx, trt):
         _common(sub)
         sub.add_argument("--model", default="artifacts/train/stage3/model", help="pipeline model folder")
-    onnx.add_argument("--out", default="artifacts/export", help="export folder")
+    onnx.add_argument("--out", default="artifacts/export/onnx", help="export folder (graphs + manifest)")
+    onnx.add_argument("--reports", type=Path, default=None, help="parity.json + gate.json here (default: --out)")
     onnx.set_defaults(func=cmd_export_onnx)
-    trt.add_argument("--onnx", default="artifacts/export", help="export folder written by `export onnx`")
+    trt.add_argument("--onnx", default="artifacts/export/onnx", help="export folder written by `export onnx`")
     trt.set_defaults(func=cmd_export_tensorrt)
 
     gen = commands.add_parser("generate", help="one layered clip from prompts, written as video files")
@@ -331,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--metrics", default="artifacts/eval/metrics.json")
     reg.add_argument("--train", default="artifacts/train", help="training folder (its pipeline MLflow run)")
     reg.add_argument("--record", default="artifacts/registry/registered.json")
+    reg.add_argument("--onnx", default=None, help="export folder to log with the model (serves on onnxruntime)")
+    reg.add_argument("--parity", default=None, help="folder with the parity gate's parity.json and gate.json/.md")
     reg.set_defaults(func=cmd_register)
     prom = registry_commands.add_parser("promote", help="challenger -> champion if the params.yaml rule says so")
     _common(prom)

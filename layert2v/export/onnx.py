@@ -12,8 +12,9 @@ torch's dynamo exporter (`torch.export` + onnxscript); every file is checked wit
 graph is the model cast to fp16 before export (timestep stays fp32), so TensorRT's strongly typed build and
 onnxruntime both compute in the precision the file states.
 
-An export folder holds `manifest.json` (shapes, opset, files per K, checksums), the `.onnx` files,
-`parity.json` (the figures) and `gate.json` / `gate.md` (the parity gate's report).
+An export folder holds `manifest.json` (shapes, opset, files per K, checksums) and the `.onnx` files; the
+parity gate writes `parity.json` (the figures) and `gate.json` / `gate.md` (its report) beside them or to a
+reports folder (DVC keeps metrics outside the folder it caches).
 """
 
 from __future__ import annotations
@@ -121,9 +122,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export_model(model_dir: Path, out: Path, shape: ClipShape, cfg: ExportConfig) -> GateReport:
-    """Export every K of the pipeline folder `model_dir` into `out`, check parity and write the manifest
-    and the parity gate's files (see `parity_gate`)."""
+def export_model(
+    model_dir: Path, out: Path, shape: ClipShape, cfg: ExportConfig, reports: Path | None = None
+) -> GateReport:
+    """Export every K of the pipeline folder `model_dir` into `out` with its manifest, then run the parity
+    gate (its files go to `reports`, default `out`; see `parity_gate`)."""
     from layert2v.pipeline import load_dit
 
     dit = load_dit(model_dir)
@@ -142,13 +145,16 @@ def export_model(model_dir: Path, out: Path, shape: ClipShape, cfg: ExportConfig
         "dit_sha256": _sha256(Path(model_dir) / "dit.safetensors"),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return parity_gate(dit, out, cfg)
+    return parity_gate(dit, out, cfg, reports=reports)
 
 
-def parity_gate(dit: LayerDiT, folder: Path, cfg: ExportConfig, backend: str = "onnxruntime") -> GateReport:
-    """Parity of every graph in the export folder on `backend`; writes `parity.json` (figures, `_trt` suffixed
-    for TensorRT) and the gate report `gate.json` / `.md`, and raises `GateFailed` after writing them when a
-    graph is off by more than its tolerance (`tolerance` for fp32, `fp16_tolerance` for 16-bit)."""
+def parity_gate(
+    dit: LayerDiT, folder: Path, cfg: ExportConfig, backend: str = "onnxruntime", reports: Path | None = None
+) -> GateReport:
+    """Parity of every graph in the export folder on `backend`; writes `parity.json` (figures; `_trt` suffixed
+    for TensorRT) and the gate report `gate.json` / `.md` under `reports` (default `folder`), and raises
+    `GateFailed` after writing them when a graph is off by more than its tolerance (`tolerance` for fp32,
+    `fp16_tolerance` for 16-bit)."""
     from layert2v.pipeline import make_denoiser
 
     manifest, figures, limits = read_manifest(folder), {}, {}
@@ -159,11 +165,13 @@ def parity_gate(dit: LayerDiT, folder: Path, cfg: ExportConfig, backend: str = "
             prefix = f"k{num_fg}_{precision}{suffix}"
             figures |= {f"{prefix}_{key}": v for key, v in parity(dit, denoiser, num_fg, cfg).items()}
             limits[f"{prefix}_max_abs"] = cfg.tolerance if precision == "fp32" else cfg.fp16_tolerance
-    path = folder / f"parity{suffix}.json"
-    path.write_text(json.dumps(dict(sorted(figures.items())), indent=2) + "\n")
-    report = run_metric_gate(f"{backend} parity gate", figures, {}, folder / f"gate{suffix}.json", maximums=limits)
+    reports = Path(reports or folder)
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / f"parity{suffix}.json").write_text(json.dumps(dict(sorted(figures.items())), indent=2) + "\n")
+    gate = reports / f"gate{suffix}.json"
+    report = run_metric_gate(f"{backend} parity gate", figures, {}, gate, maximums=limits)
     if not report.passed:
-        raise GateFailed(report, folder / f"gate{suffix}.json")
+        raise GateFailed(report, gate)
     return report
 
 

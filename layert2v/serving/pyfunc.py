@@ -2,7 +2,9 @@
 gives a model whose `predict` turns prompt records into layered clips.
 
 It is logged as "models from code" (`pyfunc_entry.py` calls `set_model`), so loading it imports this
-package instead of unpickling an object; the model folder travels as the `model` artifact.
+package instead of unpickling an object; the model folder travels as the `model` artifact and the ONNX
+export folder, when registered with one, as `onnx`. The backend comes from the model config (`onnxruntime`
+when the graphs are there); `mlflow.pyfunc.load_model(uri, model_config={"backend": "torch"})` overrides it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ class LayerT2VModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         from layert2v.pipeline import LayerT2VPipeline
 
-        self.pipeline = LayerT2VPipeline.from_folder(context.artifacts["model"])
+        onnx = context.artifacts.get("onnx")
+        backend = (context.model_config or {}).get("backend", "onnxruntime" if onnx else "torch")
+        self.pipeline = LayerT2VPipeline.from_folder(context.artifacts["model"], backend=backend, onnx=onnx)
 
     def predict(self, context: Any, model_input: pd.DataFrame | list[dict], params: dict | None = None) -> list[dict]:
         """One layered clip per record: `full`, `background` `[T, H, W, 3]`, `foregrounds` (premultiplied),

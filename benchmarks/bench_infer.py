@@ -1,0 +1,147 @@
+"""Inference: one denoising step in PyTorch eager vs onnxruntime CPU, and end-to-end `generate` per backend.
+
+Run: `.venv/bin/python benchmarks/bench_infer.py [--preset small] [--repeats 7] [--model DIR]`.
+Without `--model`, a randomly initialised `preset` pipeline is used (latency does not depend on the weights).
+The ONNX graphs (fp32, every K, with their parity figures) are exported into a temp folder first. Every measurement runs in its own
+subprocess, so each backend's peak RSS is its own; both get the same thread count.
+
+- step: median seconds of `repeats` calls after two warm-ups, batch 2 (both guidance branches), per K;
+- generate: median of 3 runs of 64x64, 9 frames, `--steps` sampler steps, with the share of the time spent
+  in text encoding, the denoiser and VAE decoding, and the worker's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from layert2v.config import ExportConfig, model_preset
+from layert2v.export.onnx import ClipShape, export_model, step_inputs
+from layert2v.models.dit import LayerDiT
+from layert2v.models.layout import Layout
+from layert2v.models.text import load_text_encoder
+from layert2v.models.vae import LayerVAE
+from layert2v.pipeline import LayerT2VPipeline
+
+SHAPE = ClipShape(frames=9, height=64, width=64)
+FG_PROMPTS = ["a red circle", "a blue star", "a green square"]
+
+
+class Timed:
+    """A callable that adds its wall time to `total`: wraps pipeline parts to split `generate`."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.total = fn, 0.0
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.total += time.perf_counter() - start
+
+
+def prepare(preset: str, model: Path | None, folder: Path) -> Path:
+    """A pipeline folder (given or random) with its fp32 graphs and parity figures in `<folder>/onnx`."""
+    if model is None:
+        torch.manual_seed(0)
+        cfg = model_preset(preset)
+        model = LayerT2VPipeline(LayerDiT(cfg), LayerVAE(cfg), load_text_encoder(None, cfg.text_len)).save(
+            folder / "model"
+        )
+    export_model(Path(model), folder / "onnx", SHAPE, ExportConfig(fp16=False, parity_samples=1))
+    return Path(model)
+
+
+def worker(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    pipe = LayerT2VPipeline.from_folder(args.model, backend=args.backend, onnx=args.onnx)
+    denoiser = pipe.denoiser or pipe.dit
+    if args.what == "step":
+        inputs = step_inputs(pipe.cfg, Layout(args.k), SHAPE, batch=2, seed=0)
+        with torch.no_grad():
+            call = (lambda: denoiser.run(args.k, inputs)) if pipe.denoiser else (lambda: pipe.dit(*inputs.values()))
+            call(), call()
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - start)
+        return {"seconds": statistics.median(times)}
+    parts = {"text": Timed(pipe.encode_prompts), "denoiser": Timed(denoiser.forward_layout), "vae": Timed(pipe._decode)}
+    pipe.encode_prompts, denoiser.forward_layout, pipe._decode = parts["text"], parts["denoiser"], parts["vae"]
+    request = {"frames": SHAPE.frames, "height": SHAPE.height, "width": SHAPE.width, "steps": args.steps}
+    prompts = ("a scene", "a still grey wall", FG_PROMPTS[: args.k])
+    pipe.generate(*prompts, **request | {"steps": 2})  # warm-up (session creation, first-call allocations)
+    totals = []
+    for part in parts.values():
+        part.total = 0.0
+    for seed in range(3):
+        start = time.perf_counter()
+        pipe.generate(*prompts, **request, seed=seed)
+        totals.append(time.perf_counter() - start)
+    whole = sum(totals)
+    return {
+        "seconds": statistics.median(totals),
+        "share": {name: part.total / whole for name, part in parts.items()},
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def run_worker(what: str, backend: str, k: int, base: list[str]) -> dict:
+    cmd = [sys.executable, __file__, "--worker", what, "--backend", backend, "--k", str(k), *base]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--model", type=Path, default=None, help="a trained pipeline folder (default: random)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--worker", choices=["step", "generate"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
+    parser.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--onnx", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.what = args.worker
+        print(json.dumps(worker(args)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        model = prepare(args.preset, args.model, Path(tmp))
+        base = ["--model", str(model), "--onnx", str(Path(tmp) / "onnx"), "--threads", str(args.threads)]
+        base += ["--repeats", str(args.repeats), "--steps", str(args.steps)]
+        parity = json.loads((Path(tmp) / "onnx" / "parity.json").read_text())
+        print(f"preset {args.preset}, {args.threads} threads, clips {SHAPE.frames}x{SHAPE.height}x{SHAPE.width}")
+        worst = {k: v for k, v in parity.items() if k.endswith("fp32_max_abs")}
+        print("fp32 parity, max abs: " + ", ".join(f"{k}: {v:.2e}" for k, v in worst.items()))
+        print("\ndenoising step, batch 2 (median s)   torch eager   onnxruntime   speed-up")
+        for k in (1, 3):
+            eager, ort = (run_worker("step", b, k, base)["seconds"] for b in ("torch", "onnxruntime"))
+            print(f"  K = {k}                               {eager:10.4f}   {ort:11.4f}   {eager / ort:7.2f}x")
+        print(f"\ngenerate, {args.steps} steps (median of 3)  seconds   text   denoiser   vae   peak RSS MiB")
+        for k in (1, 3):
+            for backend in ("torch", "onnxruntime"):
+                r = run_worker("generate", backend, k, base)
+                share = r["share"]
+                print(
+                    f"  K = {k} {backend:12s}               {r['seconds']:7.2f}  {share['text']:5.1%}"
+                    f"   {share['denoiser']:7.1%}  {share['vae']:5.1%}   {r['peak_rss_mib']:8.0f}"
+                )
+
+
+if __name__ == "__main__":
+    main()
