@@ -56,9 +56,10 @@ def prepare(preset: str, model: Path | None, folder: Path) -> Path:
     if model is None:
         torch.manual_seed(0)
         cfg = model_preset(preset)
-        model = LayerT2VPipeline(LayerDiT(cfg), LayerVAE(cfg), load_text_encoder(None, cfg.text_len)).save(
-            folder / "model"
-        )
+        dit = LayerDiT(cfg)
+        for table in (dit.head.head.weight, dit.layer_adaln, dit.instance_adaln):
+            torch.nn.init.normal_(table, std=0.02)  # zero-initialised for training; parity needs a real output
+        model = LayerT2VPipeline(dit, LayerVAE(cfg), load_text_encoder(None, cfg.text_len)).save(folder / "model")
     export_model(Path(model), folder / "onnx", SHAPE, ExportConfig(fp16=False, parity_samples=1))
     return Path(model)
 

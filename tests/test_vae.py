@@ -26,6 +26,21 @@ def test_shapes_and_ranges(vae: LayerVAE) -> None:
     assert 0 <= rgb.min() and rgb.max() <= 1 and 0 <= alpha.min() and alpha.max() <= 1
 
 
+def test_unclamped_decode_is_the_decoder_before_its_clamp_and_keeps_gradients() -> None:
+    torch.manual_seed(0)
+    vae = LayerVAE(CFG)
+    with torch.no_grad():
+        vae.vae.decoder.conv_out.bias.fill_(3.0)  # every pixel far beyond the clamp, as a fresh VAE can start
+    z = torch.randn(1, 16, 2, 4, 4)
+    raw = vae.decode_unclamped(z)
+    assert torch.allclose(raw.clamp(-1, 1), vae.vae.decode(z).sample, atol=1e-6) and raw.min() > 1
+    target = torch.zeros(1, 3, 5, 32, 32)
+    for clamp, moves in ((True, False), (False, True)):
+        vae.zero_grad()
+        (vae.decode_rgb(z, clamp=clamp) - target).abs().mean().backward()
+        assert (vae.vae.decoder.conv_out.bias.grad.abs().sum() > 0) == moves
+
+
 @torch.no_grad()
 def test_encoder_is_causal(vae: LayerVAE) -> None:
     """Latent frame j depends on frames up to 4j only: changing the last frames leaves earlier latents alone."""

@@ -1,6 +1,7 @@
 """onnxruntime backend of `LayerT2VPipeline`: runs the exported denoising step in place of the PyTorch DiT.
 
-Sessions are made lazily, one per K, with every graph optimisation on and one intra-op thread per core.
+Sessions are made lazily, one per K, with every graph optimisation on, one intra-op thread per core and no
+spin-waiting between calls.
 Execution providers: CUDA first when `onnxruntime-gpu` provides it (the `gpu` extra), else the CPU EP.
 """
 
@@ -26,6 +27,9 @@ def session(path: Path, providers: list[str] | None = None, threads: int | None 
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    # Spinning workers keep the cores busy after each call, which starves the PyTorch work between denoising
+    # steps (sampler, VAE decode) on a small machine.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     available = ort.get_available_providers()
     chosen = providers or [p for p in PREFERRED if p in available]
     return ort.InferenceSession(str(path), options, providers=chosen)

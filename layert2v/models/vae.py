@@ -86,21 +86,45 @@ class LayerVAE(nn.Module):
         """Alpha `[B, 1, F, H, W]` in [0, 1] -> normalised latents (through the alpha adapter)."""
         return self._norm(self.alpha_adapter(self._encode((alpha * 2 - 1).expand(-1, 3, -1, -1, -1))))
 
-    def _decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(self._denorm(z)).sample
+    def _decode(self, z: torch.Tensor, clamp: bool) -> torch.Tensor:
+        z = self._denorm(z)
+        return self.vae.decode(z).sample if clamp else self.decode_unclamped(z)
 
-    def decode_rgb(self, z: torch.Tensor) -> torch.Tensor:
-        """Normalised latents -> RGB `[B, 3, F, H, W]` in [0, 1] (decoder LoRA off)."""
+    def decode_unclamped(self, z: torch.Tensor) -> torch.Tensor:
+        """Unnormalised latents -> the Wan decoder's output without its final clamp to [-1, 1].
+
+        Training losses need this: a clamped pixel gets no gradient, so one that starts beyond the wrong bound
+        (alpha -3 where the matte is 1, black where the frame is white) never moves, and a fresh VAE has many.
+        Mirrors `AutoencoderKLWan._decode`: latent frame by frame through the decoder's causal cache.
+        """
+        vae = self.vae
+        if vae.config.patch_size is not None:
+            raise ValueError("decode_unclamped supports Wan 2.1 VAEs (no patch_size); this one has a patch size")
+        vae.clear_cache()
+        x = vae.post_quant_conv(z)
+        frames = []
+        for i in range(x.shape[2]):
+            vae._conv_idx = [0]
+            step = x[:, :, i : i + 1]
+            frames.append(vae.decoder(step, feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0))
+        vae.clear_cache()
+        return torch.cat(frames, dim=2)
+
+    def decode_rgb(self, z: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """Normalised latents -> RGB `[B, 3, F, H, W]` in [0, 1] (decoder LoRA off); `clamp=False` for losses."""
         if self.has_lora:
             self.set_lora(False)
-        return ((self._decode(z) + 1) / 2).clamp(0, 1)
+        rgb = (self._decode(z, clamp) + 1) / 2
+        return rgb.clamp(0, 1) if clamp else rgb
 
-    def decode_alpha(self, z: torch.Tensor) -> torch.Tensor:
-        """Normalised latents -> alpha `[B, 1, F, H, W]` in [0, 1] (decoder LoRA on; channels averaged)."""
+    def decode_alpha(self, z: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """Normalised latents -> alpha `[B, 1, F, H, W]` in [0, 1] (decoder LoRA on; channels averaged);
+        `clamp=False` for losses (see `decode_unclamped`)."""
         if self.has_lora:
             self.set_lora(True)
         try:
-            return ((self._decode(z).mean(1, keepdim=True) + 1) / 2).clamp(0, 1)
+            alpha = (self._decode(z, clamp).mean(1, keepdim=True) + 1) / 2
+            return alpha.clamp(0, 1) if clamp else alpha
         finally:
             if self.has_lora:
                 self.set_lora(False)

@@ -26,7 +26,7 @@ class VAEPretraining(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
         x = rgb_streams(batch) * 2 - 1
         posterior = self.vae.vae.encode(x).latent_dist
-        recon = self.vae.vae.decode(posterior.sample()).sample
+        recon = self.vae.decode_unclamped(posterior.sample())  # clamped pixels would get no gradient
         l1, kl = F.l1_loss(recon, x), posterior.kl().mean()
         loss = l1 + self.kl_weight * kl
         self.log_dict({"train/loss": loss, "train/l1": l1, "train/kl": kl}, prog_bar=True)

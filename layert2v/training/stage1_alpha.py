@@ -34,12 +34,12 @@ class AlphaAdaptation(L.LightningModule):
             param.requires_grad = "lora_" in name or name.startswith("alpha_adapter")
         self.vae, self.stage, self.edge_weight = vae, stage, edge_weight
 
-    def _reconstruct(self, alpha: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode_alpha(self.vae.encode_alpha(alpha))
+    def _reconstruct(self, alpha: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        return self.vae.decode_alpha(self.vae.encode_alpha(alpha), clamp=clamp)
 
     def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
         alpha = first_alphas(batch)
-        pred = self._reconstruct(alpha)
+        pred = self._reconstruct(alpha, clamp=False)  # a clamped pixel gets no gradient (decode_unclamped)
         smooth = F.smooth_l1_loss(pred, alpha, beta=0.1)
         edge = (edge_weights(alpha, self.edge_weight) * (pred - alpha).abs()).mean()
         loss = smooth + edge

@@ -55,7 +55,7 @@ class JointLayerTraining(L.LightningModule):
         if self.vae is None or n == 0 or "alpha_pixels" not in batch:
             return {}
         return {
-            "decode_alpha": lambda z: self.vae.decode_alpha(z[:n]),
+            "decode_alpha": lambda z: self.vae.decode_alpha(z[:n], clamp=False),
             "alpha_pixels": [a[:n] for a in batch["alpha_pixels"].unbind(1)],
         }
 
