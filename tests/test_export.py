@@ -48,7 +48,7 @@ def test_export_writes_checked_graphs_with_dynamic_batch_and_parity(exported: tu
         "1": {"fp32": "dit_k1.onnx", "fp16": "dit_k1_fp16.onnx"},
         "2": {"fp32": "dit_k2.onnx", "fp16": "dit_k2_fp16.onnx"},
     }
-    assert manifest["opset"] == 18 and manifest["shape"] == {"frames": 5, "height": 32, "width": 32}
+    assert manifest["opset"] == 23 and manifest["shape"] == {"frames": 5, "height": 32, "width": 32}
     graph = onnx.load(str(out / "dit_k2_fp16.onnx"))
     onnx.checker.check_model(graph)
     assert any(op.domain in ("", "ai.onnx") and op.version >= 17 for op in graph.opset_import)
@@ -147,7 +147,7 @@ def test_registered_version_carries_the_graphs_and_serves_on_onnxruntime(
     model, out = exported
     metrics = {"coherence_db": 20.0, "colour_adherence": 0.7}
     version = register(model, metrics, smoke, tmp_path, ROOT, onnx=out, parity=out)
-    assert version.tags["onnx_opset"] == "18" and version.tags["onnx_precisions"] == "fp16,fp32"
+    assert version.tags["onnx_opset"] == "23" and version.tags["onnx_precisions"] == "fp16,fp32"
     assert float(version.tags["parity_max_abs.fp32"]) <= 1e-3
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     logged = {a.path for a in client.list_artifacts(version.run_id, "export")}

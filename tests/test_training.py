@@ -196,3 +196,34 @@ def test_same_k_batches_never_mix_layouts() -> None:
     assert len(first) == len(sampler) == 5 and first != second  # 2 + 2 + 1 full batches, reshuffled each epoch
     for batch in first:
         assert len(batch) == 2 and len({num_fg[i] for i in batch}) == 1
+
+
+@pytest.mark.slow
+def test_stage0_under_ddp_on_two_cpu_processes(tmp_path: Path, smoke_prepared, tracking: str) -> None:
+    """strategy ddp, devices 2 (gloo on CPU): both ranks train, rank 0 alone records the MLflow runs and saves."""
+    raw = yaml.safe_load(subprocess.run(
+        [sys.executable, "-m", "layert2v.cli", "params", "--params", str(ROOT / "params.yaml"), "--profile", "smoke"],
+        capture_output=True, text=True, check=True,
+    ).stdout)  # fmt: skip
+    raw["train"] |= {"strategy": "ddp", "devices": 2}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "layert2v.cli", "train", "--stage", "0", "--params", str(params)]
+    cmd += ["--prepared", str(smoke_prepared.out), "--out", str(tmp_path / "train"), "--root", str(tmp_path)]
+    done = subprocess.run(cmd, env=os.environ | {"MLFLOW_TRACKING_URI": tracking}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    assert "distributed_backend=gloo" in log and "All distributed processes registered" in log
+    client = mlflow.MlflowClient(tracking)
+    experiment = client.get_experiment_by_name(raw["train"]["experiment"]).experiment_id
+    names = sorted(r.info.run_name for r in client.search_runs([experiment]))
+    assert names == ["pipeline", "stage0"]  # one of each, not one per rank
+    run_id = (tmp_path / "train" / "stage0" / "mlflow_run_id").read_text().strip()
+    assert client.get_run(run_id).info.run_name == "stage0"
+    assert (
+        max(m.step for m in client.get_metric_history(run_id, "train/loss")) == raw["train"]["stage0"]["max_steps"] - 1
+    )
+    assert load_vae(tmp_path / "train" / "stage0") is not None
+    perf = json.loads((tmp_path / "train" / "stage0" / "perf.json").read_text())
+    assert 0 <= perf["perf/data_wait_fraction"] < 1 and perf["perf/samples_per_s"] > 0
+    assert client.get_run(run_id).data.metrics["perf/step_s"] == pytest.approx(perf["perf/step_s"])

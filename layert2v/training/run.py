@@ -23,6 +23,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from layert2v import tracking
 from layert2v.config import ModelConfig, Params, StageConfig, model_preset
@@ -35,6 +36,7 @@ from layert2v.training.stage0_vae import VAEPretraining, rgb_streams
 from layert2v.training.stage1_alpha import AlphaAdaptation
 from layert2v.training.stage2_joint import JointLayerTraining
 from layert2v.training.stage3_multifg import MultiForegroundTraining
+from layert2v.training.throughput import Throughput
 
 
 def dit_config(params: Params) -> ModelConfig:
@@ -132,7 +134,11 @@ def _parent_run(stage: int, out: Path, root: Path, experiment: str) -> str | Non
     return run.info.run_id
 
 
-def _logger(folder: Path, root: Path, experiment: str, stage: int, parent: str | None) -> MLFlowLogger:
+def _logger(
+    folder: Path, root: Path, experiment: str, stage: int, parent: str | None, primary: bool = True
+) -> MLFlowLogger:
+    """The stage's MLflow run, resumed when `mlflow_run_id` names one; only rank 0 (`primary`) records it
+    (other DDP ranks get Lightning's no-op experiment)."""
     run_file = folder / "mlflow_run_id"
     logger = MLFlowLogger(
         experiment_name=experiment,
@@ -142,8 +148,9 @@ def _logger(folder: Path, root: Path, experiment: str, stage: int, parent: str |
         artifact_location=tracking.artifact_location(root),
         run_id=run_file.read_text().strip() if run_file.is_file() else None,
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(logger.run_id + "\n")
+    if primary:
+        folder.mkdir(parents=True, exist_ok=True)
+        run_file.write_text(logger.run_id + "\n")
     return logger
 
 
@@ -163,13 +170,16 @@ def train_stage(
         raise ValueError(f"unknown stage {stage}; stages are 0-3")
     L.seed_everything(params.train.seed, workers=True)
     folder, latents = out / f"stage{stage}", latents or Path("artifacts/latents")
-    _guard_resume(folder, fingerprint(stage, params, out, latents))
+    primary = rank_zero_only.rank == 0  # DDP workers re-run this command after rank 0 has set everything up
+    if primary:
+        _guard_resume(folder, fingerprint(stage, params, out, latents))
     cfg: StageConfig = getattr(params.train, f"stage{stage}")
     data = _data(stage, params, prepared, latents, cfg)
     module = _module(stage, params, out)
-    parent = _parent_run(stage, out, root, params.train.experiment)
-    logger = _logger(folder, root, params.train.experiment, stage, parent)
-    _log_params(logger, params, cfg)
+    parent = _parent_run(stage, out, root, params.train.experiment) if primary else None
+    logger = _logger(folder, root, params.train.experiment, stage, parent, primary)
+    if primary:
+        _log_params(logger, params, cfg)
     checkpoints = ModelCheckpoint(
         dirpath=folder / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every
     )
@@ -186,7 +196,7 @@ def train_stage(
         limit_val_batches=cfg.val_batches,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
-        callbacks=[checkpoints, *_previews(stage, module, params, prepared, folder, cfg)],
+        callbacks=[checkpoints, Throughput(folder), *_previews(stage, module, params, prepared, folder, cfg)],
         logger=[logger, CSVLogger(folder, name="", version="csv")],  # csv/metrics.csv: the DVC loss plots
         default_root_dir=folder,
     )

@@ -21,6 +21,7 @@ class VAEPretraining(L.LightningModule):
     def __init__(self, model_cfg: ModelConfig, stage: StageConfig, kl_weight: float = 1e-6) -> None:
         super().__init__()
         self.vae = LayerVAE(model_cfg)
+        self.vae.alpha_adapter.requires_grad_(False)  # stage 1 trains it; unused parameters would stall DDP
         self.stage, self.kl_weight = stage, kl_weight
 
     def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
