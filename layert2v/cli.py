@@ -168,12 +168,17 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     try:
         report = export_model(Path(args.model), Path(args.out), shape, params.export, args.reports)
     except GateFailed as failed:
-        print(failed.report.to_markdown())
-        print(f"error: {failed}", file=sys.stderr)
-        return 1
+        return _gate_failed(failed)
     print(report.to_markdown())
     print(f"ONNX graphs, manifest and parity report in {args.out}")
     return 0
+
+
+def _gate_failed(failed) -> int:
+    """A failed gate: its report on stdout, the failing rules on stderr, exit status 1."""
+    print(failed.report.to_markdown())
+    print(f"error: {failed}", file=sys.stderr)
+    return 1
 
 
 def cmd_export_tensorrt(args: argparse.Namespace) -> int:
@@ -188,9 +193,7 @@ def cmd_export_tensorrt(args: argparse.Namespace) -> int:
         print(f"error: {missing}", file=sys.stderr)
         return 2
     except GateFailed as failed:
-        print(failed.report.to_markdown())
-        print(f"error: {failed}", file=sys.stderr)
-        return 1
+        return _gate_failed(failed)
     print(report.to_markdown())
     print(f"engines in {Path(args.onnx) / 'engines'}")
     return 0
