@@ -122,9 +122,11 @@ class ModelConfig(FromDict):
 
     name: str  # preset name, recorded with the weights
     latent_channels: int = 16  # VAE latent channels (Wan 2.1: 16)
-    vae_base_dim: int = 16  # width of the first VAE stage
-    vae_dim_mult: tuple[int, ...] = (1, 2, 2, 2)  # per-stage width multipliers; 3 downsamplings -> 8x spatial
-    vae_num_res_blocks: int = 1  # residual blocks per VAE stage
+    vae_arch: str = "patch"  # "patch" (fast from scratch on CPU) or "wan" (Wan 2.1's causal 3D VAE); see vae.py
+    vae_width: int = 128  # patch VAE: channels of its residual blocks (a multiple of 8)
+    vae_base_dim: int = 16  # wan VAE: width of the first stage
+    vae_dim_mult: tuple[int, ...] = (1, 2, 2, 2)  # wan VAE: per-stage width multipliers; 3 downsamplings -> 8x
+    vae_num_res_blocks: int = 2  # residual blocks per wan VAE stage, or of the patch VAE's encoder and decoder
     patch: tuple[int, int, int] = (1, 2, 2)  # DiT patch over (latent time, height, width)
     dim: int = 256  # transformer width D
     depth: int = 6  # transformer blocks
@@ -150,6 +152,11 @@ class ModelConfig(FromDict):
         _require(
             len(self.vae_dim_mult) == 4, f"model.vae_dim_mult needs 4 stages (8x spatial), got {self.vae_dim_mult}"
         )
+        _require(self.vae_arch in ("patch", "wan"), f"model.vae_arch must be 'patch' or 'wan', got {self.vae_arch!r}")
+        _require(
+            self.vae_width >= 8 and self.vae_width % 8 == 0,
+            f"model.vae_width must be a positive multiple of 8, got {self.vae_width}",
+        )
 
     @property
     def head_dim(self) -> int:
@@ -163,11 +170,12 @@ class ModelConfig(FromDict):
 
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(
-        name="tiny", vae_base_dim=8, dim=48, depth=2, heads=2, ffn_dim=96, freq_dim=64, text_len=16, max_fg=3
+        name="tiny", vae_width=32, vae_num_res_blocks=1, vae_base_dim=8, dim=48, depth=2, heads=2, ffn_dim=96,
+        freq_dim=64, text_len=16, max_fg=3,
     ),
     "small": ModelConfig(name="small"),
     "paper": ModelConfig(
-        name="paper", vae_base_dim=96, vae_dim_mult=(1, 2, 4, 4), vae_num_res_blocks=2, dim=1536, depth=30,
+        name="paper", vae_arch="wan", vae_base_dim=96, vae_dim_mult=(1, 2, 4, 4), vae_num_res_blocks=2, dim=1536, depth=30,
         heads=12, ffn_dim=8960, text_dim=4096, text_len=512, max_fg=3,
     ),
 }  # fmt: skip

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from layert2v.pipeline import LayerT2VPipeline
 from layert2v.quality.report import GateFailed
 from layert2v.training.encode import encode_prepared
 from layert2v.training.run import _guard_resume, fingerprint, load_vae, save_vae, train_stage
+from layert2v.training.stage2_joint import ema_decay_at
 
 from .conftest import ROOT
 
@@ -227,3 +229,11 @@ def test_stage0_under_ddp_on_two_cpu_processes(tmp_path: Path, smoke_prepared, t
     perf = json.loads((tmp_path / "train" / "stage0" / "perf.json").read_text())
     assert 0 <= perf["perf/data_wait_fraction"] < 1 and perf["perf/samples_per_s"] > 0
     assert client.get_run(run_id).data.metrics["perf/step_s"] == pytest.approx(perf["perf/step_s"])
+
+
+def test_ema_warms_up_so_a_short_run_saves_what_it_learnt() -> None:
+    """The saved DiT is the EMA: after a 250-step run almost none of the random initial weights may remain in it
+    (a fixed 0.999 decay would keep 78%), and long runs still average with the configured decay."""
+    decays = [ema_decay_at(step, 0.999) for step in range(250)]
+    assert math.prod(decays) < 1e-3
+    assert decays == sorted(decays) and ema_decay_at(100_000, 0.999) == 0.999

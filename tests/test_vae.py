@@ -1,4 +1,5 @@
-"""The Wan VAE wrapper: shapes, causality, the alpha path, zero-init adapter and LoRA, latent statistics."""
+"""The VAE wrapper over both autoencoders (patch, wan): shapes, causality, the alpha path, zero-init adapter
+and LoRA, latent statistics."""
 
 from pathlib import Path
 
@@ -8,13 +9,19 @@ import torch
 from layert2v.config import model_preset
 from layert2v.models.vae import LayerVAE
 
-CFG = model_preset("tiny")
+ARCHS = ("patch", "wan")
 
 
-@pytest.fixture(scope="module")
-def vae() -> LayerVAE:
+@pytest.fixture(scope="module", params=ARCHS)
+def vae(request: pytest.FixtureRequest) -> LayerVAE:
     torch.manual_seed(0)
-    return LayerVAE(CFG).eval()
+    return LayerVAE(model_preset("tiny", vae_arch=request.param)).eval()
+
+
+def _output_bias(vae: LayerVAE) -> torch.Tensor:
+    """The bias of the decoder's last convolution: shifting it moves every output pixel."""
+    decoder = vae.vae.decoder
+    return decoder.conv_out.bias if vae.cfg.vae_arch == "wan" else decoder[-1].bias
 
 
 def test_shapes_and_ranges(vae: LayerVAE) -> None:
@@ -26,11 +33,12 @@ def test_shapes_and_ranges(vae: LayerVAE) -> None:
     assert 0 <= rgb.min() and rgb.max() <= 1 and 0 <= alpha.min() and alpha.max() <= 1
 
 
-def test_unclamped_decode_is_the_decoder_before_its_clamp_and_keeps_gradients() -> None:
+@pytest.mark.parametrize("arch", ARCHS)
+def test_unclamped_decode_is_the_decoder_before_its_clamp_and_keeps_gradients(arch: str) -> None:
     torch.manual_seed(0)
-    vae = LayerVAE(CFG)
+    vae = LayerVAE(model_preset("tiny", vae_arch=arch))
     with torch.no_grad():
-        vae.vae.decoder.conv_out.bias.fill_(3.0)  # every pixel far beyond the clamp, as a fresh VAE can start
+        _output_bias(vae).fill_(10.0)  # every pixel far beyond the clamp, as a fresh VAE can start
     z = torch.randn(1, 16, 2, 4, 4)
     raw = vae.decode_unclamped(z)
     assert torch.allclose(raw.clamp(-1, 1), vae.vae.decode(z).sample, atol=1e-6) and raw.min() > 1
@@ -38,7 +46,7 @@ def test_unclamped_decode_is_the_decoder_before_its_clamp_and_keeps_gradients() 
     for clamp, moves in ((True, False), (False, True)):
         vae.zero_grad()
         (vae.decode_rgb(z, clamp=clamp) - target).abs().mean().backward()
-        assert (vae.vae.decoder.conv_out.bias.grad.abs().sum() > 0) == moves
+        assert (_output_bias(vae).grad.abs().sum() > 0) == moves
 
 
 @torch.no_grad()
@@ -53,9 +61,10 @@ def test_encoder_is_causal(vae: LayerVAE) -> None:
 
 
 @torch.no_grad()
-def test_alpha_path_adapter_and_lora_start_as_identity() -> None:
+@pytest.mark.parametrize("arch", ARCHS)
+def test_alpha_path_adapter_and_lora_start_as_identity(arch: str) -> None:
     torch.manual_seed(0)
-    vae = LayerVAE(CFG).eval()
+    vae = LayerVAE(model_preset("tiny", vae_arch=arch)).eval()
     alpha = (torch.rand(1, 1, 5, 32, 32) > 0.5).float()
     plain = vae._encode((alpha * 2 - 1).expand(-1, 3, -1, -1, -1))
     assert torch.allclose(vae.encode_alpha(alpha), plain)  # zero gate: adapter is the identity
@@ -82,3 +91,22 @@ def test_latent_stats_normalise(vae: LayerVAE) -> None:
 def test_missing_pretrained_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no download is attempted"):
         LayerVAE(model_preset("paper"), pretrained=tmp_path / "Wan2.1-T2V-1.3B")
+
+
+def test_patch_vae_refuses_bad_shapes_and_checkpoints(tmp_path: Path) -> None:
+    vae = LayerVAE(model_preset("tiny"))
+    with pytest.raises(ValueError, match="frames must be 4k\\+1"):
+        vae.encode_rgb(torch.rand(1, 3, 4, 32, 32))
+    with pytest.raises(ValueError, match="multiples of 8"):
+        vae.encode_rgb(torch.rand(1, 3, 5, 30, 32))
+    with pytest.raises(ValueError, match="no pretrained checkpoint"):
+        LayerVAE(model_preset("tiny"), pretrained=tmp_path)
+
+
+def test_patch_vae_round_trips_the_frame_blocks() -> None:
+    """Folding and unfolding are exact inverses, so a reconstruction error is the network's, not the layout's."""
+    vae = LayerVAE(model_preset("tiny")).vae
+    video = torch.rand(2, 3, 9, 16, 24)
+    folded = vae._fold(video)
+    assert folded.shape == (2 * 3, 3 * 4 * 64, 2, 3)
+    assert torch.equal(vae._unfold(folded, 2), video)

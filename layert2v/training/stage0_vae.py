@@ -26,7 +26,7 @@ class VAEPretraining(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
         x = rgb_streams(batch) * 2 - 1
-        posterior = self.vae.vae.encode(x).latent_dist
+        posterior = self.vae.posterior(x)
         recon = self.vae.decode_unclamped(posterior.sample())  # clamped pixels would get no gradient
         l1, kl = F.l1_loss(recon, x), posterior.kl().mean()
         loss = l1 + self.kl_weight * kl

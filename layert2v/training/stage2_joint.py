@@ -3,10 +3,11 @@
 LayerDiT (with LayerAdaLN) learns the rectified-flow velocity of the packed latents
 `[full | bg | fg | alpha]` plus 0.1 x latent compositing consistency (DESIGN section 2). Prompts are
 dropped (states zeroed, only the first token visible) with probability `prompt_dropout` so classifier-free
-guidance has an unconditional branch to contrast with. An exponential moving average of the weights is
-kept and is what gets saved. With a frozen VAE and `alpha_decode_samples > 0`, the predicted alpha latents of
-that many samples per batch also go through the VAE's alpha decoder and are compared with the true matte
-(0.1 x smooth-L1): decoding is the costly part on a CPU, so a few samples per batch carry the term.
+guidance has an unconditional branch to contrast with. An exponential moving average of the weights (with a
+warm-up, `ema_decay_at`) is kept and is what gets saved. With a frozen VAE and `alpha_decode_samples > 0`, the
+predicted alpha latents of that many samples per batch also go through the VAE's alpha decoder and are compared
+with the true matte (0.1 x smooth-L1): decoding is the costly part on a CPU, so a few samples per batch carry
+the term.
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ def drop_prompts(text: torch.Tensor, mask: torch.Tensor, p: float, generator: to
     first = torch.zeros_like(mask)
     first[..., 0] = True
     return text, torch.where(drop[:, None, None], first, mask)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """The EMA decay after `step` optimiser steps: `(1 + n) / (10 + n)`, capped at `decay`.
+
+    A fixed 0.999 keeps 0.999^250 = 78% of the random initial weights after a 250-step CPU run, so the saved
+    (EMA) model samples noise while the live one has learnt; the warm-up averages over the last ~n / 10 steps.
+    """
+    return min(decay, (1 + step) / (10 + step))
 
 
 class JointLayerTraining(L.LightningModule):
@@ -82,9 +92,10 @@ class JointLayerTraining(L.LightningModule):
             self.vae.eval()  # frozen: Lightning's train() must not switch it
 
     def on_train_batch_end(self, *_: object) -> None:
+        decay = ema_decay_at(self.global_step, self.ema_decay)
         with torch.no_grad():
             for ema, live in zip(self.ema.parameters(), self.dit.parameters(), strict=True):
-                ema.lerp_(live, 1 - self.ema_decay)
+                ema.lerp_(live, 1 - decay)
 
     def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> None:
         losses = self._losses(batch, self.ema, 0.0)
