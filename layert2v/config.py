@@ -200,7 +200,6 @@ class StageConfig(FromDict):
     val_every: int = 50  # validation (and preview) every N steps
     checkpoint_every: int = 20  # `last.ckpt` every N steps, what a killed run resumes from
     val_batches: int = 2  # validation batches per check
-    workers: int = 0  # data-loading processes; 1 overlaps loading with the short steps of the VAE stages
     alpha_decode_samples: int = 0  # DiT stages: samples per batch whose predicted alpha is decoded (0.1 smooth-L1)
     gate: dict[str, float] = field(default_factory=dict)  # validation metric -> minimum; a miss stops the chain
 
@@ -212,7 +211,6 @@ class StageConfig(FromDict):
         )
         _require(self.checkpoint_every >= 1 and self.val_every >= 1, "checkpoint_every and val_every must be >= 1")
         _require(self.alpha_decode_samples >= 0, f"alpha_decode_samples must be >= 0, got {self.alpha_decode_samples}")
-        _require(self.workers >= 0, f"stage workers must be >= 0, got {self.workers}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from layert2v.config import StageConfig, model_preset
-from layert2v.data.datamodule import SameKBatches, VidLayerDataModule
+from layert2v.data.datamodule import SameKBatches
 from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
 from layert2v.pipeline import LayerT2VPipeline
 from layert2v.quality.report import GateFailed
@@ -237,16 +237,3 @@ def test_ema_warms_up_so_a_short_run_saves_what_it_learnt() -> None:
     decays = [ema_decay_at(step, 0.999) for step in range(250)]
     assert math.prod(decays) < 1e-3
     assert decays == sorted(decays) and ema_decay_at(100_000, 0.999) == 0.999
-
-
-def test_loader_processes_deliver_the_same_batches(smoke_prepared) -> None:
-    """`workers: 1` moves loading into a real worker process without changing what a step sees."""
-    batches = []
-    for workers in (0, 1):
-        data = VidLayerDataModule(smoke_prepared.out, batch_size=2, max_fg=2, num_workers=workers, seed=3)
-        data.setup()
-        loader = iter(data.train_dataloader())
-        batches.append([next(loader) for _ in range(2)])
-    for plain, worker in zip(*batches, strict=True):
-        assert plain.keys() == worker.keys()
-        assert all(torch.equal(plain[key], worker[key]) for key in plain)

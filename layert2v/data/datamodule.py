@@ -157,24 +157,18 @@ class SameKBatches(Sampler[list[int]]):
 class LatentDataModule(L.LightningDataModule):
     """Train and val loaders over the latent cache; every batch holds clips of one K."""
 
-    def __init__(
-        self, prepared: Path, latents: Path, batch_size: int, max_fg: int = 1, num_workers: int = 0, seed: int = 0
-    ) -> None:
+    def __init__(self, prepared: Path, latents: Path, batch_size: int, max_fg: int = 1, seed: int = 0) -> None:
         super().__init__()
         self.prepared, self.latents, self.batch_size = Path(prepared), Path(latents), batch_size
-        self.max_fg, self.num_workers, self.seed = max_fg, num_workers, seed
+        self.max_fg, self.seed = max_fg, seed
 
     def setup(self, stage: str | None = None) -> None:
         self.train_set = LatentClips(self.prepared, self.latents, "train", self.max_fg)
         self.val_set = LatentClips(self.prepared, self.latents, "val", self.max_fg)
 
     def train_dataloader(self) -> DataLoader:
-        batches = SameKBatches(self.train_set.num_fg, self.batch_size, self.seed)
-        return DataLoader(
-            self.train_set, batch_sampler=batches, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )  # fmt: skip
+        return DataLoader(self.train_set, batch_sampler=SameKBatches(self.train_set.num_fg, self.batch_size, self.seed))
 
     def val_dataloader(self) -> DataLoader:
         batches = SameKBatches(self.val_set.num_fg, 1, self.seed, shuffle=False)
-        return DataLoader(self.val_set, batch_sampler=batches, num_workers=self.num_workers)
+        return DataLoader(self.val_set, batch_sampler=batches)

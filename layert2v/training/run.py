@@ -64,13 +64,10 @@ def _data(stage: int, params: Params, prepared: Path, latents: Path, cfg: StageC
     if stage in (2, 3):
         if not (latents / "encode.json").is_file():
             raise FileNotFoundError(f"latent cache {latents} is missing: run `layert2v encode` first")
-        return LatentDataModule(
-            prepared, latents, cfg.batch_size, _max_fg(stage, params), num_workers=cfg.workers, seed=params.train.seed
-        )
+        return LatentDataModule(prepared, latents, cfg.batch_size, _max_fg(stage, params), seed=params.train.seed)
     return VidLayerDataModule(
-        prepared, cfg.batch_size, model_preset(params.train.preset).max_fg, num_workers=cfg.workers,
-        seed=params.train.seed,
-    )  # fmt: skip
+        prepared, cfg.batch_size, model_preset(params.train.preset).max_fg, seed=params.train.seed
+    )
 
 
 def _save(stage: int, module: L.LightningModule, data: L.LightningDataModule, folder: Path, out: Path) -> list[Path]:
