@@ -175,8 +175,8 @@ PRESETS: dict[str, ModelConfig] = {
     ),
     "small": ModelConfig(name="small"),
     "paper": ModelConfig(
-        name="paper", vae_arch="wan", vae_base_dim=96, vae_dim_mult=(1, 2, 4, 4), vae_num_res_blocks=2, dim=1536, depth=30,
-        heads=12, ffn_dim=8960, text_dim=4096, text_len=512, max_fg=3,
+        name="paper", vae_arch="wan", vae_base_dim=96, vae_dim_mult=(1, 2, 4, 4), vae_num_res_blocks=2,
+        dim=1536, depth=30, heads=12, ffn_dim=8960, text_dim=4096, text_len=512, max_fg=3,
     ),
 }  # fmt: skip
 

@@ -1,13 +1,14 @@
 """The VAE wrapper over both autoencoders (patch, wan): shapes, causality, the alpha path, zero-init adapter
 and LoRA, latent statistics."""
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from layert2v.config import model_preset
-from layert2v.models.vae import LayerVAE
+from layert2v.models.vae import LayerVAE, load_vae, save_vae
 
 ARCHS = ("patch", "wan")
 
@@ -110,3 +111,17 @@ def test_patch_vae_round_trips_the_frame_blocks() -> None:
     folded = vae._fold(video)
     assert folded.shape == (2 * 3, 3 * 4 * 64, 2, 3)
     assert torch.equal(vae._unfold(folded, 2), video)
+
+
+def test_weights_saved_before_the_patch_vae_load_as_wan(tmp_path: Path) -> None:
+    """A VAE folder whose config predates `vae_arch` (registered models, DVC caches) still loads, as Wan."""
+    torch.manual_seed(0)
+    vae = LayerVAE(model_preset("tiny", vae_arch="wan")).eval()
+    save_vae(vae, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["vae"]["vae_arch"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = load_vae(tmp_path).eval()
+    video = torch.rand(1, 3, 5, 32, 32)
+    assert loaded.cfg.vae_arch == "wan"
+    assert torch.allclose(loaded.encode_rgb(video), vae.encode_rgb(video))

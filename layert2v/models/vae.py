@@ -114,12 +114,12 @@ class PatchAutoencoder(nn.Module):
 
 def build_autoencoder(cfg: ModelConfig, pretrained: Path | None = None) -> nn.Module:
     """The preset's autoencoder: a fresh `patch` or `wan` one, or a local diffusers-format Wan checkpoint."""
-    from diffusers import AutoencoderKLWan
-
     if cfg.vae_arch == "patch":
         if pretrained is not None:
             raise ValueError(f"preset '{cfg.name}' uses the patch VAE, which has no pretrained checkpoint")
         return PatchAutoencoder(cfg.latent_channels, cfg.vae_width, cfg.vae_num_res_blocks)
+    from diffusers import AutoencoderKLWan
+
     if pretrained is not None:
         if not (Path(pretrained) / "config.json").is_file():
             raise FileNotFoundError(
@@ -274,6 +274,7 @@ def load_vae(folder: Path) -> LayerVAE:
     if not path.is_file() or not config_path.is_file():
         raise FileNotFoundError(f"{path} is missing: run the stage that writes it first")
     config = json.loads(config_path.read_text())
+    config["vae"].setdefault("vae_arch", "wan")  # saved before the patch VAE existed: every VAE then was Wan
     vae = LayerVAE(ModelConfig.from_json(config["vae"]))
     if config.get("vae_lora"):
         vae.add_decoder_lora()
