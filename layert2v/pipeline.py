@@ -98,12 +98,11 @@ class LayerT2VPipeline:
         `tensorrt` backends read the export folder `onnx` (default `<folder>/onnx`) in `precision` (default
         fp32 for onnxruntime, fp16 for TensorRT)."""
         folder = Path(folder)
-        for name in ("config.json", "dit.safetensors", "vae.safetensors"):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"model folder {folder} has no {name}")
-        config = json.loads((folder / "config.json").read_text())
-        dit = load_dit(folder)
+        dit = load_dit(folder)  # checks config.json and dit.safetensors
+        if not (folder / "vae.safetensors").is_file():
+            raise FileNotFoundError(f"model folder {folder} has no vae.safetensors")
         vae = load_vae(folder)
+        config = json.loads((folder / "config.json").read_text())
         encoder_path = text_encoder if text_encoder is not None else _default_or(Path(config["text_encoder"]))
         graphs = Path(onnx) if onnx is not None else folder / "onnx"
         return cls(
