@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from layert2v.config import StageConfig, model_preset
-from layert2v.data.datamodule import SameKBatches
+from layert2v.data.datamodule import PreparedClips, SameKBatches, collate_clips
 from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
 from layert2v.pipeline import LayerT2VPipeline
 from layert2v.quality.report import GateFailed
@@ -189,6 +189,22 @@ def test_a_failing_gate_stops_the_stage_with_metric_value_and_threshold(
     run = client.get_run((out / "stage1" / "mlflow_run_id").read_text().strip())
     assert run.data.tags["gate"] == "failed"
     assert {a.path for a in client.list_artifacts(run.info.run_id, "gate")} == {"gate/gate.json", "gate/gate.md"}
+
+
+def test_clip_batches_are_the_cached_frames_in_unit_range_with_zero_padding(smoke_prepared) -> None:
+    clips = PreparedClips(smoke_prepared.out, "train", max_fg=3)
+    batch = collate_clips([clips[i] for i in range(4)])
+    cache = smoke_prepared.out / "cache" / "train"
+    full, fg, alpha = (np.load(cache / f"{n}.npy") for n in ("full", "foreground", "alpha"))
+    assert batch["full"].shape == (4, 3, 5, 32, 32) and batch["full"].dtype == torch.float32
+    assert batch["foregrounds"].shape == (4, 3, 3, 5, 32, 32) and batch["alphas"].shape == (4, 3, 1, 5, 32, 32)
+    row, start = clips.index[0, :2]
+    assert torch.equal(batch["full"][0], torch.from_numpy(full[row]).permute(3, 0, 1, 2).float() / 255)
+    assert torch.equal(batch["alphas"][0, 0, 0], torch.from_numpy(alpha[start]).float() / 255)
+    assert torch.equal(batch["foregrounds"][0, 0], torch.from_numpy(fg[start]).permute(3, 0, 1, 2).float() / 255)
+    for i, count in enumerate(batch["num_fg"].tolist()):
+        assert batch["alphas"][i, count:].abs().sum() == 0 and batch["foregrounds"][i, count:].abs().sum() == 0
+        assert batch["alphas"][i, :count].amax() > 0
 
 
 def test_same_k_batches_never_mix_layouts() -> None:

@@ -4,8 +4,8 @@ The cache is memory-mapped `.npy` (no pickle), so workers share pages instead of
 a whole layered clip; each stage takes what it needs (stage 0: RGB streams, stage 1: alpha mattes).
 Foreground slots past a clip's K are zero and `num_fg` says how many are real.
 
-Item shapes (F frames, H x W): full, background `[3, F, H, W]`; foregrounds `[K_max, 3, F, H, W]`
-(premultiplied); alphas `[K_max, 1, F, H, W]`; all float32 in [0, 1].
+Batch shapes (B clips, F frames, H x W): full, background `[B, 3, F, H, W]`; foregrounds `[B, K_max, 3, F, H, W]`
+(premultiplied); alphas `[B, K_max, 1, F, H, W]`; all float32 in [0, 1] (items are uint8, see `collate_clips`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 
 def to_frames(array: np.ndarray) -> torch.Tensor:
@@ -27,13 +27,18 @@ def to_frames(array: np.ndarray) -> torch.Tensor:
 
 
 class PreparedClips(Dataset):
-    """The clips of one split of a prepared folder."""
+    """The clips of one split of a prepared folder, as uint8 frames; `collate_clips` makes float batches.
+
+    Items stay uint8 `[..., F, H, W, C]` and one batch is converted at once: per-clip float tensors (and their
+    zero padding) cost more allocation than the CPU step they feed, which showed as data wait in stages 0-1.
+    """
 
     def __init__(self, prepared: Path, split: str, max_fg: int) -> None:
         manifest = pd.read_parquet(prepared / "manifest.parquet")
-        self.rows = manifest[manifest["split"] == split].sort_values("cache_row").reset_index(drop=True)
-        if self.rows.empty:
+        rows = manifest[manifest["split"] == split].sort_values("cache_row")
+        if rows.empty:
             raise ValueError(f"{prepared} has no clips in split '{split}'")
+        self.index = rows[["cache_row", "layer_start", "num_fg"]].to_numpy(dtype=np.int64)
         folder = prepared / "cache" / split
         self.arrays = {
             name: np.load(folder / f"{name}.npy", mmap_mode="r")
@@ -42,23 +47,31 @@ class PreparedClips(Dataset):
         self.max_fg = max_fg
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.index)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        row = self.rows.iloc[index]
-        start, count = int(row["layer_start"]), int(row["num_fg"])
-        fg = torch.zeros(self.max_fg, 3, *self.arrays["full"].shape[1:4])
-        alpha = torch.zeros(self.max_fg, 1, *self.arrays["full"].shape[1:4])
-        for k in range(min(count, self.max_fg)):
-            fg[k] = to_frames(self.arrays["foreground"][start + k])
-            alpha[k] = to_frames(self.arrays["alpha"][start + k])
+        clip, start, count = (int(v) for v in self.index[index])
+        used = min(count, self.max_fg)
+        shape = self.arrays["full"].shape[1:]
+        fg = np.zeros((self.max_fg, *shape), dtype=np.uint8)
+        alpha = np.zeros((self.max_fg, *shape[:3], 1), dtype=np.uint8)
+        fg[:used] = self.arrays["foreground"][start : start + used]
+        alpha[:used, ..., 0] = self.arrays["alpha"][start : start + used]
         return {
-            "full": to_frames(self.arrays["full"][int(row["cache_row"])]),
-            "background": to_frames(self.arrays["background"][int(row["cache_row"])]),
-            "foregrounds": fg,
-            "alphas": alpha,
+            "full": torch.from_numpy(np.array(self.arrays["full"][clip])),
+            "background": torch.from_numpy(np.array(self.arrays["background"][clip])),
+            "foregrounds": torch.from_numpy(fg),
+            "alphas": torch.from_numpy(alpha),
             "num_fg": torch.tensor(count),
         }
+
+
+def collate_clips(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack `PreparedClips` items and convert frames to float `[B, (K,) C, F, H, W]` in [0, 1]."""
+    batch = default_collate(items)
+    for name in ("full", "background", "foregrounds", "alphas"):
+        batch[name] = batch[name].movedim(-1, -4).float().div_(255.0)
+    return batch
 
 
 class VidLayerDataModule(L.LightningDataModule):
@@ -77,11 +90,13 @@ class VidLayerDataModule(L.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True, generator=generator,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0, collate_fn=collate_clips,
         )  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
+        return DataLoader(
+            self.val_set, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate_clips
+        )
 
 
 class LatentClips(Dataset):

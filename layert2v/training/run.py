@@ -65,9 +65,7 @@ def _data(stage: int, params: Params, prepared: Path, latents: Path, cfg: StageC
         if not (latents / "encode.json").is_file():
             raise FileNotFoundError(f"latent cache {latents} is missing: run `layert2v encode` first")
         return LatentDataModule(prepared, latents, cfg.batch_size, _max_fg(stage, params), seed=params.train.seed)
-    return VidLayerDataModule(
-        prepared, cfg.batch_size, model_preset(params.train.preset).max_fg, seed=params.train.seed
-    )
+    return VidLayerDataModule(prepared, cfg.batch_size, max_fg=1, seed=params.train.seed)  # the VAE stages use fg 1
 
 
 def _save(stage: int, module: L.LightningModule, data: L.LightningDataModule, folder: Path, out: Path) -> list[Path]:

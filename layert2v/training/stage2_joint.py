@@ -1,7 +1,7 @@
 """Stage 2: joint multi-layer learning with one foreground (K = 1); stage 3 reuses it for K = 1..K_max.
 
 LayerDiT (with LayerAdaLN) learns the rectified-flow velocity of the packed latents
-`[full | bg | fg | alpha]` plus 0.1 x latent compositing consistency (DESIGN section 2). Prompts are
+`[full | bg | fg | alpha]` plus `consistency_weight` (0.1 in the paper) x latent compositing consistency (DESIGN section 2). Prompts are
 dropped (states zeroed, only the first token visible) with probability `prompt_dropout` so classifier-free
 guidance has an unconditional branch to contrast with. An exponential moving average of the weights (with a
 warm-up, `ema_decay_at`) is kept and is what gets saved. With a frozen VAE and `alpha_decode_samples > 0`, the
@@ -57,7 +57,7 @@ class JointLayerTraining(L.LightningModule):
         self.ema = copy.deepcopy(self.dit).requires_grad_(False)
         self.vae = vae.requires_grad_(False).eval() if vae is not None else None
         self.stage, self.ema_decay, self.prompt_dropout = stage, ema_decay, prompt_dropout
-        self.weights = LossWeights()
+        self.weights = LossWeights(consistency=stage.consistency_weight)
 
     def _decoded_alpha(self, batch: dict[str, torch.Tensor]) -> dict:
         """`decode_alpha` and `alpha_pixels` for `layered_loss` on the first samples of the batch, or nothing."""
