@@ -33,15 +33,18 @@ class ValPrompt:
 
 
 def validation_prompts(prepared: Path, count: int, max_fg: int, split: str = "val") -> list[ValPrompt]:
-    """The first `count` clips of `split` by clip id, with at most `max_fg` foregrounds each."""
+    """The first `count` clips of `split` by clip id among those with at most `max_fg` foregrounds (a clip
+    with more shows foregrounds in its full video that a `max_fg`-layer sample could not composite to)."""
     manifest = pd.read_parquet(Path(prepared) / "manifest.parquet")
-    rows = manifest[manifest["split"] == split].sort_values("clip_id").head(count)
+    rows = manifest[(manifest["split"] == split) & (manifest["num_fg"] <= max_fg)].sort_values("clip_id").head(count)
     if rows.empty:
-        raise ValueError(f"{prepared} has no clips in split '{split}' to take validation prompts from")
+        raise ValueError(
+            f"{prepared} has no clips in split '{split}' with at most {max_fg} foreground(s) to take prompts from"
+        )
     prompts = []
     for row in rows.itertuples():
         attributes = json.loads(row.attributes)
-        k = min(int(row.num_fg), max_fg)
+        k = int(row.num_fg)
         prompts.append(
             ValPrompt(
                 clip_id=row.clip_id,

@@ -100,7 +100,10 @@ class VidLayerDataModule(L.LightningDataModule):
 
 
 class LatentClips(Dataset):
-    """Layered samples from the latent cache, with up to `max_fg` foregrounds each (stage 2: 1, stage 3: K_max).
+    """Layered samples from the latent cache: the clips with at most `max_fg` foregrounds (stage 2: 1, stage 3: K_max).
+
+    Clips with more foregrounds are left out rather than cut down: their full video shows every foreground, so
+    dropping layers would teach the model a full video that its layers do not composite to.
 
     Item: segments `[2 + 2K, C, T', h, w]` (full, bg, fg_1, alpha_1, ..., fg_K, alpha_K), alpha_grid
     `[K, 1, T', h, w]`, alpha_pixels `[K, 1, F, H, W]` (decoded-alpha loss), text `[2 + K, M, D]` (full, bg,
@@ -109,15 +112,16 @@ class LatentClips(Dataset):
 
     def __init__(self, prepared: Path, latents: Path, split: str, max_fg: int = 1) -> None:
         manifest = pd.read_parquet(prepared / "manifest.parquet")
-        self.rows = manifest[manifest["split"] == split].sort_values("cache_row").reset_index(drop=True)
+        rows = manifest[(manifest["split"] == split) & (manifest["num_fg"] <= max_fg)]
+        self.rows = rows.sort_values("cache_row").reset_index(drop=True)
         if self.rows.empty:
-            raise ValueError(f"{prepared} has no clips in split '{split}'")
+            raise ValueError(f"{prepared} has no clips in split '{split}' with at most {max_fg} foreground(s)")
         names = ("full", "background", "foreground", "alpha", "alpha_grid")
         self.latents = {n: np.load(latents / split / f"{n}.npy", mmap_mode="r") for n in names}
         self.alpha_pixels = np.load(prepared / "cache" / split / "alpha.npy", mmap_mode="r")
         self.states = np.load(prepared / "text" / "states.npy", mmap_mode="r")
         self.masks = np.load(prepared / "text" / "mask.npy", mmap_mode="r")
-        self.num_fg = [min(int(k), max_fg) for k in self.rows["num_fg"]]
+        self.num_fg = [int(k) for k in self.rows["num_fg"]]
 
     def __len__(self) -> int:
         return len(self.rows)
