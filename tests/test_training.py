@@ -18,7 +18,8 @@ import torch
 import yaml
 
 from layert2v.config import StageConfig, model_preset
-from layert2v.data.datamodule import PreparedClips, SameKBatches, collate_clips
+from layert2v.data.datamodule import LatentClips, PreparedClips, SameKBatches, collate_clips
+from layert2v.evaluate import validation_prompts
 from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
 from layert2v.pipeline import LayerT2VPipeline
 from layert2v.quality.report import GateFailed
@@ -172,6 +173,12 @@ def test_encode_writes_the_latent_cache(tmp_path: Path, smoke_prepared) -> None:
         fg, alpha, grid = (np.load(folder / f"{n}.npy") for n in ("foreground", "alpha", "alpha_grid"))
         assert len(fg) == len(alpha) == len(grid) == rows["num_fg"].sum() and fg.dtype == np.float16
         assert grid.min() >= 0 and grid.max() <= 1 and grid.shape[1:] == (1, 2, 4, 4)
+    single = LatentClips(smoke_prepared.out, tmp_path / "latents", "train", max_fg=1)
+    train = manifest[manifest["split"] == "train"]
+    assert len(single) == (train["num_fg"] == 1).sum() < len(train)  # clips with more layers are left out
+    assert all(single[i]["segments"].shape[0] == 4 for i in range(len(single)))
+    prompts = validation_prompts(smoke_prepared.out, 8, max_fg=1)
+    assert prompts and all(len(p.foregrounds) == 1 for p in prompts)
 
 
 def test_a_failing_gate_stops_the_stage_with_metric_value_and_threshold(
