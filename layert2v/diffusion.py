@@ -5,7 +5,12 @@ velocity `v = eps - x0`. One logit-normal `t` per sample is shared by every segm
 sample move along one trajectory. LayerT2V adds two terms (weights 0.1 each by default):
 
 - latent compositing consistency: the predicted x0 of the foreground and background segments,
-  composited with the ground-truth alpha downsampled to latent resolution, must match the full segment;
+  composited with the ground-truth alpha downsampled to latent resolution, must match the full segment.
+  The composite is taken about the latent of a clear (all-black) clip: a premultiplied foreground is black
+  where it is transparent, and the VAE does not map black to 0. Compositing raw latents, as the reference
+  does, leaves the true latents of the validation clips off their own full latent by a mean squared error of
+  0.77 (K = 1), 2.9 (K = 2) and 6.1 (K = 3), against a latent variance of 1.1; about the clear latent the
+  error is 0.018, 0.054 and 0.078, so the term no longer pulls the layers away from the data;
 - smooth-L1 between the decoded predicted alpha latent and the true alpha (needs the VAE decoder, given
   as a callable so this module stays free of VAE code).
 
@@ -51,10 +56,17 @@ def predicted_x0(x_t: torch.Tensor, velocity: torch.Tensor, t: torch.Tensor) -> 
     return x_t - _bcast(t, x_t) * velocity
 
 
-def latent_composite(fgs: list[torch.Tensor], alphas: list[torch.Tensor], bg: torch.Tensor) -> torch.Tensor:
-    """Back-to-front over in latent space: fgs/bg `[B, C, T, H, W]`, alphas `[B, 1, T, H, W]` in [0, 1]."""
-    last = lambda x: x.movedim(1, -1)  # noqa: E731
-    return over([last(f) for f in fgs], [last(a)[..., 0] for a in alphas], last(bg)).movedim(-1, 1)
+def latent_composite(
+    fgs: list[torch.Tensor], alphas: list[torch.Tensor], bg: torch.Tensor, clear: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Back-to-front over in latent space about `clear`, the latent of an all-black clip (None: zero).
+
+    fgs/bg `[B, C, T, H, W]`, alphas `[B, 1, T, H, W]` in [0, 1], clear broadcastable to fgs.
+    """
+    clear = torch.zeros_like(bg) if clear is None else clear
+    last = lambda x: (x - clear).movedim(1, -1)  # noqa: E731
+    composite = over([last(f) for f in fgs], [a.movedim(1, -1)[..., 0] for a in alphas], last(bg))
+    return composite.movedim(-1, 1) + clear
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,12 +83,14 @@ def layered_loss(
     layout: Layout,
     weights: LossWeights,
     alpha_latent_res: list[torch.Tensor] | None = None,
+    clear_latent: torch.Tensor | None = None,
     decode_alpha: Callable[[torch.Tensor], torch.Tensor] | None = None,
     alpha_pixels: list[torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """All loss terms for packed latents `[B, C, L*T, H, W]`; `loss` is the weighted total.
 
-    `alpha_latent_res`: true alpha per foreground at latent resolution `[B, 1, T, H, W]` (consistency term);
+    `alpha_latent_res`: true alpha per foreground at latent resolution `[B, 1, T, H, W]` and `clear_latent`, the
+    latent of an all-black clip `[B or 1, C, T, H, W]` (consistency term, see `latent_composite`);
     `decode_alpha` + `alpha_pixels`: decoder and true pixel alpha per foreground (decoded-alpha term).
     """
     target = noise - x0
@@ -89,7 +103,7 @@ def layered_loss(
     fg_hat = [x for x, kind in zip(x0_hat, types, strict=True) if kind == FOREGROUND]
     if alpha_latent_res is not None and weights.consistency:
         full = unpack(x0, layout.num_segments)[types.index(FULL)]
-        composite = latent_composite(fg_hat, alpha_latent_res, x0_hat[types.index(BACKGROUND)])
+        composite = latent_composite(fg_hat, alpha_latent_res, x0_hat[types.index(BACKGROUND)], clear_latent)
         losses["consistency"] = F.mse_loss(composite, full)
         total = total + weights.consistency * losses["consistency"]
     if decode_alpha is not None and alpha_pixels is not None and weights.alpha:

@@ -120,6 +120,23 @@ def test_loss_terms_vanish_for_a_perfect_prediction_and_train() -> None:
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_latent_consistency_composites_about_the_clear_latent() -> None:
+    """Two foregrounds whose latents are `clear` where transparent: the term is zero about `clear`, and would
+    not be about 0 (the bug that left true K = 3 latents 6.1 off their own full latent)."""
+    layout = Layout(2)
+    g = torch.Generator().manual_seed(0)
+    seg = lambda: torch.randn(1, 16, 2, 4, 4, generator=g)  # noqa: E731
+    clear, bg, fg1, fg2 = seg(), seg(), seg(), seg()
+    a1, a2 = (torch.rand(1, 1, 2, 4, 4, generator=g) for _ in range(2))
+    full = clear + (fg1 - clear) + (1 - a1) * ((fg2 - clear) + (1 - a2) * (bg - clear))
+    x0 = pack([full, bg, fg1, seg(), fg2, seg()])
+    noise, t = torch.randn(x0.shape, generator=g), torch.tensor([0.5])
+    exact = dict(alpha_latent_res=[a1, a2], clear_latent=clear)
+    assert layered_loss(noise - x0, x0, noise, t, layout, LossWeights(), **exact)["consistency"] < 1e-10
+    about_zero = layered_loss(noise - x0, x0, noise, t, layout, LossWeights(), alpha_latent_res=[a1, a2])
+    assert about_zero["consistency"] > 0.1
+
+
 @pytest.mark.parametrize("sampler", ["euler", "unipc"])
 def test_samplers_recover_x0_from_the_exact_velocity_field(sampler: str) -> None:
     g = torch.Generator().manual_seed(0)

@@ -173,12 +173,20 @@ def test_encode_writes_the_latent_cache(tmp_path: Path, smoke_prepared) -> None:
         fg, alpha, grid = (np.load(folder / f"{n}.npy") for n in ("foreground", "alpha", "alpha_grid"))
         assert len(fg) == len(alpha) == len(grid) == rows["num_fg"].sum() and fg.dtype == np.float16
         assert grid.min() >= 0 and grid.max() <= 1 and grid.shape[1:] == (1, 2, 4, 4)
+    vae = load_vae(tmp_path / "vae")
+    clear = np.load(tmp_path / "latents" / "clear.npy")
+    assert clear.shape == (16, 2, 4, 4) and np.abs(clear).max() > 0.1  # the VAE does not map black to 0
+    np.testing.assert_allclose(clear, vae.encode_rgb(torch.zeros(1, 3, 5, 32, 32))[0].detach().numpy(), atol=1e-6)
     single = LatentClips(smoke_prepared.out, tmp_path / "latents", "train", max_fg=1)
+    assert torch.equal(single[0]["clear"], torch.from_numpy(clear))
     train = manifest[manifest["split"] == "train"]
     assert len(single) == (train["num_fg"] == 1).sum() < len(train)  # clips with more layers are left out
     assert all(single[i]["segments"].shape[0] == 4 for i in range(len(single)))
     prompts = validation_prompts(smoke_prepared.out, 8, max_fg=1)
     assert prompts and all(len(p.foregrounds) == 1 for p in prompts)
+    (tmp_path / "latents" / "clear.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"clear\.npy is missing: .* run encode again"):
+        LatentClips(smoke_prepared.out, tmp_path / "latents", "train", max_fg=1)
 
 
 def test_a_failing_gate_stops_the_stage_with_metric_value_and_threshold(

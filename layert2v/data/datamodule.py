@@ -107,7 +107,8 @@ class LatentClips(Dataset):
 
     Item: segments `[2 + 2K, C, T', h, w]` (full, bg, fg_1, alpha_1, ..., fg_K, alpha_K), alpha_grid
     `[K, 1, T', h, w]`, alpha_pixels `[K, 1, F, H, W]` (decoded-alpha loss), text `[2 + K, M, D]` (full, bg,
-    fg_1 .. fg_K prompt states), text_mask `[2 + K, M]`.
+    fg_1 .. fg_K prompt states), text_mask `[2 + K, M]`, clear `[C, T', h, w]` (the latent of an all-black clip,
+    see `diffusion.latent_composite`).
     """
 
     def __init__(self, prepared: Path, latents: Path, split: str, max_fg: int = 1) -> None:
@@ -118,6 +119,11 @@ class LatentClips(Dataset):
             raise ValueError(f"{prepared} has no clips in split '{split}' with at most {max_fg} foreground(s)")
         names = ("full", "background", "foreground", "alpha", "alpha_grid")
         self.latents = {n: np.load(latents / split / f"{n}.npy", mmap_mode="r") for n in names}
+        if not (latents / "clear.npy").is_file():
+            raise FileNotFoundError(
+                f"{latents / 'clear.npy'} is missing: the latent cache predates it, run encode again"
+            )
+        self.clear = torch.from_numpy(np.load(latents / "clear.npy"))
         self.alpha_pixels = np.load(prepared / "cache" / split / "alpha.npy", mmap_mode="r")
         self.states = np.load(prepared / "text" / "states.npy", mmap_mode="r")
         self.masks = np.load(prepared / "text" / "mask.npy", mmap_mode="r")
@@ -140,6 +146,7 @@ class LatentClips(Dataset):
             "alpha_pixels": torch.stack([to_frames(self.alpha_pixels[i]) for i in layers]),
             "text": torch.from_numpy(np.asarray(self.states[prompts], dtype=np.float32)),
             "text_mask": torch.from_numpy(np.asarray(self.masks[prompts])),
+            "clear": self.clear,
         }
 
 

@@ -4,7 +4,8 @@ Per split under `out/<split>/` (float16 `.npy`, rows as in the prepared cache):
   full.npy, background.npy   [N, C, T', h, w]   normalised RGB latents
   foreground.npy, alpha.npy  [M, C, T', h, w]   premultiplied fg and alpha-path latents, rows layer_start ..
   alpha_grid.npy             [M, 1, T', h, w]   true alpha on the latent grid (consistency loss)
-plus `encode.json` (VAE folder, shapes). The manifest of the prepared folder still indexes every row.
+plus, under `out/`, `clear.npy` `[C, T', h, w]` (float32), the latent of an all-black clip that the consistency
+loss composites about (`diffusion.latent_composite`), and `encode.json` (shapes, latent std). The manifest of the prepared folder still indexes every row.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def encode_prepared(vae: LayerVAE, prepared: Path, out: Path, batch: int = 8) ->
                 np.save(folder / f"{name}.npy", _encode_rows(array, fn, batch))
                 bar.advance(task)
             shapes[split] = list(np.load(folder / "full.npy", mmap_mode="r").shape)
+        frames, height, width = np.load(prepared / "cache" / splits[0] / "full.npy", mmap_mode="r").shape[1:4]
+        np.save(out / "clear.npy", vae.encode_rgb(torch.zeros(1, 3, frames, height, width))[0].numpy())
     (out / "encode.json").write_text(
         json.dumps({"shapes": shapes, "latent_std": vae.latent_std.tolist()}, indent=2) + "\n"
     )

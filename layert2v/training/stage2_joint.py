@@ -76,10 +76,8 @@ class JointLayerTraining(L.LightningModule):
         text, mask = drop_prompts(batch["text"], batch["text_mask"], dropout)
         text = text.flatten(1, 2)  # [B, P * M, D]
         velocity = model.forward_layout(noisy(x0, noise, t), t * 1000, text, mask, layout)
-        alphas = list(batch["alpha_grid"].unbind(1))
-        return layered_loss(
-            velocity, x0, noise, t, layout, self.weights, alpha_latent_res=alphas, **self._decoded_alpha(batch)
-        )
+        consistency = {"alpha_latent_res": list(batch["alpha_grid"].unbind(1)), "clear_latent": batch["clear"]}
+        return layered_loss(velocity, x0, noise, t, layout, self.weights, **consistency, **self._decoded_alpha(batch))
 
     def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
         losses = self._losses(batch, self.dit, self.prompt_dropout)
