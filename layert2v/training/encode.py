@@ -5,7 +5,8 @@ Per split under `out/<split>/` (float16 `.npy`, rows as in the prepared cache):
   foreground.npy, alpha.npy  [M, C, T', h, w]   premultiplied fg and alpha-path latents, rows layer_start ..
   alpha_grid.npy             [M, 1, T', h, w]   true alpha on the latent grid (consistency loss)
 plus, under `out/`, `clear.npy` `[C, T', h, w]` (float32), the latent of an all-black clip that the consistency
-loss composites about (`diffusion.latent_composite`), and `encode.json` (shapes, latent std). The manifest of the prepared folder still indexes every row.
+loss composites about (`diffusion.latent_composite`), and `encode.json` (shapes, latent std). The manifest of
+the prepared folder still indexes every row.
 """
 
 from __future__ import annotations
