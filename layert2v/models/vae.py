@@ -219,21 +219,11 @@ class LayerVAE(nn.Module):
         return "|".join(re.escape(name) for name in names)
 
     def set_lora(self, enabled: bool) -> None:
-        """Switch the decoder LoRA on or off, leaving whether its weights train to the stage.
-
-        peft's `enable_adapters` also sets the adapter weights' `requires_grad` (off when disabling). Stage 1
-        decodes with the LoRA on, `decode_alpha` switches it off again before `backward`, and autograd skips a
-        leaf that no longer requires grad: the LoRA never trained. So the flags are put back after the switch.
-        """
         from peft.tuners.lora import LoraLayer
 
         for module in self.vae.decoder.modules():
             if isinstance(module, LoraLayer):
-                lora = [p for name, p in module.named_parameters() if "lora_" in name]
-                trainable = [p.requires_grad for p in lora]
                 module.enable_adapters(enabled)
-                for param, flag in zip(lora, trainable, strict=True):
-                    param.requires_grad_(flag)
 
     @torch.no_grad()
     def fit_latent_stats(self, videos: list[torch.Tensor]) -> None:
