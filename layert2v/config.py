@@ -202,6 +202,7 @@ class StageConfig(FromDict):
     val_batches: int = 2  # validation batches per check
     alpha_decode_samples: int = 0  # DiT stages: samples per batch whose predicted alpha is decoded (0.1 smooth-L1)
     consistency_weight: float = 0.1  # DiT stages: weight of the latent compositing-consistency term
+    foreground_weight: float = 0.0  # DiT stages: extra flow-matching weight where a foreground is (0: uniform)
     gate: dict[str, float] = field(default_factory=dict)  # validation metric -> minimum; a miss stops the chain
 
     def __post_init__(self) -> None:
@@ -213,6 +214,7 @@ class StageConfig(FromDict):
         _require(self.checkpoint_every >= 1 and self.val_every >= 1, "checkpoint_every and val_every must be >= 1")
         _require(self.alpha_decode_samples >= 0, f"alpha_decode_samples must be >= 0, got {self.alpha_decode_samples}")
         _require(self.consistency_weight >= 0, f"consistency_weight must be >= 0, got {self.consistency_weight}")
+        _require(self.foreground_weight >= 0, f"foreground_weight must be >= 0, got {self.foreground_weight}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -73,6 +73,19 @@ def latent_composite(
 class LossWeights:
     consistency: float = 0.1  # latent compositing consistency
     alpha: float = 0.1  # decoded-alpha smooth-L1
+    foreground: float = 0.0  # extra flow-matching weight on the latent cells a foreground touches (0: uniform)
+
+
+def foreground_cell_weights(alphas: list[torch.Tensor], weight: float, segments: int) -> torch.Tensor:
+    """`[B, 1, L*T, H, W]` flow-matching weights: `1 + weight` on latent cells any foreground touches, else 1,
+    the same cells in every segment, scaled to mean 1 per latent frame so the loss keeps its size.
+
+    Why: sprites cover ~7% of the alpha mass and touch ~20% of the cells on the default data; a uniform loss is
+    then mostly the empty, easy rest, and the DiT learns transparent foregrounds long before it learns sprites.
+    """
+    touched = (torch.stack(alphas).amax(0) > 0).to(alphas[0].dtype)
+    cells = (1 + weight * touched).repeat(1, 1, segments, 1, 1)
+    return cells / cells.mean(dim=(0, 1, 3, 4), keepdim=True)
 
 
 def layered_loss(
@@ -90,11 +103,14 @@ def layered_loss(
     """All loss terms for packed latents `[B, C, L*T, H, W]`; `loss` is the weighted total.
 
     `alpha_latent_res`: true alpha per foreground at latent resolution `[B, 1, T, H, W]` and `clear_latent`, the
-    latent of an all-black clip `[B or 1, C, T, H, W]` (consistency term, see `latent_composite`);
+    latent of an all-black clip `[B or 1, C, T, H, W]` (consistency term, see `latent_composite`; the alphas also
+    place `weights.foreground`, see `foreground_cell_weights`);
     `decode_alpha` + `alpha_pixels`: decoder and true pixel alpha per foreground (decoded-alpha term).
     """
-    target = noise - x0
-    per_segment = (velocity - target).pow(2).mean(dim=(0, 1, 3, 4)).unflatten(0, (layout.num_segments, -1)).mean(1)
+    error = (velocity - (noise - x0)).pow(2)
+    if alpha_latent_res is not None and weights.foreground:
+        error = error * foreground_cell_weights(alpha_latent_res, weights.foreground, layout.num_segments)
+    per_segment = error.mean(dim=(0, 1, 3, 4)).unflatten(0, (layout.num_segments, -1)).mean(1)
     losses = {f"fm_{name}": value for name, value in zip(layout.segment_names(), per_segment, strict=True)}
     losses["fm"] = per_segment.mean()
     total = losses["fm"]

@@ -137,6 +137,26 @@ def test_latent_consistency_composites_about_the_clear_latent() -> None:
     assert about_zero["consistency"] > 0.1
 
 
+def test_foreground_weight_moves_the_flow_loss_onto_the_cells_a_foreground_touches() -> None:
+    """One touched cell of 16 per latent frame: an error there counts (1 + w) / (16 + w) instead of 1 / 16, an error
+    elsewhere 15 / (16 + w) instead of 15 / 16, and a uniform error keeps its size (the weights have mean 1)."""
+    layout = Layout(2)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(1, 16, 2 * layout.num_segments, 4, 4, generator=g)
+    noise, t = torch.randn(x0.shape, generator=g), torch.tensor([0.5])
+    a1, a2 = torch.zeros(1, 1, 2, 4, 4), torch.zeros(1, 1, 2, 4, 4)
+    a1[0, 0, 0, 0, 0], a2[0, 0, 1, 3, 3] = 0.3, 1.0
+    touched = (torch.stack([a1, a2]).amax(0) > 0).repeat(1, 16, layout.num_segments, 1, 1).float()
+
+    def fm(error: torch.Tensor, weight: float) -> float:
+        weights = LossWeights(consistency=0.0, foreground=weight)
+        return layered_loss(noise - x0 + error, x0, noise, t, layout, weights, alpha_latent_res=[a1, a2])["fm"].item()
+
+    for error, uniform, weighted in ((touched, 1 / 16, 5 / 20), (1 - touched, 15 / 16, 15 / 20), (1.0, 1.0, 1.0)):
+        assert fm(torch.ones_like(x0) * error, 0.0) == pytest.approx(uniform)
+        assert fm(torch.ones_like(x0) * error, 4.0) == pytest.approx(weighted)
+
+
 @pytest.mark.parametrize("sampler", ["euler", "unipc"])
 def test_samplers_recover_x0_from_the_exact_velocity_field(sampler: str) -> None:
     g = torch.Generator().manual_seed(0)

@@ -57,7 +57,7 @@ class JointLayerTraining(L.LightningModule):
         self.ema = copy.deepcopy(self.dit).requires_grad_(False)
         self.vae = vae.requires_grad_(False).eval() if vae is not None else None
         self.stage, self.ema_decay, self.prompt_dropout = stage, ema_decay, prompt_dropout
-        self.weights = LossWeights(consistency=stage.consistency_weight)
+        self.weights = LossWeights(consistency=stage.consistency_weight, foreground=stage.foreground_weight)
 
     def _decoded_alpha(self, batch: dict[str, torch.Tensor]) -> dict:
         """`decode_alpha` and `alpha_pixels` for `layered_loss` on the first samples of the batch, or nothing."""
