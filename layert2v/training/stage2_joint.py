@@ -1,13 +1,14 @@
 """Stage 2: joint multi-layer learning with one foreground (K = 1); stage 3 reuses it for K = 1..K_max.
 
-LayerDiT (with LayerAdaLN) learns the rectified-flow velocity of the packed latents
-`[full | bg | fg | alpha]` plus `consistency_weight` (0.1 in the paper) x latent compositing consistency (DESIGN section 2). Prompts are
-dropped (states zeroed, only the first token visible) with probability `prompt_dropout` so classifier-free
-guidance has an unconditional branch to contrast with. An exponential moving average of the weights (with a
-warm-up, `ema_decay_at`) is kept and is what gets saved. With a frozen VAE and `alpha_decode_samples > 0`, the
-predicted alpha latents of that many samples per batch also go through the VAE's alpha decoder and are compared
-with the true matte (0.1 x smooth-L1): decoding is the costly part on a CPU, so a few samples per batch carry
-the term.
+LayerDiT (with LayerAdaLN) learns the rectified-flow velocity of the packed latents `[full | bg | fg | alpha]`,
+the latent cells a foreground touches weighing `1 + foreground_weight` (uniform, the foreground layers came out
+empty), plus `consistency_weight` (0.1 in the paper) x latent compositing consistency (DESIGN section 2).
+Prompts are dropped (states zeroed, only the first token visible) with probability `prompt_dropout` so
+classifier-free guidance has an unconditional branch to contrast with. An exponential moving average of the
+weights (with a warm-up, `ema_decay_at`) is kept and is what gets saved. With a frozen VAE and
+`alpha_decode_samples > 0`, the predicted alpha latents of that many samples per batch also go through the VAE's
+alpha decoder and are compared with the true matte (0.1 x smooth-L1): decoding is the costly part on a CPU, so a
+few samples per batch carry the term.
 """
 
 from __future__ import annotations
