@@ -10,11 +10,10 @@ caches compiled code under /tmp, so only a fresh machine's first run shows the f
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
-from bench_dit import batch, step_fn
+from bench_dit import batch, median_seconds, step_fn
 
 from layert2v.config import model_preset
 from layert2v.models.dit import LayerDiT
@@ -32,12 +31,7 @@ def measure(k: int, size: int, compiled: bool, repeats: int) -> tuple[float, flo
     step()
     step()
     warm = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return warm, statistics.median(times)
+    return warm, median_seconds(step, repeats)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -22,15 +23,20 @@ from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import Layout
 
 
-def gemm_flops_per_s(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of `repeats` calls of `fn`: this machine is noisy, one call says little."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        a @ b
+        fn()
         times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times)
+    return statistics.median(times)
+
+
+def gemm_flops_per_s(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    return 2 * size**3 / median_seconds(lambda: a @ b, repeats)
 
 
 def batch(cfg, k: int, size: int) -> dict:
@@ -65,12 +71,7 @@ def measure(preset: str, k: int, size: int, bf16: bool, repeats: int) -> tuple[f
     step = step_fn(model, batch(cfg, k, size), bf16)
     with FlopCounterMode(display=False) as counter:
         step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), counter.get_total_flops()
+    return median_seconds(step, repeats), counter.get_total_flops()
 
 
 def main() -> None:
