@@ -203,6 +203,7 @@ class StageConfig(FromDict):
     alpha_decode_samples: int = 0  # DiT stages: samples per batch whose predicted alpha is decoded (0.1 smooth-L1)
     consistency_weight: float = 0.1  # DiT stages: weight of the latent compositing-consistency term
     foreground_weight: float = 0.0  # DiT stages: extra flow-matching weight where a foreground is (0: uniform)
+    decoder_lora_rank: int = 8  # stage 1: rank of the VAE decoder's alpha LoRA (0: the alpha adapter alone)
     gate: dict[str, float] = field(default_factory=dict)  # validation metric -> minimum; a miss stops the chain
 
     def __post_init__(self) -> None:
@@ -215,6 +216,7 @@ class StageConfig(FromDict):
         _require(self.alpha_decode_samples >= 0, f"alpha_decode_samples must be >= 0, got {self.alpha_decode_samples}")
         _require(self.consistency_weight >= 0, f"consistency_weight must be >= 0, got {self.consistency_weight}")
         _require(self.foreground_weight >= 0, f"foreground_weight must be >= 0, got {self.foreground_weight}")
+        _require(self.decoder_lora_rank >= 0, f"decoder_lora_rank must be >= 0, got {self.decoder_lora_rank}")
 
 
 @dataclass(frozen=True, kw_only=True)

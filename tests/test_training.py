@@ -43,7 +43,7 @@ def test_stages_0_1_encode_2_3_smoke_tracked_in_mlflow(tmp_path: Path, smoke, sm
     vae = load_vae(out / "stage0")
     assert weights0.is_file() and not vae.latent_std.eq(1).all()  # latent statistics were fitted from data
     weights1 = train_stage(1, smoke, smoke_prepared.out, out, tmp_path)
-    assert weights1.is_file() and load_vae(out / "stage1").has_lora
+    assert weights1.is_file() and load_vae(out / "stage1").lora_rank == smoke.train.stage1.decoder_lora_rank > 0
     encode_prepared(load_vae(out / "stage1"), smoke_prepared.out, tmp_path / "latents")
     config2 = train_stage(2, smoke, smoke_prepared.out, out, tmp_path, latents=tmp_path / "latents")
     pipeline = LayerT2VPipeline.from_folder(config2.parent)  # stage 2 leaves a complete model folder

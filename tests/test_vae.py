@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from layert2v.config import model_preset
+from layert2v.config import StageConfig, model_preset
 from layert2v.models.vae import LayerVAE, load_vae, save_vae
+from layert2v.training.stage1_alpha import AlphaAdaptation
 
 ARCHS = ("patch", "wan")
 
@@ -79,6 +80,63 @@ def test_alpha_path_adapter_and_lora_start_as_identity(arch: str) -> None:
         p.normal_(std=0.5)
     assert not torch.allclose(vae.decode_alpha(z), before_alpha, atol=1e-4)  # LoRA acts on alpha decoding
     assert torch.allclose(vae.decode_rgb(z), before_rgb, atol=1e-6)  # and never on RGB decoding
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_stage1_step_reaches_the_decoder_lora_and_a_frozen_lora_stays_frozen(arch: str) -> None:
+    """`decode_alpha` switches the LoRA off before `backward`; its weights must still get their gradient (stage 1),
+    and a VAE frozen for stage 2 must not have its LoRA made trainable by decoding."""
+    torch.manual_seed(0)
+    stage = StageConfig(max_steps=2, batch_size=1, lr=1e-3, warmup_steps=0)
+    module = AlphaAdaptation(LayerVAE(model_preset("tiny", vae_arch=arch)), stage)
+    module.log_dict = lambda *_, **__: None
+    alpha = (torch.rand(1, 1, 1, 5, 32, 32) > 0.5).float()
+    module.training_step({"alphas": alpha}, 0).backward()
+    lora = {name: p for name, p in module.named_parameters() if "lora_" in name}
+    assert lora and all(p.grad is not None and p.requires_grad for p in lora.values())
+    assert any(p.grad.abs().sum() > 0 for name, p in lora.items() if "lora_B" in name)
+
+    frozen = module.vae.requires_grad_(False)
+    frozen.decode_alpha(frozen.encode_alpha(alpha[:, 0]))
+    assert not any(p.requires_grad for p in frozen.parameters())
+
+
+def test_stage1_without_decoder_lora_trains_the_alpha_adapter_alone() -> None:
+    torch.manual_seed(0)
+    stage = StageConfig(max_steps=2, batch_size=1, lr=1e-3, warmup_steps=0, decoder_lora_rank=0)
+    module = AlphaAdaptation(LayerVAE(model_preset("tiny")), stage)
+    module.log_dict = lambda *_, **__: None
+    module.training_step({"alphas": (torch.rand(1, 1, 1, 5, 32, 32) > 0.5).float()}, 0).backward()
+    trainable = {name for name, p in module.vae.named_parameters() if p.requires_grad}
+    assert module.vae.lora_rank == 0 and trainable and all(n.startswith("alpha_adapter") for n in trainable)
+    with pytest.raises(ValueError, match="decoder_lora_rank must be >= 0"):
+        StageConfig(max_steps=2, batch_size=1, lr=1e-3, warmup_steps=0, decoder_lora_rank=-1)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("rank", [0, 4])
+def test_decoder_lora_rank_round_trips_through_save_and_load(tmp_path: Path, rank: int) -> None:
+    torch.manual_seed(0)
+    vae = LayerVAE(model_preset("tiny")).eval()
+    if rank:
+        vae.add_decoder_lora(rank)
+        for p in (p for n, p in vae.named_parameters() if "lora_B" in n):
+            p.normal_(std=0.5)
+    save_vae(vae, tmp_path)
+    loaded = load_vae(tmp_path).eval()
+    z = vae.encode_alpha((torch.rand(1, 1, 5, 32, 32) > 0.5).float())
+    assert loaded.lora_rank == rank and torch.equal(loaded.decode_alpha(z), vae.decode_alpha(z))
+
+
+def test_vae_saved_with_the_lora_flag_loads_its_rank_8_lora(tmp_path: Path) -> None:
+    """Folders written before `vae_lora_rank` recorded the LoRA as `vae_lora: true`, always rank 8."""
+    vae = LayerVAE(model_preset("tiny"))
+    vae.add_decoder_lora(8)
+    save_vae(vae, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["vae_lora"] = bool(config.pop("vae_lora_rank"))
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert load_vae(tmp_path).lora_rank == 8
 
 
 def test_latent_stats_normalise(vae: LayerVAE) -> None:

@@ -145,7 +145,7 @@ class LayerVAE(nn.Module):
         self.alpha_adapter = AlphaAdapter(cfg.latent_channels)
         self.register_buffer("latent_mean", torch.zeros(cfg.latent_channels))
         self.register_buffer("latent_std", torch.ones(cfg.latent_channels))
-        self.has_lora = False
+        self.lora_rank = 0  # of the decoder's alpha LoRA; 0: none
 
     def _norm(self, z: torch.Tensor) -> torch.Tensor:
         return (z - self.latent_mean.view(1, -1, 1, 1, 1)) / self.latent_std.view(1, -1, 1, 1, 1)
@@ -184,7 +184,7 @@ class LayerVAE(nn.Module):
 
     def decode_rgb(self, z: torch.Tensor, clamp: bool = True) -> torch.Tensor:
         """Normalised latents -> RGB `[B, 3, F, H, W]` in [0, 1] (decoder LoRA off); `clamp=False` for losses."""
-        if self.has_lora:
+        if self.lora_rank:
             self.set_lora(False)
         rgb = (self._decode(z, clamp) + 1) / 2
         return rgb.clamp(0, 1) if clamp else rgb
@@ -192,13 +192,13 @@ class LayerVAE(nn.Module):
     def decode_alpha(self, z: torch.Tensor, clamp: bool = True) -> torch.Tensor:
         """Normalised latents -> alpha `[B, 1, F, H, W]` in [0, 1] (decoder LoRA on; channels averaged);
         `clamp=False` for losses (see `decode_unclamped`)."""
-        if self.has_lora:
+        if self.lora_rank:
             self.set_lora(True)
         try:
             alpha = (self._decode(z, clamp).mean(1, keepdim=True) + 1) / 2
             return alpha.clamp(0, 1) if clamp else alpha
         finally:
-            if self.has_lora:
+            if self.lora_rank:
                 self.set_lora(False)
 
     def add_decoder_lora(self, rank: int = 8) -> None:
@@ -207,7 +207,7 @@ class LayerVAE(nn.Module):
 
         config = LoraConfig(r=rank, lora_alpha=rank, target_modules=self._lora_targets(), init_lora_weights=True)
         inject_adapter_in_model(config, self.vae.decoder, adapter_name="alpha")
-        self.has_lora = True
+        self.lora_rank = rank
         self.set_lora(False)
 
     def _lora_targets(self) -> str:
@@ -219,11 +219,21 @@ class LayerVAE(nn.Module):
         return "|".join(re.escape(name) for name in names)
 
     def set_lora(self, enabled: bool) -> None:
+        """Switch the decoder LoRA on or off, leaving whether its weights train to the stage.
+
+        peft's `enable_adapters` also sets the adapter weights' `requires_grad` (off when disabling). Stage 1
+        decodes with the LoRA on, `decode_alpha` switches it off again before `backward`, and autograd skips a
+        leaf that no longer requires grad: the LoRA never trained. So the flags are put back after the switch.
+        """
         from peft.tuners.lora import LoraLayer
 
         for module in self.vae.decoder.modules():
             if isinstance(module, LoraLayer):
+                lora = [p for name, p in module.named_parameters() if "lora_" in name]
+                trainable = [p.requires_grad for p in lora]
                 module.enable_adapters(enabled)
+                for param, flag in zip(lora, trainable, strict=True):
+                    param.requires_grad_(flag)
 
     @torch.no_grad()
     def fit_latent_stats(self, videos: list[torch.Tensor]) -> None:
@@ -260,10 +270,10 @@ def alpha_to_latent_grid(alpha: torch.Tensor) -> torch.Tensor:
 
 
 def save_vae(vae: LayerVAE, folder: Path) -> Path:
-    """`vae.safetensors` and `config.json` (`vae`: the VAE's preset sizes, `vae_lora`) under `folder`."""
+    """`vae.safetensors` and `config.json` (`vae`: the VAE's preset sizes, `vae_lora_rank`) under `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, folder / "vae.safetensors")
-    config = {"vae": dataclasses.asdict(vae.cfg), "vae_lora": vae.has_lora}
+    config = {"vae": dataclasses.asdict(vae.cfg), "vae_lora_rank": vae.lora_rank}
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return folder / "vae.safetensors"
 
@@ -276,7 +286,8 @@ def load_vae(folder: Path) -> LayerVAE:
     config = json.loads(config_path.read_text())
     config["vae"].setdefault("vae_arch", "wan")  # saved before the patch VAE existed: every VAE then was Wan
     vae = LayerVAE(ModelConfig.from_json(config["vae"]))
-    if config.get("vae_lora"):
-        vae.add_decoder_lora()
+    rank = config.get("vae_lora_rank", 8 if config.get("vae_lora") else 0)  # `vae_lora`: saved as a flag, rank 8
+    if rank:
+        vae.add_decoder_lora(rank)
     vae.load_state_dict(load_file(path))
     return vae

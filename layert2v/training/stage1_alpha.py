@@ -1,5 +1,6 @@
 """Stage 1: adapt the VAE to alpha mattes. The VAE stays frozen; only the zero-gated alpha adapter and the
-decoder LoRA train, on smooth-L1 plus an edge-weighted L1 that makes matte boundaries count."""
+decoder LoRA (rank `decoder_lora_rank`, none at 0) train, on smooth-L1 plus an edge-weighted L1 that makes matte
+boundaries count."""
 
 from __future__ import annotations
 
@@ -25,11 +26,11 @@ def first_alphas(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 class AlphaAdaptation(L.LightningModule):
-    def __init__(self, vae: LayerVAE, stage: StageConfig, edge_weight: float = 4.0, lora_rank: int = 8) -> None:
+    def __init__(self, vae: LayerVAE, stage: StageConfig, edge_weight: float = 4.0) -> None:
         super().__init__()
         vae.requires_grad_(False)
-        if not vae.has_lora:
-            vae.add_decoder_lora(lora_rank)
+        if not vae.lora_rank and stage.decoder_lora_rank:
+            vae.add_decoder_lora(stage.decoder_lora_rank)
         for name, param in vae.named_parameters():
             param.requires_grad = "lora_" in name or name.startswith("alpha_adapter")
         self.vae, self.stage, self.edge_weight = vae, stage, edge_weight
