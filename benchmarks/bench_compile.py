@@ -13,7 +13,8 @@ import argparse
 import time
 
 import torch
-from bench_dit import batch, median_seconds, step_fn
+from bench_dit import batch, step_fn
+from timing import median_seconds
 
 from layert2v.config import model_preset
 from layert2v.models.dit import LayerDiT

@@ -10,27 +10,15 @@ and its ratio to a plain square GEMM of the same dtype measured in the same run.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
+from timing import median_seconds
 from torch.utils.flop_counter import FlopCounterMode
 
 from layert2v.config import model_preset
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import Layout
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of `repeats` calls of `fn`: this machine is noisy, one call says little."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def gemm_flops_per_s(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:

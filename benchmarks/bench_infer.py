@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import median_seconds
 
 from layert2v.config import ExportConfig, model_preset
 from layert2v.export.onnx import ClipShape, export_model, step_inputs
@@ -73,12 +74,7 @@ def worker(args: argparse.Namespace) -> dict:
         with torch.no_grad():
             call = (lambda: denoiser.run(args.k, inputs)) if pipe.denoiser else (lambda: pipe.dit(*inputs.values()))
             call(), call()
-            times = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                call()
-                times.append(time.perf_counter() - start)
-        return {"seconds": statistics.median(times)}
+            return {"seconds": median_seconds(call, args.repeats)}
     parts = {"text": Timed(pipe.encode_prompts), "denoiser": Timed(denoiser.forward_layout), "vae": Timed(pipe._decode)}
     pipe.encode_prompts, denoiser.forward_layout, pipe._decode = parts["text"], parts["denoiser"], parts["vae"]
     request = {"frames": SHAPE.frames, "height": SHAPE.height, "width": SHAPE.width, "steps": args.steps}
