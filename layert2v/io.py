@@ -201,13 +201,13 @@ def read_rgba(path: Path | str) -> np.ndarray:
     path = Path(path)
     if path.suffix.lower() != ".webm":
         return _decode(path, "rgba")
-    frames = []
+    frames, reformatter = [], VideoReformatter()
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         decoder = av.CodecContext.create("libvpx-vp9", "r")
         decoder.extradata = stream.codec_context.extradata
         for packet in container.demux(stream):  # ends with an empty packet, which flushes the decoder
-            frames += [f.to_ndarray(format="rgba") for f in decoder.decode(packet)]
+            frames += [reformatter.reformat(f, format="rgba").to_ndarray() for f in decoder.decode(packet)]
     if not frames:
         raise VideoError(path, "has no decodable frames")
     return np.stack(frames)
