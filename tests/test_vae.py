@@ -82,16 +82,22 @@ def test_alpha_path_adapter_and_lora_start_as_identity(arch: str) -> None:
     assert torch.allclose(vae.decode_rgb(z), before_rgb, atol=1e-6)  # and never on RGB decoding
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_stage1_step_reaches_the_decoder_lora_and_a_frozen_lora_stays_frozen(arch: str) -> None:
-    """`decode_alpha` switches the LoRA off before `backward`; its weights must still get their gradient (stage 1),
-    and a VAE frozen for stage 2 must not have its LoRA made trainable by decoding."""
+def _stage1_step(arch: str, decoder_lora_rank: int) -> tuple[AlphaAdaptation, torch.Tensor]:
+    """One stage-1 training step (loss and backward) on a random matte; returns the module and the matte."""
     torch.manual_seed(0)
-    stage = StageConfig(max_steps=2, batch_size=1, lr=1e-3, warmup_steps=0)
+    stage = StageConfig(max_steps=2, batch_size=1, lr=1e-3, warmup_steps=0, decoder_lora_rank=decoder_lora_rank)
     module = AlphaAdaptation(LayerVAE(model_preset("tiny", vae_arch=arch)), stage)
     module.log_dict = lambda *_, **__: None
     alpha = (torch.rand(1, 1, 1, 5, 32, 32) > 0.5).float()
     module.training_step({"alphas": alpha}, 0).backward()
+    return module, alpha
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_stage1_step_reaches_the_decoder_lora_and_a_frozen_lora_stays_frozen(arch: str) -> None:
+    """`decode_alpha` switches the LoRA off before `backward`; its weights must still get their gradient (stage 1),
+    and a VAE frozen for stage 2 must not have its LoRA made trainable by decoding."""
+    module, alpha = _stage1_step(arch, decoder_lora_rank=8)
     lora = {name: p for name, p in module.named_parameters() if "lora_" in name}
     assert lora and all(p.grad is not None and p.requires_grad for p in lora.values())
     assert any(p.grad.abs().sum() > 0 for name, p in lora.items() if "lora_B" in name)
@@ -102,11 +108,7 @@ def test_stage1_step_reaches_the_decoder_lora_and_a_frozen_lora_stays_frozen(arc
 
 
 def test_stage1_without_decoder_lora_trains_the_alpha_adapter_alone() -> None:
-    torch.manual_seed(0)
-    stage = StageConfig(max_steps=2, batch_size=1, lr=1e-3, warmup_steps=0, decoder_lora_rank=0)
-    module = AlphaAdaptation(LayerVAE(model_preset("tiny")), stage)
-    module.log_dict = lambda *_, **__: None
-    module.training_step({"alphas": (torch.rand(1, 1, 1, 5, 32, 32) > 0.5).float()}, 0).backward()
+    module, _ = _stage1_step("patch", decoder_lora_rank=0)
     trainable = {name for name, p in module.vae.named_parameters() if p.requires_grad}
     assert module.vae.lora_rank == 0 and trainable and all(n.startswith("alpha_adapter") for n in trainable)
     with pytest.raises(ValueError, match="decoder_lora_rank must be >= 0"):
