@@ -1,8 +1,10 @@
 """Video files in and out, with PyAV.
 
 Every layer of a clip is a video file: RGB streams as H.264 (4:4:4) MP4, alpha mattes as grayscale H.264 MP4.
-Writers are bit-exact (`+bitexact`, one encoder thread) so that the same frames always give the same
-bytes: `data.dvc` tracks a regenerated dataset by hash, and that only works if encoding is deterministic.
+Writers are bit-exact (`+bitexact`, one encoder thread, x264's plain C code) so that the same frames always give
+the same bytes: `data.dvc` tracks a regenerated dataset by hash, and that only works if encoding is deterministic.
+x264's assembly is picked per CPU: an AVX-512 host wrote other bytes than the host the hash was made on, and
+not even the same bytes twice (1 file in 40 clips), so `asm=0` (synth 2.2x slower, ~75 s for the default data).
 
 Readers turn every FFmpeg failure into a `VideoError` naming the file and the rule it broke, so that a
 bad clip is rejected with a reason instead of crashing a whole run.
@@ -55,7 +57,7 @@ def _encode(path: Path, frames: np.ndarray, fps: int, pix_fmt: str, src_format: 
     height, width = frames.shape[1:3]
     with av.open(str(path), "w", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream(
-            "libx264", rate=fps, options={"crf": str(crf), "preset": "medium", "threads": "1"}
+            "libx264", rate=fps, options={"crf": str(crf), "preset": "medium", "threads": "1", "x264-params": "asm=0"}
         )
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
