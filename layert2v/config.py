@@ -204,6 +204,7 @@ class StageConfig(FromDict):
     consistency_weight: float = 0.1  # DiT stages: weight of the latent compositing-consistency term
     foreground_weight: float = 0.0  # DiT stages: extra flow-matching weight where a foreground is (0: uniform)
     decoder_lora_rank: int = 8  # stage 1: rank of the VAE decoder's alpha LoRA (0: the alpha adapter alone)
+    k_weights: list[float] | None = None  # stage 3: how often batches of K = 1.. are drawn, against the data's mix
     gate: dict[str, float] = field(default_factory=dict)  # validation metric -> minimum; a miss stops the chain
 
     def __post_init__(self) -> None:
@@ -217,6 +218,10 @@ class StageConfig(FromDict):
         _require(self.consistency_weight >= 0, f"consistency_weight must be >= 0, got {self.consistency_weight}")
         _require(self.foreground_weight >= 0, f"foreground_weight must be >= 0, got {self.foreground_weight}")
         _require(self.decoder_lora_rank >= 0, f"decoder_lora_rank must be >= 0, got {self.decoder_lora_rank}")
+        _require(
+            self.k_weights is None or (min(self.k_weights, default=-1) >= 0 and sum(self.k_weights) > 0),
+            f"k_weights must be weights >= 0 with a positive sum, one per K = 1..K_max, got {self.k_weights}",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

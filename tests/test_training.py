@@ -231,6 +231,21 @@ def test_same_k_batches_never_mix_layouts() -> None:
         assert len(batch) == 2 and len({num_fg[i] for i in batch}) == 1
 
 
+def test_same_k_batches_k_weights_redistribute_an_epoch() -> None:
+    num_fg = [1] * 20 + [2] * 20 + [3] * 20
+    sampler = SameKBatches(num_fg, batch_size=2, seed=0, k_weights=[1.0, 2.0, 3.0])
+    for _ in range(2):
+        batches = list(sampler)
+        ks = [num_fg[b[0]] for b in batches]
+        assert len(batches) == len(sampler) == 30  # the natural epoch's length
+        assert [ks.count(k) for k in (1, 2, 3)] == [5, 10, 15]
+        assert all(len(b) == 2 and len({num_fg[i] for i in b}) == 1 for b in batches)
+        threes = [i for b in batches for i in b if num_fg[i] == 3]
+        assert sorted(set(threes)) == list(range(40, 60))  # oversampled: every K = 3 clip, 30 draws of 20
+    with pytest.raises(ValueError, match=r"no weight for K = \[3\]"):
+        SameKBatches(num_fg, batch_size=2, seed=0, k_weights=[1.0, 1.0])
+
+
 @pytest.mark.slow
 def test_stage0_under_ddp_on_two_cpu_processes(tmp_path: Path, smoke_prepared, tracking: str) -> None:
     """strategy ddp, devices 2 (gloo on CPU): both ranks train, rank 0 alone records the MLflow runs and saves."""

@@ -151,22 +151,52 @@ class LatentClips(Dataset):
 
 
 class SameKBatches(Sampler[list[int]]):
-    """Batches whose clips all have the same K (one layout per step), in a seeded random order each epoch."""
+    """Batches whose clips all have the same K (one layout per step), in a seeded random order each epoch.
 
-    def __init__(self, num_fg: list[int], batch_size: int, seed: int, shuffle: bool = True) -> None:
+    `k_weights[K - 1]` scales how often batches of K are drawn against their share of the data (None: as the
+    data has them). An epoch keeps its length; a group drawn more often than it has full batches is cycled
+    through fresh permutations, one drawn less often gives a random subset of its batches.
+    """
+
+    def __init__(
+        self,
+        num_fg: list[int],
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        k_weights: list[float] | None = None,
+    ) -> None:
         self.groups: dict[int, list[int]] = {}
         for index, k in enumerate(num_fg):
             self.groups.setdefault(k, []).append(index)
         self.batch_size, self.seed, self.shuffle, self.epoch = batch_size, seed, shuffle, 0
+        self.counts = self._counts(k_weights)
+
+    def _counts(self, k_weights: list[float] | None) -> dict[int, int]:
+        """Batches of each K per epoch: the data's full batches, re-weighted by `k_weights`, same total."""
+        natural = {k: len(g) // self.batch_size for k, g in self.groups.items()}
+        if k_weights is None:
+            return natural
+        missing = sorted(k for k in self.groups if k > len(k_weights))
+        if missing:
+            raise ValueError(f"k_weights {k_weights} has no weight for K = {missing}: give one per K = 1..K_max")
+        mass = {k: k_weights[k - 1] * n for k, n in natural.items()}
+        total, weight_sum = sum(natural.values()), sum(mass.values())
+        return {k: round(total * m / weight_sum) if weight_sum else 0 for k, m in mass.items()}
+
+    def _group_batches(self, indices: list[int], count: int, generator: torch.Generator) -> list[list[int]]:
+        order: list[int] = []
+        while len(order) < count * self.batch_size:
+            order += (
+                [indices[i] for i in torch.randperm(len(indices), generator=generator)] if self.shuffle else indices
+            )
+        return [order[i : i + self.batch_size] for i in range(0, count * self.batch_size, self.batch_size)]
 
     def _batches(self) -> list[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         batches = []
-        for indices in self.groups.values():
-            order = [indices[i] for i in torch.randperm(len(indices), generator=generator)] if self.shuffle else indices
-            batches += [
-                order[i : i + self.batch_size] for i in range(0, len(order) - self.batch_size + 1, self.batch_size)
-            ]
+        for k, indices in self.groups.items():
+            batches += self._group_batches(indices, self.counts[k], generator)
         if self.shuffle:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
         return batches
@@ -177,23 +207,32 @@ class SameKBatches(Sampler[list[int]]):
         return iter(batches)
 
     def __len__(self) -> int:
-        return sum(len(g) // self.batch_size for g in self.groups.values())
+        return sum(self.counts.values())
 
 
 class LatentDataModule(L.LightningDataModule):
     """Train and val loaders over the latent cache; every batch holds clips of one K."""
 
-    def __init__(self, prepared: Path, latents: Path, batch_size: int, max_fg: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self,
+        prepared: Path,
+        latents: Path,
+        batch_size: int,
+        max_fg: int = 1,
+        seed: int = 0,
+        k_weights: list[float] | None = None,
+    ) -> None:
         super().__init__()
         self.prepared, self.latents, self.batch_size = Path(prepared), Path(latents), batch_size
-        self.max_fg, self.seed = max_fg, seed
+        self.max_fg, self.seed, self.k_weights = max_fg, seed, k_weights
 
     def setup(self, stage: str | None = None) -> None:
         self.train_set = LatentClips(self.prepared, self.latents, "train", self.max_fg)
         self.val_set = LatentClips(self.prepared, self.latents, "val", self.max_fg)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_sampler=SameKBatches(self.train_set.num_fg, self.batch_size, self.seed))
+        batches = SameKBatches(self.train_set.num_fg, self.batch_size, self.seed, k_weights=self.k_weights)
+        return DataLoader(self.train_set, batch_sampler=batches)
 
     def val_dataloader(self) -> DataLoader:
         batches = SameKBatches(self.val_set.num_fg, 1, self.seed, shuffle=False)

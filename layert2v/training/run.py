@@ -64,7 +64,8 @@ def _data(stage: int, params: Params, prepared: Path, latents: Path, cfg: StageC
     if stage in (2, 3):
         if not (latents / "encode.json").is_file():
             raise FileNotFoundError(f"latent cache {latents} is missing: run `layert2v encode` first")
-        return LatentDataModule(prepared, latents, cfg.batch_size, _max_fg(stage, params), seed=params.train.seed)
+        max_fg, seed = _max_fg(stage, params), params.train.seed
+        return LatentDataModule(prepared, latents, cfg.batch_size, max_fg, seed=seed, k_weights=cfg.k_weights)
     return VidLayerDataModule(prepared, cfg.batch_size, max_fg=1, seed=params.train.seed)  # the VAE stages use fg 1
 
 
