@@ -3,8 +3,9 @@
 A model folder holds `config.json` (the `ModelConfig` plus the text-encoder settings), `dit.safetensors`
 and `vae.safetensors`; weights are only ever read with safetensors. `generate` encodes the overall,
 background and per-foreground prompts, samples the packed latents `[full | bg | fg_1 | alpha_1 | ...]`
-with classifier-free guidance (negative prompt repeated for every prompt slot), and decodes each segment:
-RGB segments with the plain decoder, alpha segments through the alpha path.
+with classifier-free guidance, and decodes each segment:
+RGB segments with the plain decoder, alpha segments through the alpha path. The unconditional branch is the
+null prompt the DiT was trained to drop to (`text.null_prompts`), or a negative prompt repeated for every slot.
 
 Backends are named by a string and only change who computes the denoising step: `torch` (the LayerDiT
 itself), `onnxruntime` (the exported graphs of `export/onnx.py`, CPU here, CUDA with the `gpu` extra) or
@@ -27,7 +28,7 @@ from layert2v.config import ModelConfig
 from layert2v.diffusion import guided, sample
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import ALPHA, Layout, pack, unpack
-from layert2v.models.text import TextEncoder, load_text_encoder
+from layert2v.models.text import TextEncoder, load_text_encoder, null_prompts
 from layert2v.models.vae import LayerVAE, load_vae, save_vae
 
 if TYPE_CHECKING:  # the export code is imported only by the backends that use it
@@ -135,15 +136,22 @@ class LayerT2VPipeline:
         seed: int = 0,
         shift: float = 3.0,
         sampler: Literal["euler", "unipc"] = "unipc",
-        negative_prompt: str = "blurry, distorted, low quality",
+        negative_prompt: str | None = None,
         fps: int = 8,
     ) -> LayeredVideo:
-        """One layered clip; the same arguments and seed give the same output."""
+        """One layered clip; the same arguments and seed give the same output.
+
+        `negative_prompt` None guides against the null prompt: an encoded negative prompt, which training never
+        showed as the unconditional branch, cost 1.1 dB coherence on 48 validation prompts (README).
+        """
         layout = self._check_request(
             prompt, background_prompt, foreground_prompts, frames, height, width, steps, guidance
         )
         cond = self.encode_prompts([prompt, background_prompt, *foreground_prompts])
-        uncond = self.encode_prompts([negative_prompt] * layout.num_prompts)
+        if negative_prompt is None:
+            uncond = null_prompts(*cond)
+        else:
+            uncond = self.encode_prompts([negative_prompt] * layout.num_prompts)
 
         def velocity(x: torch.Tensor, t: torch.Tensor, doubled: bool) -> torch.Tensor:
             text, mask = (torch.cat([cond[0], uncond[0]]), torch.cat([cond[1], uncond[1]])) if doubled else cond

@@ -11,6 +11,7 @@ from layert2v.models.dit import LayerDiT
 from layert2v.models.text import load_text_encoder
 from layert2v.models.vae import LayerVAE
 from layert2v.pipeline import LayerT2VPipeline
+from layert2v.training.stage2_joint import drop_prompts
 
 CFG = model_preset("tiny")
 REQUEST = {"frames": 5, "height": 32, "width": 32, "steps": 2, "guidance": 3.0}
@@ -45,6 +46,25 @@ def test_sampler_choice_and_guidance_one(pipeline: LayerT2VPipeline) -> None:
     assert euler.full.shape == unipc.full.shape
     plain = pipeline.generate(*args, **{**REQUEST, "guidance": 1.0})
     assert plain.full.shape == (5, 32, 32, 3)
+
+
+def test_guidance_contrasts_with_the_null_prompt_that_training_drops_to(
+    pipeline: LayerT2VPipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ("a green square", "a grey wall", ["a green square"])
+    seen = []
+    forward = pipeline.dit.forward_layout
+    monkeypatch.setattr(pipeline.dit, "forward_layout", lambda *a: seen.append(a[2:4]) or forward(*a))
+    pipeline.generate(*args, **REQUEST)
+    text, mask = seen[0]  # both guidance branches in one batch: conditional, then unconditional
+    cond_text, cond_mask = pipeline.encode_prompts([args[0], args[1], *args[2]])
+    assert torch.equal(text[:1], cond_text) and torch.equal(mask[:1], cond_mask)
+    dropped_text, dropped_mask = drop_prompts(cond_text.unflatten(1, (3, -1)), cond_mask, p=1.0)
+    assert torch.equal(text[1:], dropped_text.flatten(1, 2)) and torch.equal(mask[1:], dropped_mask)
+    assert not text[1:].any() and mask[1].sum() == 3  # zero states, one visible token per prompt slot
+    seen.clear()
+    pipeline.generate(*args, negative_prompt="blurry", **REQUEST)
+    assert torch.equal(seen[0][0][1:], pipeline.encode_prompts(["blurry"] * 3)[0])
 
 
 @pytest.mark.parametrize(

@@ -74,6 +74,18 @@ class TextEncoder:
         return states, masks
 
 
+def null_prompts(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The "no prompt" condition shaped like `states`/`mask` (mask's last dim = tokens): zero states, only each
+    prompt's first token visible (attention needs one).
+
+    Training drops prompts to exactly this, so it is the unconditional branch the DiT has learnt; guidance
+    against an encoded negative prompt instead contrasts with a condition it never saw as unconditional.
+    """
+    first = torch.zeros_like(mask)
+    first[..., 0] = True
+    return torch.zeros_like(states), first
+
+
 @lru_cache(maxsize=2)
 def load_text_encoder(path: Path | None = None, max_tokens: int = 48) -> TextEncoder:
     """A process-wide encoder per (path, max_tokens): loading costs seconds, encoding is stateless."""

@@ -22,17 +22,16 @@ from layert2v.config import ModelConfig, StageConfig
 from layert2v.diffusion import LossWeights, layered_loss, logit_normal_t, noisy
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import Layout, pack
+from layert2v.models.text import null_prompts
 from layert2v.models.vae import LayerVAE
 from layert2v.training.schedule import adamw_warmup_cosine
 
 
 def drop_prompts(text: torch.Tensor, mask: torch.Tensor, p: float, generator: torch.Generator | None = None):
-    """Zero the states of whole samples with probability p, keeping one visible token per prompt."""
+    """Replace whole samples' prompts by `null_prompts` with probability p."""
     drop = torch.rand(text.shape[0], generator=generator) < p
-    text = torch.where(drop[:, None, None, None], torch.zeros_like(text), text)
-    first = torch.zeros_like(mask)
-    first[..., 0] = True
-    return text, torch.where(drop[:, None, None], first, mask)
+    null_text, null_mask = null_prompts(text, mask)
+    return torch.where(drop[:, None, None, None], null_text, text), torch.where(drop[:, None, None], null_mask, mask)
 
 
 def ema_decay_at(step: int, decay: float) -> float:
