@@ -244,6 +244,8 @@ def test_same_k_batches_k_weights_redistribute_an_epoch() -> None:
         assert sorted(set(threes)) == list(range(40, 60))  # oversampled: every K = 3 clip, 30 draws of 20
     with pytest.raises(ValueError, match=r"no weight for K = \[3\]"):
         SameKBatches(num_fg, batch_size=2, seed=0, k_weights=[1.0, 1.0])
+    with pytest.raises(ValueError, match="give no batch"):
+        SameKBatches(num_fg, batch_size=2, seed=0, k_weights=[0.0, 0.0, 0.0, 1.0])
 
 
 @pytest.mark.slow

@@ -182,7 +182,11 @@ class SameKBatches(Sampler[list[int]]):
             raise ValueError(f"k_weights {k_weights} has no weight for K = {missing}: give one per K = 1..K_max")
         mass = {k: k_weights[k - 1] * n for k, n in natural.items()}
         total, weight_sum = sum(natural.values()), sum(mass.values())
-        return {k: round(total * m / weight_sum) if weight_sum else 0 for k, m in mass.items()}
+        if weight_sum == 0:
+            raise ValueError(
+                f"k_weights {k_weights} give no batch: every K with a full batch (K = {sorted(natural)}) has weight 0"
+            )
+        return {k: round(total * m / weight_sum) for k, m in mass.items()}
 
     def _group_batches(self, indices: list[int], count: int, generator: torch.Generator) -> list[list[int]]:
         order: list[int] = []
