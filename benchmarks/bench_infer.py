@@ -7,7 +7,8 @@ subprocess, so each backend's peak RSS is its own; both get the same thread coun
 
 - step: median seconds of `repeats` calls after two warm-ups, batch 2 (both guidance branches), per K;
 - generate: median of 3 runs of 64x64, 9 frames, `--steps` sampler steps, with the share of the time spent
-  in text encoding, the denoiser and VAE decoding, and the worker's peak RSS.
+  in text encoding, the denoiser and VAE decoding (the final decode and, with compositing guidance, the alpha
+  decodes of every step), and the worker's peak RSS; torch also without compositing guidance, for its cost.
 """
 
 from __future__ import annotations
@@ -75,9 +76,11 @@ def worker(args: argparse.Namespace) -> dict:
             call = (lambda: denoiser.run(args.k, inputs)) if pipe.denoiser else (lambda: pipe.dit(*inputs.values()))
             call(), call()
             return {"seconds": median_seconds(call, args.repeats)}
-    parts = {"text": Timed(pipe.encode_prompts), "denoiser": Timed(denoiser.forward_layout), "vae": Timed(pipe._decode)}
-    pipe.encode_prompts, denoiser.forward_layout, pipe._decode = parts["text"], parts["denoiser"], parts["vae"]
+    parts = {"text": Timed(pipe.encode_prompts), "denoiser": Timed(denoiser.forward_layout)}
+    parts["vae"] = Timed(pipe.vae._decode)  # the final decode and the alpha decodes of guidance
+    pipe.encode_prompts, denoiser.forward_layout, pipe.vae._decode = parts.values()
     request = {"frames": SHAPE.frames, "height": SHAPE.height, "width": SHAPE.width, "steps": args.steps}
+    request["composite_guidance"] = args.composite
     prompts = ("a scene", "a still grey wall", FG_PROMPTS[: args.k])
     pipe.generate(*prompts, **request | {"steps": 2})  # warm-up (session creation, first-call allocations)
     totals = []
@@ -95,8 +98,9 @@ def worker(args: argparse.Namespace) -> dict:
     }
 
 
-def run_worker(what: str, backend: str, k: int, base: list[str]) -> dict:
+def run_worker(what: str, backend: str, k: int, base: list[str], composite: float = 0.5) -> dict:
     cmd = [sys.executable, __file__, "--worker", what, "--backend", backend, "--k", str(k), *base]
+    cmd += ["--composite", str(composite)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -112,6 +116,7 @@ def main() -> None:
     parser.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
     parser.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--onnx", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--composite", type=float, default=0.5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         args.what = args.worker
@@ -129,13 +134,13 @@ def main() -> None:
         for k in (1, 3):
             eager, ort = (run_worker("step", b, k, base)["seconds"] for b in ("torch", "onnxruntime"))
             print(f"  K = {k}                               {eager:10.4f}   {ort:11.4f}   {eager / ort:7.2f}x")
-        print(f"\ngenerate, {args.steps} steps (median of 3)  seconds   text   denoiser   vae   peak RSS MiB")
+        print(f"\ngenerate, {args.steps} steps (median of 3)        seconds   text   denoiser   vae   peak RSS MiB")
         for k in (1, 3):
-            for backend in ("torch", "onnxruntime"):
-                r = run_worker("generate", backend, k, base)
-                share = r["share"]
+            for backend, composite in (("torch", 0.0), ("torch", 0.5), ("onnxruntime", 0.5)):
+                r = run_worker("generate", backend, k, base, composite)
+                share, name = r["share"], f"{backend}, composite {composite}"
                 print(
-                    f"  K = {k} {backend:12s}               {r['seconds']:7.2f}  {share['text']:5.1%}"
+                    f"  K = {k} {name:30s}{r['seconds']:7.2f}  {share['text']:5.1%}"
                     f"   {share['denoiser']:7.1%}  {share['vae']:5.1%}   {r['peak_rss_mib']:8.0f}"
                 )
 

@@ -212,6 +212,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         width=args.width,
         steps=args.steps,
         guidance=args.guidance,
+        composite_guidance=args.composite_guidance,
         seed=args.seed,
     )
     written = video.write(args.out)
@@ -325,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--width", type=int, default=64)
     gen.add_argument("--steps", type=int, default=20)
     gen.add_argument("--guidance", type=float, default=4.0)
+    gen.add_argument(
+        "--composite-guidance", type=float, default=0.5, help="pull of the full video to its layers' composite, 0..1"
+    )
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(func=cmd_generate)
 

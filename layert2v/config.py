@@ -273,6 +273,7 @@ class EvaluateConfig(FromDict):
     shift: float = 3.0  # timestep shift
     sampler: str = "unipc"
     seed: int = 0
+    composite_guidance: float = 0.5  # pull of each step's full-video estimate to the layers' composite (0: off)
     preview_steps: int = 8  # sampler steps of the training-time previews
     gate: dict[str, float] = field(default_factory=dict)  # metric -> minimum; checked before registration
 
@@ -281,6 +282,10 @@ class EvaluateConfig(FromDict):
         _require(self.steps >= 1 and self.preview_steps >= 1, "evaluate.steps and preview_steps must be >= 1")
         _require(self.guidance >= 1.0, f"evaluate.guidance must be >= 1, got {self.guidance}")
         _require(self.sampler in ("euler", "unipc"), f"evaluate.sampler must be euler or unipc, got {self.sampler!r}")
+        _require(
+            0.0 <= self.composite_guidance <= 1.0,
+            f"evaluate.composite_guidance must be in [0, 1], got {self.composite_guidance}",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

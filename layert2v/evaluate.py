@@ -72,6 +72,7 @@ def generate(pipeline, prompt: ValPrompt, cfg: EvaluateConfig, frames: int, size
         seed=cfg.seed,
         shift=cfg.shift,
         sampler=cfg.sampler,
+        composite_guidance=cfg.composite_guidance,
     )
 
 

@@ -6,6 +6,7 @@ background and per-foreground prompts, samples the packed latents `[full | bg | 
 with classifier-free guidance, and decodes each segment:
 RGB segments with the plain decoder, alpha segments through the alpha path. The unconditional branch is the
 null prompt the DiT was trained to drop to (`text.null_prompts`), or a negative prompt repeated for every slot.
+Compositing guidance keeps the full segment on the composite of the layers while they are sampled.
 
 Backends are named by a string and only change who computes the denoising step: `torch` (the LayerDiT
 itself), `onnxruntime` (the exported graphs of `export/onnx.py`, CPU here, CUDA with the `gpu` extra) or
@@ -25,11 +26,11 @@ from safetensors.torch import load_file, save_file
 
 from layert2v.compose import LayeredVideo
 from layert2v.config import ModelConfig
-from layert2v.diffusion import guided, sample
+from layert2v.diffusion import composite_guided, guided, sample
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import ALPHA, Layout, pack, unpack
 from layert2v.models.text import TextEncoder, load_text_encoder, null_prompts
-from layert2v.models.vae import LayerVAE, load_vae, save_vae
+from layert2v.models.vae import LayerVAE, alpha_to_latent_grid, load_vae, save_vae
 
 if TYPE_CHECKING:  # the export code is imported only by the backends that use it
     from layert2v.export.onnx import GraphDenoiser
@@ -137,16 +138,21 @@ class LayerT2VPipeline:
         shift: float = 3.0,
         sampler: Literal["euler", "unipc"] = "unipc",
         negative_prompt: str | None = None,
+        composite_guidance: float = 0.5,
         fps: int = 8,
     ) -> LayeredVideo:
         """One layered clip; the same arguments and seed give the same output.
 
         `negative_prompt` None guides against the null prompt: an encoded negative prompt, which training never
         showed as the unconditional branch, cost 1.1 dB coherence on 48 validation prompts (README).
+        `composite_guidance` in [0, 1] pulls each step's full-video estimate towards the composite of the
+        layers' estimates (`diffusion.composite_guided`; 0: off): 0.5 lifted coherence from 13 to 24 dB on 48
+        validation prompts, and the full video lost the patches its layers do not have (README).
         """
         layout = self._check_request(
             prompt, background_prompt, foreground_prompts, frames, height, width, steps, guidance
         )
+        _check(0.0 <= composite_guidance <= 1.0, f"composite_guidance must be in [0, 1], got {composite_guidance}")
         cond = self.encode_prompts([prompt, background_prompt, *foreground_prompts])
         if negative_prompt is None:
             uncond = null_prompts(*cond)
@@ -161,7 +167,10 @@ class LayerT2VPipeline:
         shape = (1, self.cfg.latent_channels, latent_frames, height // 8, width // 8)
         generator = torch.Generator().manual_seed(seed)
         noise = pack([torch.randn(shape, generator=generator) for _ in range(layout.num_segments)])
-        latents = sample(guided(velocity, guidance), noise, steps, shift, sampler)
+        clear = self.vae.encode_rgb(torch.zeros(1, 3, frames, height, width))
+        grid = lambda z: alpha_to_latent_grid(self.vae.decode_alpha(z))  # noqa: E731
+        denoise = composite_guided(guided(velocity, guidance), layout, composite_guidance, grid, clear)
+        latents = sample(denoise, noise, steps, shift, sampler)
         return self._decode(unpack(latents, layout.num_segments), layout, fps)
 
     def _decode(self, segments: list[torch.Tensor], layout: Layout, fps: int) -> LayeredVideo:

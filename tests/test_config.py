@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from layert2v.config import PrepareConfig, StageConfig, SynthConfig, load_params
+from layert2v.config import EvaluateConfig, PrepareConfig, StageConfig, SynthConfig, load_params
 
 from .conftest import ROOT
 
@@ -25,6 +25,7 @@ def test_default_and_smoke_profiles_load() -> None:
         (PrepareConfig, {"height": 32, "width": 32, "frames": 9, "max_fg": 1, "max_tokens": 1}, "max_tokens"),
         (StageConfig, {"max_steps": 40, "batch_size": 2, "lr": 1e-3, "k_weights": [1.0, -1.0]}, "k_weights"),
         (StageConfig, {"max_steps": 40, "batch_size": 2, "lr": 1e-3, "k_weights": [0.0, 0.0]}, "k_weights"),
+        (EvaluateConfig, {"composite_guidance": 2.0}, "evaluate.composite_guidance must be in \\[0, 1\\]"),
     ],
 )
 def test_bad_values_are_named(cls, values: dict, message: str) -> None:

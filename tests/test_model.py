@@ -4,7 +4,17 @@ import pytest
 import torch
 
 from layert2v.config import model_preset
-from layert2v.diffusion import LossWeights, euler_sample, guided, layered_loss, noisy, sample, shifted_sigmas
+from layert2v.diffusion import (
+    LossWeights,
+    composite_guided,
+    euler_sample,
+    guided,
+    latent_composite,
+    layered_loss,
+    noisy,
+    sample,
+    shifted_sigmas,
+)
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import Layout, pack, unpack
 
@@ -164,6 +174,29 @@ def test_samplers_recover_x0_from_the_exact_velocity_field(sampler: str) -> None
     exact = lambda x, t: (x - x0) / t.reshape(-1, 1, 1, 1, 1).clamp_min(1e-8)  # noqa: E731
     out = sample(exact, noise, steps=10, shift=3.0, sampler=sampler)
     assert torch.allclose(out, x0, atol=1e-4)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "unipc"])
+@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0])
+def test_composite_guidance_moves_only_the_full_segment_towards_the_layers_composite(
+    sampler: str, weight: float
+) -> None:
+    """A velocity field that predicts fixed, inconsistent layers: the sample keeps every layer and ends with the
+    full segment `weight` of the way from its own prediction to the layers' latent composite."""
+    layout = Layout(2)
+    g = torch.Generator().manual_seed(0)
+    seg = lambda: torch.randn(1, 4, 2, 4, 4, generator=g)  # noqa: E731
+    targets = [seg() for _ in range(layout.num_segments)]
+    x0, noise, clear = pack(targets), torch.randn(1, 4, 2 * layout.num_segments, 4, 4, generator=g), seg()
+    to_grid = lambda z: z[:, :1].sigmoid()  # noqa: E731
+    exact = lambda x, t: (x - x0) / t.reshape(-1, 1, 1, 1, 1).clamp_min(1e-8)  # noqa: E731
+    out = unpack(sample(composite_guided(exact, layout, weight, to_grid, clear), noise, 12, 3.0, sampler), 6)
+    composite = latent_composite(targets[2::2], [to_grid(a) for a in targets[3::2]], targets[1], clear)
+    assert torch.allclose(out[0], (1 - weight) * targets[0] + weight * composite, atol=1e-4)
+    for got, want in zip(out[1:], targets[1:], strict=True):
+        assert torch.allclose(got, want, atol=1e-4)
+    with pytest.raises(ValueError, match=r"composite guidance must be in \[0, 1\], got 1.5"):
+        composite_guided(exact, layout, 1.5, to_grid, clear)
 
 
 def test_sampling_is_deterministic_and_guidance_mixes_branches() -> None:

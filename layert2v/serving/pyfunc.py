@@ -16,7 +16,15 @@ import numpy as np
 import pandas as pd
 
 REQUIRED = ("prompt", "background_prompt", "foreground_prompts")
-OPTIONAL = {"frames": int, "height": int, "width": int, "steps": int, "guidance": float, "seed": int}
+OPTIONAL = {
+    "frames": int,
+    "height": int,
+    "width": int,
+    "steps": int,
+    "guidance": float,
+    "composite_guidance": float,
+    "seed": int,
+}
 
 
 class LayerT2VModel(mlflow.pyfunc.PythonModel):
