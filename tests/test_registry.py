@@ -79,6 +79,8 @@ def test_register_promote_refuse_rollback_and_serve(model: Path, root: Path, smo
     assert clip["full"].shape == (5, 32, 32, 3) and len(clip["alphas"]) == 1
     with pytest.raises(ValueError, match="missing"):
         served.predict([{"prompt": "a red circle"}])
+    with pytest.raises(ValueError, match=r"composite_guidance must be in \[0, 1\], got 2.0"):
+        served.predict([request | {"steps": 2, "composite_guidance": 2}])  # every field reaches the checks
 
 
 def test_promote_without_challenger_is_a_clear_error(root: Path, smoke) -> None:
