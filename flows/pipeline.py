@@ -13,7 +13,6 @@ DVC stages read; `profile` rewrites that file from a profile of the same file fi
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -52,22 +51,13 @@ def ingest(
     """Make or import the dataset under `data/vidlayer`, version it with DVC, prepare it and gate it."""
     root = Path(repo).resolve()
     apply_profile(root, profile)
-    target = root / "data" / "vidlayer"
     if source == "synthetic":
         shell(["layert2v", "data", "synth", "--out", "data/vidlayer"], str(root))
     else:
         if not source_path:
             raise ValueError(f"source={source!r} needs source_path (a VidLayer folder or a jsonl manifest)")
-        src = Path(source_path)
-        if not src.exists():
-            raise FileNotFoundError(f"source_path {src} does not exist")
-        shutil.rmtree(target, ignore_errors=True)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source == "folder":
-            shutil.copytree(src, target)  # the source is copied, never moved or edited
-        else:
-            target.mkdir()
-            shutil.copy(src, target / src.name)
+        src = str(Path(source_path).resolve())
+        shell(["layert2v", "data", "import", src, "--out", "data/vidlayer", "--kind", source], str(root))
     shell(["dvc", "add", "-q", "data"], str(root))
     for stage in ("prepare", "validate"):
         dvc_stage(stage, str(root))

@@ -42,14 +42,24 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from layert2v.data.ingest import import_dataset
+
+    result = import_dataset(Path(args.source), Path(args.out), args.kind)
+    print(f"imported a VidLayer {result.kind} ({result.files} files) into {result.target}")
+    return 0
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from layert2v.data.prepare import run_prepare
 
     cfg = _override(_params(args).prepare, workers=args.workers)
     result = run_prepare(Path(args.source), Path(args.out), cfg, args.text_encoder)
     print(f"prepared {result.accepted} clips, rejected {result.rejected} ({result.seconds:.1f} s) -> {result.out}")
+    for rule, count in result.reasons.items():
+        print(f"  rejected {count} x {rule}")
     if result.rejected:
-        print(f"rejects and reasons: {result.out / 'rejects.json'}")
+        print(f"every rejected clip and its rule: {result.out / 'rejects.json'}")
     return 0
 
 
@@ -253,6 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int)
     synth.add_argument("--workers", type=int, default=2)
     synth.set_defaults(func=cmd_synth)
+
+    imp = data_commands.add_parser(
+        "import", help="copy a VidLayer folder or jsonl manifest (with its files) into the data folder"
+    )
+    imp.add_argument("source", help="a VidLayer folder-layout root or a released-form jsonl manifest")
+    imp.add_argument("--out", default="data/vidlayer", help="the versioned data folder (default: data/vidlayer)")
+    imp.add_argument("--kind", choices=["folder", "jsonl"], default=None, help="refuse a source of the other kind")
+    imp.set_defaults(func=cmd_import)
 
     prepare = data_commands.add_parser("prepare", help="conform clips, compute statistics, cache frames and text")
     _common(prepare)

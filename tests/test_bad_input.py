@@ -1,17 +1,20 @@
 """Bad clips are rejected with the clip and the rule named; the rest are prepared; sources stay as they were."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from layert2v.data.prepare import Streams, conform, run_prepare
+from layert2v.data.prepare import NothingPrepared, Streams, conform, frame_indices, run_prepare
 from layert2v.data.vidlayer import ClipError, ClipSource
 from layert2v.io import write_mask, write_video
+from layert2v.outputs import OutputError
 from layert2v.quality.data_gate import validate_prepared
 
-from .conftest import tree_md5
+from .conftest import ROOT, tree_md5
 
 
 def break_clips(root: Path) -> dict[str, str]:
@@ -91,3 +94,115 @@ def test_alpha_out_of_range_or_nan_is_rejected(smoke, alpha_value: float, rule: 
 def test_source_that_does_not_exist_is_a_clear_error(tmp_path: Path, smoke) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_prepare(tmp_path / "nowhere", tmp_path / "out", smoke.prepare)
+
+
+# ---------------------------------------------------------------- prepare --out never destroys what it holds
+
+
+def test_prepare_refuses_an_out_that_is_or_contains_the_source(
+    tmp_path: Path, smoke, smoke_data: Path, copy_of
+) -> None:
+    root = copy_of(smoke_data)
+    before = tree_md5(root)
+    for out in (root, root.parent, root / "train" / "prepared"):
+        with pytest.raises(OutputError, match="overlaps the input"):
+            run_prepare(root, out, smoke.prepare)
+    assert tree_md5(root) == before
+
+
+def test_prepare_refuses_a_folder_of_other_files_and_replaces_its_own_output(
+    tmp_path: Path, smoke, smoke_data: Path
+) -> None:
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("not a prepare output")
+    with pytest.raises(OutputError, match="holds no earlier prepare output"):
+        run_prepare(smoke_data, keep, smoke.prepare)
+    assert (keep / "notes.txt").read_text() == "not a prepare output"
+
+    out = tmp_path / "prepared"
+    run_prepare(smoke_data, out, smoke.prepare)
+    (out / "stale.txt").write_text("from the first run")
+    run_prepare(smoke_data, out, smoke.prepare)  # an earlier output of ours: replaced whole
+    assert (out / "manifest.parquet").is_file() and not (out / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no work folder left behind
+
+
+def test_prepare_refuses_an_out_under_a_file(tmp_path: Path, smoke, smoke_data: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="is a file"):
+        run_prepare(smoke_data, tmp_path / "file" / "out", smoke.prepare)
+
+
+def test_prepare_cli_on_its_own_source_is_an_error_and_keeps_the_videos(
+    tmp_path: Path, smoke_data: Path, copy_of, capsys
+) -> None:
+    from layert2v.cli import main
+
+    root = copy_of(smoke_data)
+    before = tree_md5(root)
+    code = main(["data", "prepare", "--profile", "smoke", "--params", str(ROOT / "params.yaml"),
+                 "--source", str(root), "--out", str(root)])  # fmt: skip
+    assert code == 2 and "overlaps the input" in capsys.readouterr().err
+    assert tree_md5(root) == before
+
+
+# ---------------------------------------------------------------- every clip rejected: the reasons are kept
+
+
+def test_when_every_clip_is_rejected_the_reasons_are_written_and_said(
+    tmp_path: Path, smoke, smoke_data: Path, copy_of
+) -> None:
+    root = copy_of(smoke_data)
+    for meta in root.rglob("metadata.json"):
+        meta.write_text("{not json")
+    with pytest.raises(NothingPrepared) as failed:
+        run_prepare(root, tmp_path / "out", smoke.prepare)
+    message = str(failed.value)
+    assert f"{smoke.synth.clips} x metadata.json is unreadable" in message and "rejects.json" in message
+    rejects = json.loads((tmp_path / "out" / "rejects.json").read_text())
+    assert len(rejects) == smoke.synth.clips and all("metadata.json is unreadable" in r["rule"] for r in rejects)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["accepted"] == 0 and sum(summary["reasons"].values()) == smoke.synth.clips
+
+
+def test_a_folder_without_any_metadata_json_says_so(tmp_path: Path, smoke) -> None:
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a.mp4").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match=r"no <clip>/metadata\.json and no \*\.jsonl"):
+        run_prepare(tmp_path / "videos", tmp_path / "out", smoke.prepare)
+
+
+# ---------------------------------------------------------------- frame rate conformed and gated
+
+
+def test_a_25_fps_source_is_resampled_to_the_configured_rate(tmp_path: Path, smoke) -> None:
+    from .layered_fixtures import folder_sample
+
+    folder_sample(tmp_path / "data", "c25", 3, frames=30, height=32, width=32, fps=25)
+    result = run_prepare(tmp_path / "data", tmp_path / "out", replace(smoke.prepare, fps=8.0, frames=9))
+    manifest = pd.read_parquet(result.out / "manifest.parquet")
+    row = manifest.iloc[0]
+    assert row["src_fps"] == 25 and row["fps"] == 8 and row["timing_error"] <= 0.5
+    idx, error = frame_indices("c25", 30, 25.0, replace(smoke.prepare, fps=8.0, frames=9))
+    assert idx.tolist() == [0, 3, 6, 9, 12, 16, 19, 22, 25] and error <= 0.5  # frame i at i / 8 s
+
+
+def test_a_source_too_short_or_too_slow_for_the_rate_is_rejected(smoke) -> None:
+    cfg = replace(smoke.prepare, fps=8.0, frames=9)
+    with pytest.raises(ClipError, match="fewer than the 26 required"):
+        frame_indices("c", 20, 25.0, cfg)  # frame 8 at 1 s is source frame 25
+    with pytest.raises(ClipError, match="frame rate 4 fps is below the target 8 fps"):
+        frame_indices("c", 100, 4.0, cfg)
+    with pytest.raises(ClipError, match="frame rate unknown"):
+        frame_indices("c", 100, 0.0, cfg)
+
+
+def test_the_gate_fails_a_manifest_at_another_frame_rate(tmp_path: Path, smoke, smoke_prepared) -> None:
+    from layert2v.quality.data_gate import run_data_gate
+
+    manifest = pd.read_parquet(smoke_prepared.out / "manifest.parquet")
+    manifest.loc[0, "fps"] = 25.0
+    report = run_data_gate(manifest, 0, smoke.gate, smoke.prepare)
+    failed = {r.rule: r.examples for r in report.rules if not r.passed}
+    assert failed == {f"frame rate = {smoke.prepare.fps:g} fps": [manifest.clip_id[0]]}

@@ -6,10 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
+from layert2v.data.ingest import import_dataset
 from layert2v.data.prepare import run_prepare
 from layert2v.data.vidlayer import discover
+from layert2v.outputs import OutputError
 
+from .conftest import tree_md5
 from .layered_fixtures import folder_sample, jsonl_dataset, scene
 
 
@@ -40,7 +44,8 @@ def test_folder_layout_with_rgb_rgba_masks_and_remote_paths(tmp_path: Path, smok
     assert result.accepted == 2 and result.rejected == 0
     assert set(manifest["source"]) == {"vidlayer-folder"} and manifest["fg_derived"].all()
     assert (manifest["src_width"] == 80).all() and (manifest["src_frames"] == 17).all()
-    assert (manifest["frame_stride"] == 3).all()  # 24 fps source, 8 fps target
+    assert (manifest["src_fps"] == 24).all() and (manifest["fps"] == 8).all()  # resampled: frame i at i / 8 s
+    assert (manifest["timing_error"] <= 0.5).all()
     assert (manifest["frames"] == smoke.prepare.frames).all() and (manifest["height"] == smoke.prepare.height).all()
     # derived fg = full * mask, so compositing over the clean background reproduces the full video closely
     assert (manifest["composite_err"] < 0.02).all()
@@ -96,3 +101,76 @@ def test_prepare_replaces_its_output_and_keeps_sources(tmp_path: Path, smoke, sm
     run_prepare(src, out, smoke.prepare)
     assert not (out / "stale.txt").exists() and not out.with_name("prepared.tmp").exists()
     assert sorted((p.name, p.stat().st_size) for p in src.rglob("*")) == before
+
+
+# ---------------------------------------------------------------- `data import`: the source is never lost
+
+
+def test_jsonl_import_copies_every_referenced_file_and_keeps_clip_ids(tmp_path: Path, smoke) -> None:
+    manifest_path = jsonl_dataset(tmp_path / "released", 3)
+    # one clip's files live elsewhere and are named by absolute paths, as a downloaded manifest may hold them
+    elsewhere = tmp_path / "elsewhere" / "videos"
+    elsewhere.mkdir(parents=True)
+    lines = [json.loads(line) for line in manifest_path.read_text().splitlines()]
+    for key, sub in (("vid", "videos"), ("pha_video_path", "masks"), ("bg_path", "bgs")):
+        src = tmp_path / "released" / sub / "clip2.mp4"
+        moved = tmp_path / "elsewhere" / sub / "clip2.mp4"
+        moved.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(src, moved)
+        (lines[2] if key == "vid" else lines[2]["entry"])[key] = str(moved)
+    manifest_path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    before = tree_md5(tmp_path / "released")
+    expected_ids = [c.clip_id for c in discover(manifest_path)[0]]
+
+    target = tmp_path / "repo" / "data" / "vidlayer"
+    result = import_dataset(manifest_path, target)
+
+    assert result.kind == "jsonl" and result.files == 10  # 9 videos + the manifest
+    copied = target / "train.jsonl"
+    for line in copied.read_text().splitlines():  # every path now relative, inside the copy
+        row = json.loads(line)
+        for path in (row["vid"], row["entry"]["pha_video_path"], row["entry"]["bg_path"]):
+            assert not Path(path).is_absolute() and (target / path).is_file()
+    assert [c.clip_id for c in discover(copied)[0]] == expected_ids  # same ids, so the same splits
+    shutil.rmtree(tmp_path / "elsewhere")  # the copy needs nothing outside it
+    assert run_prepare(copied, tmp_path / "prepared", smoke.prepare).accepted == 3
+    assert tree_md5(tmp_path / "released") == before  # the source was only read
+
+
+def test_import_refuses_a_source_inside_the_target_and_keeps_it(tmp_path: Path, smoke_data: Path) -> None:
+    target = tmp_path / "data" / "vidlayer"
+    shutil.copytree(smoke_data, target)
+    before = tree_md5(target)
+    for source in (target / "train", target, tmp_path / "data"):
+        with pytest.raises(OutputError, match="overlaps the input"):
+            import_dataset(source, target, "folder")
+    assert tree_md5(target) == before
+
+
+def test_import_refuses_a_file_given_as_a_folder_before_touching_the_target(tmp_path: Path, smoke_data: Path) -> None:
+    target = tmp_path / "data" / "vidlayer"
+    shutil.copytree(smoke_data, target)
+    before = tree_md5(target)
+    manifest = jsonl_dataset(tmp_path / "released", 1)
+    with pytest.raises(ValueError, match="is a jsonl, not a folder"):
+        import_dataset(manifest, target, "folder")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        import_dataset(tmp_path / "nowhere", target, "folder")
+    assert tree_md5(target) == before
+
+
+def test_import_replaces_an_earlier_dataset_but_not_foreign_files(tmp_path: Path) -> None:
+    source = tmp_path / "vidlayer_src"
+    folder_sample(source, "sample_a", 1)
+    target = tmp_path / "data" / "vidlayer"
+    target.mkdir(parents=True)
+    (target / "my_clip.mp4").write_bytes(b"someone's video")
+    with pytest.raises(OutputError, match="holds no earlier dataset output"):
+        import_dataset(source, target)
+    assert (target / "my_clip.mp4").read_bytes() == b"someone's video"
+
+    (target / "my_clip.mp4").unlink()
+    import_dataset(source, target)
+    folder_sample(source, "sample_b", 2)
+    import_dataset(source, target)  # an earlier import: replaced by the new copy
+    assert sorted(p.name for p in target.iterdir() if p.is_dir()) == ["sample_a", "sample_b"]

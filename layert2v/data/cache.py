@@ -1,24 +1,52 @@
-"""Writes what prepare produced: the uint8 training cache, the text-embedding cache and the manifest.
+"""The prepare output format, and its writer: the uint8 training cache, the text-embedding cache, the manifest,
+the rejects and the summary.
 
-Layout and dtypes are described in `layert2v.data.prepare`. Everything is written to a temporary
-folder first and moved into place at the end, so an interrupted prepare never leaves a half cache
-that looks complete.
+Layout and dtypes are described in `layert2v.data.prepare`. The folder is written through
+`layert2v.outputs.write_output`: beside the target first and swapped in at the end, so an interrupted prepare
+never leaves a half cache that looks complete, and a folder that is not an earlier prepare output (or that holds
+the source) is refused before any work.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from layert2v.config import PrepareConfig
-from layert2v.data.prepare import Prepared, rejects_json
-from layert2v.data.vidlayer import SPLITS, Reject
+from layert2v.data.vidlayer import SPLITS, ClipSource, Reject
+from layert2v.outputs import write_output
 
 CACHE_FILES = ("full", "background", "foreground", "alpha")
+OUTPUT_KIND = "prepare"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prepared:
+    """A conformed clip: uint8 arrays ready for the cache plus its manifest statistics."""
+
+    clip: ClipSource
+    full: np.ndarray
+    background: np.ndarray
+    foregrounds: list[np.ndarray]
+    alphas: list[np.ndarray]
+    stats: dict
+
+
+def rejects_json(rejects: list[Reject]) -> str:
+    return json.dumps([asdict(r) for r in sorted(rejects, key=lambda r: r.clip_id)], indent=2) + "\n"
+
+
+def reject_reasons(rejects: list[Reject]) -> dict[str, int]:
+    """How many clips broke each rule, most frequent first; numbers in a rule are folded so that "has 3 frames"
+    and "has 4 frames" count as one reason."""
+    counts = Counter(re.sub(r"\d+(\.\d+)?", "N", r.rule) for r in rejects)
+    return dict(counts.most_common())
 
 
 def _write_split(folder: Path, clips: list[Prepared]) -> list[dict]:
@@ -77,12 +105,27 @@ def _manifest_row(clip: Prepared, ids: dict[str, int], tokens: list[int], cfg: P
 
 
 def write_outputs(
-    out: Path, prepared: list[Prepared], rejects: list[Reject], cfg: PrepareConfig, encoder_path: Path | None
-) -> pd.DataFrame:
-    """Write cache, text embeddings, manifest and rejects under `out` (replacing an older prepare)."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out: Path,
+    prepared: list[Prepared],
+    rejects: list[Reject],
+    cfg: PrepareConfig,
+    encoder_path: Path | None,
+    summary: dict,
+    protect: tuple[Path, ...] = (),
+) -> None:
+    """Write cache, text embeddings, manifest, rejects and summary under `out` (replacing an older prepare);
+    `protect` are the sources, which `out` may not overlap."""
+
+    def write(folder: Path) -> None:
+        if prepared:
+            _write_cache(folder, prepared, cfg, encoder_path)
+        (folder / "rejects.json").write_text(rejects_json(rejects))
+        (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    write_output(out, OUTPUT_KIND, write, protect=protect)
+
+
+def _write_cache(tmp: Path, prepared: list[Prepared], cfg: PrepareConfig, encoder_path: Path | None) -> None:
     captions = sorted(
         {c for p in prepared for c in (p.clip.caption_full, p.clip.caption_background, *p.clip.captions_foreground)}
     )
@@ -96,7 +139,3 @@ def write_outputs(
             rows += [_manifest_row(c, ids, tokens, cfg) | r for c, r in zip(clips, cache_rows, strict=True)]
     manifest = pd.DataFrame(rows)
     manifest.to_parquet(tmp / "manifest.parquet", index=False)
-    (tmp / "rejects.json").write_text(rejects_json(rejects))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return manifest

@@ -1,7 +1,7 @@
 """prepare: raw VidLayer clips -> conformed training cache, per-clip statistics, text embeddings.
 
 For every clip: decode its streams, check them (readable, same frame count and size, alpha finite and in
-[0, 1]), pick `frames` (4k+1) frames at the target frame rate, resize and centre-crop to `height x width`,
+[0, 1]), resample to `frames` (4k+1) frames at the target frame rate (nearest source frame), resize and centre-crop to `height x width`,
 derive the premultiplied foreground `full * mask` where the clip has none, and measure what the gate
 checks (alpha coverage, compositing error, motion). A clip that breaks a rule is listed in
 `rejects.json` with the rule and the others go on; sources are only ever read.
@@ -9,7 +9,8 @@ checks (alpha coverage, compositing error, motion). A clip that breaks a rule is
 Outputs under `out/`:
   manifest.parquet              one row per accepted clip (statistics, captions, cache and text indices)
   rejects.json                  clip, origin and rule of every rejected clip
-  summary.json                  counts and timings (a DVC metrics file)
+  summary.json                  counts, the reject reasons by rule, and the time to conform the clips
+  .layert2v-output.json         marks the folder as a prepare output (only such a folder is ever replaced)
   cache/<split>/full.npy        uint8 [N, F, H, W, 3]   (row = manifest.cache_row)
   cache/<split>/background.npy  uint8 [N, F, H, W, 3]
   cache/<split>/foreground.npy  uint8 [M, F, H, W, 3]   premultiplied; rows layer_start .. +num_fg, nearest first
@@ -23,11 +24,10 @@ Outputs under `out/`:
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing as mp
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +35,11 @@ from PIL import Image
 
 from layert2v.compose import over
 from layert2v.config import PrepareConfig
+from layert2v.data.cache import OUTPUT_KIND, Prepared, reject_reasons, write_outputs
 from layert2v.data.vidlayer import ClipError, ClipSource, Reject, discover
 from layert2v.io import VideoError, probe, read_mask, read_video, to_uint8
+from layert2v.outputs import check_output
+from layert2v.progress import progress
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,18 +51,6 @@ class Streams:
     alphas: list[np.ndarray]
     foregrounds: list[np.ndarray | None]
     fps: float
-
-
-@dataclass(frozen=True, kw_only=True)
-class Prepared:
-    """A conformed clip: uint8 arrays ready for the cache plus its manifest statistics."""
-
-    clip: ClipSource
-    full: np.ndarray
-    background: np.ndarray
-    foregrounds: list[np.ndarray]
-    alphas: list[np.ndarray]
-    stats: dict
 
 
 def _read(clip: ClipSource, path: Path, reader: Callable[[Path], np.ndarray]) -> np.ndarray:
@@ -96,13 +87,24 @@ def check_alpha(clip_id: str, alpha: np.ndarray, name: str) -> None:
         raise ClipError(clip_id, f"{name}: alpha out of range [0, 1] (min {low:.3f}, max {high:.3f})")
 
 
-def frame_indices(clip_id: str, total: int, src_fps: float, cfg: PrepareConfig) -> np.ndarray:
-    """`cfg.frames` indices from the start, stepping round(src_fps / fps) where the clip is long enough."""
-    if total < cfg.frames:
-        raise ClipError(clip_id, f"has {total} frames, fewer than the {cfg.frames} required")
-    wanted = max(1, round(src_fps / cfg.fps)) if src_fps > 0 else 1
-    stride = max(1, min(wanted, (total - 1) // max(cfg.frames - 1, 1)))
-    return np.arange(cfg.frames) * stride
+def frame_indices(clip_id: str, total: int, src_fps: float, cfg: PrepareConfig) -> tuple[np.ndarray, float]:
+    """Resample to `cfg.fps`: output frame i is the source frame nearest to time i / fps. Returns the indices
+    and the timing error, the largest distance of a chosen frame from its time, in output frame periods
+    (at most 0.5 when the source rate is at least the target's; more means frames would be repeated)."""
+    if not src_fps > 0:
+        raise ClipError(clip_id, "frame rate unknown: the container names none")
+    times = np.arange(cfg.frames) / cfg.fps
+    idx = np.rint(times * src_fps).astype(int)
+    needed = int(idx[-1]) + 1
+    if total < needed:
+        raise ClipError(
+            clip_id,
+            f"has {total} frames, fewer than the {needed} required ({cfg.frames} at {cfg.fps:g} fps from {src_fps:g})",
+        )
+    error = float(np.abs(idx / src_fps - times).max() * cfg.fps)
+    if error > 0.5 + 1e-6:
+        raise ClipError(clip_id, f"frame rate {src_fps:g} fps is below the target {cfg.fps:g} fps")
+    return idx, error
 
 
 def resize_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -141,7 +143,7 @@ def conform(clip: ClipSource, streams: Streams, cfg: PrepareConfig) -> Prepared:
         raise ClipError(clip.clip_id, f"has {len(clip.masks)} foreground layers, more than max_fg={cfg.max_fg}")
     for path, alpha in zip(clip.masks, streams.alphas, strict=True):
         check_alpha(clip.clip_id, alpha, path.name)
-    idx = frame_indices(clip.clip_id, len(streams.full), streams.fps, cfg)
+    idx, timing_error = frame_indices(clip.clip_id, len(streams.full), streams.fps, cfg)
     fit = lambda x: resize_crop(x[idx], cfg.height, cfg.width)  # noqa: E731
     full, background = fit(streams.full), fit(streams.background)
     alphas = [fit(a) for a in streams.alphas]
@@ -152,7 +154,8 @@ def conform(clip: ClipSource, streams: Streams, cfg: PrepareConfig) -> Prepared:
         "src_height": streams.full.shape[1],
         "src_width": streams.full.shape[2],
         "src_fps": streams.fps,
-        "frame_stride": int(idx[1] - idx[0]) if len(idx) > 1 else 1,
+        "fps": cfg.fps,
+        "timing_error": timing_error,
         "fg_derived": any(f is None for f in streams.foregrounds),
     }
     return Prepared(
@@ -192,13 +195,17 @@ class PrepareResult:
     accepted: int
     rejected: int
     seconds: float
+    reasons: dict[str, int]  # reject rule -> clips, most frequent first
+
+
+class NothingPrepared(ValueError):
+    """Every clip was rejected; `rejects.json` and the summary were written all the same."""
 
 
 def run_prepare(source: Path, out: Path, cfg: PrepareConfig, text_encoder_path: Path | None = None) -> PrepareResult:
-    """The whole prepare step; see the module docstring for what lands under `out`."""
-    from layert2v.data.cache import write_outputs
-    from layert2v.progress import progress
-
+    """The whole prepare step; see the module docstring for what lands under `out`. `out` is checked before any
+    work: it may not overlap the source, and an existing one must be an earlier prepare output."""
+    check_output(out, OUTPUT_KIND, protect=(source,))
     start = time.perf_counter()
     clips, rejects = discover(source)
     prepared: list[Prepared] = []
@@ -207,14 +214,17 @@ def run_prepare(source: Path, out: Path, cfg: PrepareConfig, text_encoder_path: 
         for result in prepare_all(clips, cfg):
             (prepared if isinstance(result, Prepared) else rejects).append(result)
             bar.advance(task)
-    if not prepared:
-        raise ValueError(f"prepare: no usable clip under {source} ({len(rejects)} rejected); see the rejects above")
-    write_outputs(out, prepared, rejects, cfg, text_encoder_path)
+    reasons = reject_reasons(rejects)
+    conform_seconds = round(time.perf_counter() - start, 2)
+    summary = {"accepted": len(prepared), "rejected": len(rejects), "conform_seconds": conform_seconds}
+    summary |= {"reasons": reasons}
+    protect = (source, *(p for c in clips for p in (c.full, c.background, *c.masks)))
+    write_outputs(out, prepared, rejects, cfg, text_encoder_path, summary, protect)
     seconds = time.perf_counter() - start
-    summary = {"accepted": len(prepared), "rejected": len(rejects), "seconds": round(seconds, 2)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return PrepareResult(out=out, accepted=len(prepared), rejected=len(rejects), seconds=seconds)
-
-
-def rejects_json(rejects: list[Reject]) -> str:
-    return json.dumps([asdict(r) for r in sorted(rejects, key=lambda r: r.clip_id)], indent=2) + "\n"
+    if not prepared:
+        lines = "\n".join(f"  {count} x {rule}" for rule, count in reasons.items())
+        raise NothingPrepared(
+            f"prepare: no usable clip under {source}; {len(rejects)} rejected:\n{lines}\n"
+            f"every clip and its rule: {out / 'rejects.json'}"
+        )
+    return PrepareResult(out=out, accepted=len(prepared), rejected=len(rejects), seconds=seconds, reasons=reasons)

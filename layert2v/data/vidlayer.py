@@ -204,6 +204,10 @@ def discover(source: Path) -> tuple[list[ClipSource], list[Reject]]:
             more, bad = read_jsonl(manifest)
             clips += more
             rejects += bad
+        if not clips and not rejects:
+            raise FileNotFoundError(
+                f"VidLayer source {source} holds no clip: no <clip>/metadata.json and no *.jsonl manifest under it"
+            )
     seen: set[str] = set()
     unique = []
     for clip in sorted(clips, key=lambda c: c.clip_id):
