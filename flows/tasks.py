@@ -33,6 +33,10 @@ GATE_REPORTS = {
 class StageFailed(RuntimeError):
     """A DVC stage (often its gate) failed; the message carries the command's last output."""
 
+    def __init__(self, message: str, returncode: int) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+
 
 def _env() -> dict[str, str]:
     return os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
@@ -43,7 +47,7 @@ def run_command(cmd: list[str], repo: Path) -> str:
     done = subprocess.run(cmd, cwd=repo, env=_env(), capture_output=True, text=True, check=False)
     output = done.stdout + done.stderr
     if done.returncode != 0:
-        raise StageFailed(f"`{' '.join(cmd)}` exited {done.returncode}:\n{output[-4000:]}")
+        raise StageFailed(f"`{' '.join(cmd)}` exited {done.returncode}:\n{output[-4000:]}", done.returncode)
     return output
 
 
@@ -92,10 +96,21 @@ def _is_lock_error(state) -> bool:
     return False
 
 
-@task(retries=2, retry_delay_seconds=5)
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=lambda task, run, state: not _is_bad_input(state))
 def shell(cmd: list[str], repo: str) -> str:
-    """Any other command of the platform (synthesis, `dvc add`), retried on transient I/O errors."""
+    """Any other command of the platform (synthesis, import, `dvc add`), retried on transient errors; bad input
+    (a `layert2v` command's exit status 2) is not retried, since it fails the same way again."""
     return run_command(cmd, Path(repo))
+
+
+def _is_bad_input(state) -> bool:
+    try:
+        state.result()
+    except StageFailed as failed:
+        return failed.returncode == 2
+    except Exception:
+        return False
+    return False
 
 
 @task

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from layert2v.config import Params, load_params, resolve_profile
+from layert2v.config import Params, RequestLimits, load_params, read_params_file, resolve_profile
 
 
 def _params(args: argparse.Namespace) -> Params:
@@ -101,8 +101,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
+    from layert2v.models.checkpoint import load_vae
     from layert2v.training.encode import encode_prepared
-    from layert2v.training.run import load_vae
 
     shapes = encode_prepared(load_vae(Path(args.vae)), Path(args.prepared), Path(args.out))
     print(f"latent cache in {args.out}: " + ", ".join(f"{split} {shape}" for split, shape in shapes.items()))
@@ -194,7 +194,7 @@ def _gate_failed(failed) -> int:
 def cmd_export_tensorrt(args: argparse.Namespace) -> int:
     from layert2v.export.onnx import parity_gate
     from layert2v.export.tensorrt import TensorRTUnavailable
-    from layert2v.pipeline import load_dit
+    from layert2v.models.checkpoint import load_dit
     from layert2v.quality.report import GateFailed
 
     try:
@@ -210,9 +210,21 @@ def cmd_export_tensorrt(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from layert2v.pipeline import LayerT2VPipeline
+    from layert2v.compose import OUTPUT_KIND
+    from layert2v.config import RequestLimits
+    from layert2v.models.checkpoint import model_config
+    from layert2v.outputs import check_output, write_output
+    from layert2v.pipeline import LayerT2VPipeline, Request, check_request
 
+    limits = RequestLimits(max_frames=args.max_frames, max_side=args.max_side)
+    request = Request(
+        args.prompt, args.background, args.foreground, args.frames, args.height, args.width, args.steps, args.guidance
+    )
+    check_request(model_config(args.model), request, limits, args.composite_guidance)  # before the model loads
+    out = Path(args.out)
+    check_output(out, OUTPUT_KIND, replace=args.overwrite)
     pipeline = LayerT2VPipeline.from_folder(args.model, backend=args.backend, onnx=args.onnx, precision=args.precision)
+    pipeline.limits = limits
     video = pipeline.generate(
         args.prompt,
         args.background,
@@ -225,14 +237,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         composite_guidance=args.composite_guidance,
         seed=args.seed,
     )
-    written = video.write(args.out)
-    print(f"{len(written)} files in {args.out}: " + ", ".join(sorted(p.name for p in written.values())))
+    written = write_output(out, OUTPUT_KIND, video.write, replace=args.overwrite)
+    print(f"{len(written)} files in {out}: " + ", ".join(sorted(p.name for p in written.values())))
     return 0
 
 
 def cmd_params(args: argparse.Namespace) -> int:
     load_params(args.params, args.profile)  # validate before printing
-    raw = yaml.safe_load(Path(args.params).read_text())
+    raw = read_params_file(Path(args.params))
     sys.stdout.write(yaml.safe_dump(resolve_profile(raw, args.profile), sort_keys=False))
     return 0
 
@@ -338,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
     gen.add_argument("--onnx", default=None, help="export folder (default: <model>/onnx)")
     gen.add_argument("--precision", default=None, choices=["fp32", "fp16"], help="graph precision of the backend")
-    gen.add_argument("--out", required=True, help="folder for the layered files")
+    gen.add_argument("--out", required=True, help="folder for the layered files (new, empty, or --overwrite)")
+    gen.add_argument("--overwrite", action="store_true", help="replace an earlier generate output in --out")
     gen.add_argument("--frames", type=int, default=9)
     gen.add_argument("--height", type=int, default=64)
     gen.add_argument("--width", type=int, default=64)
@@ -348,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--composite-guidance", type=float, default=0.5, help="pull of the full video to its layers' composite, 0..1"
     )
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--max-frames", type=int, default=RequestLimits.max_frames, help="refuse longer requests")
+    gen.add_argument("--max-side", type=int, default=RequestLimits.max_side, help="refuse larger frames")
     gen.set_defaults(func=cmd_generate)
 
     registry = commands.add_parser("registry", help="MLflow model registry: register, promote, rollback")

@@ -17,6 +17,7 @@ import numpy as np
 from layert2v.io import to_uint8
 
 Array = TypeVar("Array")
+OUTPUT_KIND = "generation"  # the marker of a folder `LayeredVideo.write` filled (see `layert2v.outputs`)
 
 
 def over(foregrounds: Sequence[Array], alphas: Sequence[Array], background: Array) -> Array:

@@ -23,6 +23,41 @@ def _require(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+# What `evaluate` writes to metrics.json (`evaluate.summarise`): the names the evaluation gate and the promotion
+# rule may use. A misspelt name is an error when params load, not a silent NaN after sampling.
+EVALUATION_METRICS = (
+    "coherence_db",
+    "coherence_db_min",
+    "colour_adherence",
+    "shape_adherence",
+    "alpha_binarity",
+    "alpha_temporal_iou",
+    "still_background_change",
+    "samples",
+)
+_DIT_GATE_METRICS = (
+    "finite_loss",
+    "val/loss",
+    "val/fm",
+    "val/consistency",
+    "val/alpha",
+    *(f"sample/{name}" for name in EVALUATION_METRICS),
+)
+# What each training stage measures when it finishes (its validation metrics, and for the DiT stages the
+# samples of `evaluate`): the names its gate may use.
+STAGE_GATE_METRICS = {
+    "stage0": ("val/psnr_rgb",),
+    "stage1": ("val/psnr_rgb", "val/alpha_iou"),
+    "stage2": _DIT_GATE_METRICS,
+    "stage3": _DIT_GATE_METRICS,
+}
+
+
+def _check_names(names: object, known: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(names) - set(known))  # type: ignore[arg-type]
+    _require(not unknown, f"{where} names unknown metrics {unknown}; known: {list(known)}")
+
+
 def _check_frames(frames: int, where: str) -> None:
     _require(frames >= 1 and (frames - 1) % 4 == 0, f"{where}.frames must be 4k+1 (1, 5, 9, ...), got {frames}")
 
@@ -188,6 +223,21 @@ def model_preset(name: str, **overrides: Any) -> ModelConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RequestLimits:
+    """Upper bounds on one generation request, checked before any model is loaded: a request past them would
+    run the machine out of memory or time (attention grows with the square of the token count)."""
+
+    max_frames: int = 33  # frames per clip
+    max_side: int = 256  # height and width in pixels
+    max_steps: int = 200  # sampler steps
+
+    def __post_init__(self) -> None:
+        _require(self.max_frames >= 1, f"limits.max_frames must be >= 1, got {self.max_frames}")
+        _require(self.max_side >= 8, f"limits.max_side must be >= 8, got {self.max_side}")
+        _require(self.max_steps >= 1, f"limits.max_steps must be >= 1, got {self.max_steps}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class StageConfig(FromDict):
     """Optimisation of one training stage (AdamW, linear warm-up then cosine decay)."""
 
@@ -250,6 +300,8 @@ class TrainConfig:
             self.strategy in ("auto", "ddp", "fsdp"), f"train.strategy must be auto, ddp or fsdp, got {self.strategy!r}"
         )
         _require(self.devices >= 1 and self.num_nodes >= 1, "train.devices and num_nodes must be >= 1")
+        for stage, known in STAGE_GATE_METRICS.items():
+            _check_names(getattr(self, stage).gate, known, f"train.{stage}.gate")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], section: str) -> TrainConfig:
@@ -286,6 +338,7 @@ class EvaluateConfig(FromDict):
             0.0 <= self.composite_guidance <= 1.0,
             f"evaluate.composite_guidance must be in [0, 1], got {self.composite_guidance}",
         )
+        _check_names(self.gate, EVALUATION_METRICS, "evaluate.gate")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -301,6 +354,8 @@ class RegistryConfig(FromDict):
     def __post_init__(self) -> None:
         _require(bool(self.model_name.strip()), "registry.model_name must not be empty")
         _require(all(v >= 0 for v in self.tolerance.values()), f"registry.tolerance must be >= 0: {self.tolerance}")
+        _check_names([self.primary], EVALUATION_METRICS, "registry.primary")
+        _check_names(self.tolerance, EVALUATION_METRICS, "registry.tolerance")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -356,23 +411,45 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_profile(raw: dict[str, Any], profile: str | None) -> dict[str, Any]:
-    """The plain params of `profile`: top-level sections with `profiles[profile]` merged on top."""
+    """The plain params of `profile`: top-level sections with `profiles[profile]` merged on top. A section name
+    that no dataclass reads, at the top or in the profile, is an error: it would otherwise be dropped unseen."""
     profiles = raw.get("profiles", {})
     base = {key: value for key, value in raw.items() if key != "profiles"}
+    _check_sections(base, "params")
     if profile in (None, "default"):
         return base
     _require(profile in profiles, f"unknown profile '{profile}'; params.yaml has: default, {', '.join(profiles)}")
+    _require(isinstance(profiles[profile], dict), f"profiles.{profile} must be a mapping of sections")
+    _check_sections(profiles[profile], f"profiles.{profile}")
     return _merge(base, profiles[profile])
+
+
+def _check_sections(values: dict[str, Any], where: str) -> None:
+    unknown = sorted(set(values) - set(SECTIONS))
+    _require(not unknown, f"{where} has unknown sections {unknown}; known: {list(SECTIONS)}")
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    """The raw mapping of a params file; a file that is missing, not YAML or not a mapping is one clear error."""
+    _require(path.is_file(), f"params file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ValueError(f"params file {path} is not valid YAML{line}: {getattr(err, 'problem', err)}") from err
+    raw = {} if raw is None else raw
+    _require(isinstance(raw, dict), f"params file {path} must hold a mapping of sections, got {type(raw).__name__}")
+    return raw
 
 
 def load_params(path: Path | str = "params.yaml", profile: str | None = None) -> Params:
     """Read `path`, apply `profile` and validate every section."""
     path = Path(path)
-    _require(path.is_file(), f"params file {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
-    values = resolve_profile(raw, profile)
+    values = resolve_profile(read_params_file(path), profile)
     built = {}
     for name, cls in SECTIONS.items():
         _require(name in values, f"{path} has no '{name}' section")
+        _require(isinstance(values[name], dict), f"{path}: section '{name}' must be a mapping")
         built[name] = cls.from_dict(values[name], name)
     return Params(**built)

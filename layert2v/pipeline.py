@@ -15,28 +15,27 @@ itself), `onnxruntime` (the exported graphs of `export/onnx.py`, CPU here, CUDA 
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from layert2v.compose import LayeredVideo
-from layert2v.config import ModelConfig
+from layert2v.config import ModelConfig, RequestLimits
 from layert2v.diffusion import composite_guided, guided, sample
+from layert2v.models.checkpoint import load_dit, load_vae, save_pipeline, text_encoder_path
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import ALPHA, Layout, pack, unpack
 from layert2v.models.text import TextEncoder, load_text_encoder, null_prompts
-from layert2v.models.vae import LayerVAE, alpha_to_latent_grid, load_vae, save_vae
+from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
 
 if TYPE_CHECKING:  # the export code is imported only by the backends that use it
     from layert2v.export.onnx import GraphDenoiser
 
 Backend = Literal["torch", "onnxruntime", "tensorrt"]
-MAX_STEPS = 200
 
 
 def _check(ok: bool, message: str) -> None:
@@ -58,6 +57,7 @@ class LayerT2VPipeline:
         text_encoder: TextEncoder,
         backend: Backend = "torch",
         denoiser: GraphDenoiser | None = None,
+        limits: RequestLimits | None = None,
     ) -> None:
         _check(
             (backend == "torch") == (denoiser is None),
@@ -71,21 +71,13 @@ class LayerT2VPipeline:
         self.dit, self.vae, self.text_encoder, self.backend = dit.eval(), vae.eval(), text_encoder, backend
         self.denoiser = denoiser
         self.cfg = dit.cfg
+        self.limits = limits or RequestLimits()
 
     # ------------------------------------------------------------ files
 
     def save(self, folder: Path | str) -> Path:
-        """Write config.json, dit.safetensors and vae.safetensors under `folder`."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_vae(self.vae, folder)  # vae.safetensors + config.json with the VAE's own sizes and LoRA flag
-        config = json.loads((folder / "config.json").read_text()) | {
-            "model": dataclasses.asdict(self.cfg),  # the DiT's sizes (its text length may differ from the VAE preset)
-            "text_encoder": str(self.text_encoder.path),
-        }
-        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        save_file({k: v.contiguous() for k, v in self.dit.state_dict().items()}, folder / "dit.safetensors")
-        return folder
+        """Write the model folder (`models.checkpoint`): config.json, dit.safetensors and vae.safetensors."""
+        return save_pipeline(Path(folder), self.dit, self.vae, self.text_encoder.path)
 
     @classmethod
     def from_folder(
@@ -100,12 +92,8 @@ class LayerT2VPipeline:
         `tensorrt` backends read the export folder `onnx` (default `<folder>/onnx`) in `precision` (default
         fp32 for onnxruntime, fp16 for TensorRT)."""
         folder = Path(folder)
-        dit = load_dit(folder)  # checks config.json and dit.safetensors
-        if not (folder / "vae.safetensors").is_file():
-            raise FileNotFoundError(f"model folder {folder} has no vae.safetensors")
-        vae = load_vae(folder)
-        config = json.loads((folder / "config.json").read_text())
-        encoder_path = text_encoder if text_encoder is not None else _default_or(Path(config["text_encoder"]))
+        dit, vae = load_dit(folder), load_vae(folder)
+        encoder_path = text_encoder if text_encoder is not None else text_encoder_path(folder)
         graphs = Path(onnx) if onnx is not None else folder / "onnx"
         return cls(
             dit,
@@ -116,6 +104,18 @@ class LayerT2VPipeline:
         )
 
     # ------------------------------------------------------------ generation
+
+    def warn_long_prompts(self, prompts: list[str]) -> None:
+        """A prompt past the model's text length is cut to it: say so, with the counts, instead of silently."""
+        for name, text, tokens in zip(
+            slot_names(len(prompts)), prompts, self.text_encoder.count_tokens(prompts), strict=True
+        ):
+            if tokens > self.cfg.text_len:
+                warnings.warn(
+                    f"{name} has {tokens} tokens; the model reads the first {self.cfg.text_len}: {text[:60]!r}...",
+                    PromptTruncated,
+                    stacklevel=3,
+                )
 
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states `[1, P * M, D_text]` and masks `[1, P, M]` of the prompts, in slot order."""
@@ -149,11 +149,12 @@ class LayerT2VPipeline:
         layers' estimates (`diffusion.composite_guided`; 0: off): 0.5 lifted coherence from 13 to 24 dB on 48
         validation prompts, and the full video lost the patches its layers do not have (README).
         """
-        layout = self._check_request(
-            prompt, background_prompt, foreground_prompts, frames, height, width, steps, guidance
-        )
-        _check(0.0 <= composite_guidance <= 1.0, f"composite_guidance must be in [0, 1], got {composite_guidance}")
-        cond = self.encode_prompts([prompt, background_prompt, *foreground_prompts])
+        request = Request(prompt, background_prompt, foreground_prompts, frames, height, width, steps, guidance)
+        layout = check_request(self.cfg, request, self.limits, composite_guidance)
+        if self.denoiser is not None:
+            self.denoiser.check(frames, height, width, len(foreground_prompts))
+        self.warn_long_prompts(request.prompts())
+        cond = self.encode_prompts(request.prompts())
         if negative_prompt is None:
             uncond = null_prompts(*cond)
         else:
@@ -182,47 +183,52 @@ class LayerT2VPipeline:
         foregrounds = [np.minimum(decoded[i], alphas[(i - 2) // 2][..., None]) for i in range(2, len(decoded), 2)]
         return LayeredVideo(full=decoded[0], background=decoded[1], foregrounds=foregrounds, alphas=alphas, fps=fps)
 
-    def _check_request(
-        self,
-        prompt: str,
-        background: str,
-        foregrounds: list[str],
-        frames: int,
-        height: int,
-        width: int,
-        steps: int,
-        guidance: float,
-    ) -> Layout:
-        for name, text in [("prompt", prompt), ("background_prompt", background)] + [
-            (f"foreground_prompts[{i}]", t) for i, t in enumerate(foregrounds)
-        ]:
-            _check(isinstance(text, str) and bool(text.strip()), f"{name} must be a non-empty string")
-        _check(
-            1 <= len(foregrounds) <= self.cfg.max_fg,
-            f"1..{self.cfg.max_fg} foreground prompts allowed, got {len(foregrounds)}",
-        )
-        _check(frames >= 1 and (frames - 1) % 4 == 0, f"frames must be 4k+1, got {frames}")
-        multiple = 8 * self.cfg.patch[1]
-        _check(
-            height % multiple == 0 and width % multiple == 0,
-            f"height and width must be multiples of {multiple}, got {height}x{width}",
-        )
-        _check(1 <= steps <= MAX_STEPS, f"steps must be in 1..{MAX_STEPS}, got {steps}")
-        _check(guidance >= 1.0, f"guidance must be >= 1, got {guidance}")
-        if self.denoiser is not None:
-            self.denoiser.check(frames, height, width, len(foregrounds))
-        return Layout(len(foregrounds))
+
+class PromptTruncated(UserWarning):
+    """A prompt longer than the model's text length; only its first tokens condition the sample."""
 
 
-def load_dit(folder: Path | str) -> LayerDiT:
-    """The LayerDiT of a model folder (its `config.json` sizes, `dit.safetensors` weights)."""
-    folder = Path(folder)
-    for name in ("config.json", "dit.safetensors"):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"model folder {folder} has no {name}")
-    dit = LayerDiT(ModelConfig.from_json(json.loads((folder / "config.json").read_text())["model"]))
-    dit.load_state_dict(load_file(folder / "dit.safetensors"))
-    return dit
+def slot_names(count: int) -> list[str]:
+    """The request field each of `count` prompt slots comes from, for messages."""
+    return ["prompt", "background_prompt"] + [f"foreground_prompts[{i}]" for i in range(count - 2)]
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a user asks `generate` for, checked by `check_request` before any model is loaded."""
+
+    prompt: str
+    background_prompt: str
+    foreground_prompts: list[str]
+    frames: int
+    height: int
+    width: int
+    steps: int
+    guidance: float
+
+    def prompts(self) -> list[str]:
+        return [self.prompt, self.background_prompt, *self.foreground_prompts]
+
+
+def check_request(cfg: ModelConfig, request: Request, limits: RequestLimits, composite_guidance: float = 0.5) -> Layout:
+    """Every field of `request` against the model's sizes (`cfg`, read from config.json alone) and `limits`;
+    `ValueError` naming the field and the rule. Returns the request's layout."""
+    r = request
+    _check(isinstance(r.foreground_prompts, list), "foreground_prompts must be a list of strings")
+    for name, text in zip(slot_names(len(r.prompts())), r.prompts(), strict=True):
+        _check(isinstance(text, str) and bool(text.strip()), f"{name} must be a non-empty string")
+    count = len(r.foreground_prompts)
+    _check(1 <= count <= cfg.max_fg, f"1..{cfg.max_fg} foreground prompts allowed (the model's K_max), got {count}")
+    _check(r.frames >= 1 and (r.frames - 1) % 4 == 0, f"frames must be 4k+1, got {r.frames}")
+    _check(r.frames <= limits.max_frames, f"frames must be <= {limits.max_frames}, got {r.frames}")
+    multiple = 8 * cfg.patch[1]
+    for name, side in (("height", r.height), ("width", r.width)):
+        _check(side >= multiple and side % multiple == 0, f"{name} must be a multiple of {multiple}, got {side}")
+        _check(side <= limits.max_side, f"{name} must be <= {limits.max_side}, got {side}")
+    _check(1 <= r.steps <= limits.max_steps, f"steps must be in 1..{limits.max_steps}, got {r.steps}")
+    _check(r.guidance >= 1.0, f"guidance must be >= 1, got {r.guidance}")
+    _check(0.0 <= composite_guidance <= 1.0, f"composite_guidance must be in [0, 1], got {composite_guidance}")
+    return Layout(count)
 
 
 def make_denoiser(backend: Backend, graphs: Path, cfg: ModelConfig, precision: str | None) -> GraphDenoiser | None:
@@ -238,8 +244,3 @@ def make_denoiser(backend: Backend, graphs: Path, cfg: ModelConfig, precision: s
 
         return TrtDenoiser(graphs, cfg, precision or "fp16")
     raise ValueError(f"unknown backend {backend!r}: choose torch, onnxruntime or tensorrt")
-
-
-def _default_or(path: Path) -> Path | None:
-    """The recorded text-encoder folder if it exists here, else the packaged default (same weights)."""
-    return path if path.is_dir() else None

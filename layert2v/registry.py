@@ -131,17 +131,20 @@ class Decision:
 
 def decide(challenger: dict[str, float], champion: dict[str, float] | None, rule: RegistryConfig) -> tuple[bool, str]:
     """The promotion rule: no champion yet, or primary improved by >= min_improvement and no metric
-    regressed by more than its tolerance."""
+    regressed by more than its tolerance. A metric the challenger lacks, or holds as NaN, never passes a test
+    (NaN compares false both ways, which once let every challenger through)."""
     if champion is None:
         return True, "no champion yet"
     for metric, tolerance in rule.tolerance.items():
-        if metric in champion and challenger.get(metric, float("-inf")) < champion[metric] - tolerance:
-            return False, (
-                f"{metric} regressed: {challenger.get(metric)} < champion {champion[metric]} - tolerance {tolerance}"
-            )
-    gain = challenger.get(rule.primary, float("-inf")) - champion.get(rule.primary, float("-inf"))
-    if gain <= 0 or gain < rule.min_improvement:
-        return False, f"{rule.primary} did not improve: {challenger.get(rule.primary)} vs {champion.get(rule.primary)}"
+        if metric not in champion:
+            continue
+        ours = challenger.get(metric, float("nan"))
+        if not ours >= champion[metric] - tolerance:
+            return False, f"{metric} regressed: {ours} < champion {champion[metric]} - tolerance {tolerance}"
+    ours, theirs = challenger.get(rule.primary, float("nan")), champion.get(rule.primary, float("-inf"))
+    gain = ours - theirs
+    if not (gain > 0 and gain >= rule.min_improvement):
+        return False, f"{rule.primary} did not improve: {ours} vs {theirs}"
     return True, f"{rule.primary} improved by {gain:.4g} with no regression beyond tolerance"
 
 

@@ -14,10 +14,11 @@ from layert2v.cli import main
 from layert2v.config import ExportConfig, model_preset
 from layert2v.export.onnx import ClipShape, export_model, parity_gate
 from layert2v.export.runtime import session
+from layert2v.models.checkpoint import load_dit
 from layert2v.models.dit import LayerDiT
 from layert2v.models.text import load_text_encoder
 from layert2v.models.vae import LayerVAE
-from layert2v.pipeline import LayerT2VPipeline, load_dit
+from layert2v.pipeline import LayerT2VPipeline
 from layert2v.quality.report import GateFailed
 
 CFG = dataclasses.replace(model_preset("tiny"), max_fg=2)  # two K values keep the suite short

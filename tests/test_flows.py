@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.testing.utilities import prefect_test_harness
 
-from .conftest import ROOT
+from .conftest import ROOT, tree_md5
 from .test_dvc import copy_code, new_repo, run
 
 pytest.importorskip("flows.pipeline")
@@ -58,6 +59,21 @@ def test_ingest_flow_versions_prepares_and_gates(harness, smoke_repo: Path) -> N
     artifacts = _artifacts(state.state_details.flow_run_id)
     gate = json.loads(artifacts["gate-validate"].data)
     assert all(row["passed"] for row in gate) and any("clip ids unique" in row["rule"] for row in gate)
+
+
+@pytest.mark.slow
+def test_ingest_of_a_folder_inside_the_data_folder_fails_and_loses_nothing(
+    harness, smoke_repo: Path, smoke_data
+) -> None:
+    data = smoke_repo / "data" / "vidlayer"
+    shutil.copytree(smoke_data, data)
+    before = tree_md5(data)
+    state = ingest(repo=str(smoke_repo), source="folder", source_path=str(data / "train"), return_state=True)
+    assert state.is_failed() and "overlaps the input" in str(state.result(raise_on_failure=False))
+    (smoke_repo / "a_file").write_text("not a folder")
+    state = ingest(repo=str(smoke_repo), source="folder", source_path=str(smoke_repo / "a_file"), return_state=True)
+    assert state.is_failed() and "neither a VidLayer folder nor a .jsonl" in str(state.result(raise_on_failure=False))
+    assert tree_md5(data) == before
 
 
 @pytest.mark.slow

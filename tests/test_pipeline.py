@@ -71,7 +71,9 @@ def test_guidance_contrasts_with_the_null_prompt_that_training_drops_to(
     ("change", "message"),
     [
         ({"frames": 6}, "4k\\+1"),
-        ({"height": 40}, "multiples of 16"),
+        ({"height": 40}, "height must be a multiple of 16"),
+        ({"frames": 10001}, "frames must be <= 33"),
+        ({"width": 100000}, "width must be <= 256"),
         ({"steps": 0}, "steps"),
         ({"guidance": 0.5}, "guidance"),
         ({"composite_guidance": 1.5}, r"composite_guidance must be in \[0, 1\], got 1.5"),

@@ -20,11 +20,12 @@ import yaml
 from layert2v.config import StageConfig, model_preset
 from layert2v.data.datamodule import LatentClips, PreparedClips, SameKBatches, collate_clips
 from layert2v.evaluate import validation_prompts
+from layert2v.models.checkpoint import load_vae, save_vae
 from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
 from layert2v.pipeline import LayerT2VPipeline
 from layert2v.quality.report import GateFailed
 from layert2v.training.encode import encode_prepared
-from layert2v.training.run import _guard_resume, fingerprint, load_vae, save_vae, train_stage
+from layert2v.training.run import _guard_resume, fingerprint, train_stage
 from layert2v.training.stage2_joint import ema_decay_at
 
 from .conftest import ROOT
@@ -84,7 +85,7 @@ def test_stages_0_1_encode_2_3_smoke_tracked_in_mlflow(tmp_path: Path, smoke, sm
 
 
 def test_stage1_without_stage0_is_a_clear_error(tmp_path: Path, smoke, smoke_prepared, tracking: str) -> None:
-    with pytest.raises(FileNotFoundError, match=r"stage0/vae\.safetensors is missing"):
+    with pytest.raises(FileNotFoundError, match=r"stage0 has no config\.json: run the stage that writes it first"):
         train_stage(1, smoke, smoke_prepared.out, tmp_path / "train", tmp_path)
 
 

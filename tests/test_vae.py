@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from layert2v.config import StageConfig, model_preset
-from layert2v.models.vae import LayerVAE, load_vae, save_vae
+from layert2v.models.checkpoint import load_vae, save_vae
+from layert2v.models.vae import LayerVAE
 from layert2v.training.stage1_alpha import AlphaAdaptation
 
 ARCHS = ("patch", "wan")

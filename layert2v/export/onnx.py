@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from layert2v.config import ExportConfig, ModelConfig
+from layert2v.models.checkpoint import load_dit
 from layert2v.models.dit import LayerDiT, layout_inputs
 from layert2v.models.layout import Layout
 from layert2v.quality.report import GateFailed, GateReport, run_metric_gate
@@ -127,8 +128,6 @@ def export_model(
 ) -> GateReport:
     """Export every K of the pipeline folder `model_dir` into `out` with its manifest, then run the parity
     gate (its files go to `reports`, default `out`; see `parity_gate`)."""
-    from layert2v.pipeline import load_dit
-
     dit = load_dit(model_dir)
     precisions = ["fp32", "fp16"] if cfg.fp16 else ["fp32"]
     files = {

@@ -20,15 +20,12 @@ Shapes: B batch, F frames (4k+1), H, W pixels; latents `[B, 16, (F - 1) / 4 + 1,
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import re
 from pathlib import Path
 
 import torch
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from layert2v.config import ModelConfig
@@ -267,27 +264,3 @@ def alpha_to_latent_grid(alpha: torch.Tensor) -> torch.Tensor:
     first, rest = alpha[:, :, :1], alpha[:, :, 1:]
     groups = rest.unflatten(2, (-1, 4)).mean(3) if rest.shape[2] else rest
     return torch.nn.functional.avg_pool3d(torch.cat([first, groups], dim=2), kernel_size=(1, 8, 8))
-
-
-def save_vae(vae: LayerVAE, folder: Path) -> Path:
-    """`vae.safetensors` and `config.json` (`vae`: the VAE's preset sizes, `vae_lora_rank`) under `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, folder / "vae.safetensors")
-    config = {"vae": dataclasses.asdict(vae.cfg), "vae_lora_rank": vae.lora_rank}
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return folder / "vae.safetensors"
-
-
-def load_vae(folder: Path) -> LayerVAE:
-    """A VAE saved by `save_vae`; missing files name the stage that writes them."""
-    path, config_path = folder / "vae.safetensors", folder / "config.json"
-    if not path.is_file() or not config_path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run the stage that writes it first")
-    config = json.loads(config_path.read_text())
-    config["vae"].setdefault("vae_arch", "wan")  # saved before the patch VAE existed: every VAE then was Wan
-    vae = LayerVAE(ModelConfig.from_json(config["vae"]))
-    rank = config.get("vae_lora_rank", 8 if config.get("vae_lora") else 0)  # `vae_lora`: saved as a flag, rank 8
-    if rank:
-        vae.add_decoder_lora(rank)
-    vae.load_state_dict(load_file(path))
-    return vae

@@ -29,7 +29,8 @@ from layert2v import tracking
 from layert2v.config import ModelConfig, Params, StageConfig, model_preset
 from layert2v.data.datamodule import LatentDataModule, VidLayerDataModule
 from layert2v.evaluate import evaluate_pipeline, validation_prompts
-from layert2v.models.vae import LayerVAE, load_vae, save_vae
+from layert2v.models.checkpoint import load_vae, save_vae
+from layert2v.models.vae import LayerVAE
 from layert2v.quality.report import GateFailed, run_metric_gate
 from layert2v.training.previews import SamplePreviews
 from layert2v.training.stage0_vae import VAEPretraining, rgb_streams
