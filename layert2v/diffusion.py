@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from layert2v.compose import over
-from layert2v.models.layout import ALPHA, BACKGROUND, FOREGROUND, FULL, Layout, pack, unpack
+from layert2v.models.layout import ALPHA, BACKGROUND, FOREGROUND, FULL, Layout
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t [B, ...], t [B] in [0, 1]) -> v
 
@@ -116,11 +116,11 @@ def layered_loss(
     losses = {f"fm_{name}": value for name, value in zip(layout.segment_names(), per_segment, strict=True)}
     losses["fm"] = per_segment.mean()
     total = losses["fm"]
-    x0_hat = unpack(predicted_x0(noisy(x0, noise, t), velocity, t), layout.num_segments)
+    x0_hat = layout.split(predicted_x0(noisy(x0, noise, t), velocity, t))
     types = layout.segment_types()
     fg_hat = [x for x, kind in zip(x0_hat, types, strict=True) if kind == FOREGROUND]
     if alpha_latent_res is not None and weights.consistency:
-        full = unpack(x0, layout.num_segments)[types.index(FULL)]
+        full = layout.split(x0)[types.index(FULL)]
         composite = latent_composite(fg_hat, alpha_latent_res, x0_hat[types.index(BACKGROUND)], clear_latent)
         losses["consistency"] = F.mse_loss(composite, full)
         total = total + weights.consistency * losses["consistency"]
@@ -185,13 +185,13 @@ def composite_guided(
 
     def guided_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         v = velocity(x, t)
-        x0 = unpack(predicted_x0(x, v, t), layout.num_segments)
+        x0 = layout.split(predicted_x0(x, v, t))
         fgs = [z for z, kind in zip(x0, types, strict=True) if kind == FOREGROUND]
         alphas = [alpha_grid(z) for z, kind in zip(x0, types, strict=True) if kind == ALPHA]
         composite = latent_composite(fgs, alphas, x0[types.index(BACKGROUND)], clear)
         full = types.index(FULL)
         pull = [weight * (z - composite) if i == full else torch.zeros_like(z) for i, z in enumerate(x0)]
-        return v + pack(pull) / _bcast(t, x).clamp_min(1e-8)
+        return v + layout.pack(pull) / _bcast(t, x).clamp_min(1e-8)
 
     return guided_velocity
 

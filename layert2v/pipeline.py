@@ -28,7 +28,7 @@ from layert2v.config import ModelConfig, RequestLimits
 from layert2v.diffusion import composite_guided, guided, sample
 from layert2v.models.checkpoint import load_dit, load_vae, save_pipeline, text_encoder_path
 from layert2v.models.dit import LayerDiT
-from layert2v.models.layout import ALPHA, Layout, pack, unpack
+from layert2v.models.layout import ALPHA, Layout, latent_shape
 from layert2v.models.text import TextEncoder, load_text_encoder, null_prompts
 from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
 
@@ -164,24 +164,24 @@ class LayerT2VPipeline:
             text, mask = (torch.cat([cond[0], uncond[0]]), torch.cat([cond[1], uncond[1]])) if doubled else cond
             return (self.denoiser or self.dit).forward_layout(x, t * 1000, text, mask, layout)
 
-        latent_frames = (frames - 1) // 4 + 1
-        shape = (1, self.cfg.latent_channels, latent_frames, height // 8, width // 8)
+        shape = (1, self.cfg.latent_channels, *latent_shape(frames, height, width))
         generator = torch.Generator().manual_seed(seed)
-        noise = pack([torch.randn(shape, generator=generator) for _ in range(layout.num_segments)])
+        noise = layout.pack([torch.randn(shape, generator=generator) for _ in range(layout.num_segments)])
         clear = self.vae.encode_rgb(torch.zeros(1, 3, frames, height, width))
         grid = lambda z: alpha_to_latent_grid(self.vae.decode_alpha(z))  # noqa: E731
         denoise = composite_guided(guided(velocity, guidance), layout, composite_guidance, grid, clear)
         latents = sample(denoise, noise, steps, shift, sampler)
-        return self._decode(unpack(latents, layout.num_segments), layout, fps)
+        return self._decode(layout.split(latents), layout, fps)
 
     def _decode(self, segments: list[torch.Tensor], layout: Layout, fps: int) -> LayeredVideo:
         decoded = []
         for z, kind in zip(segments, layout.segment_types(), strict=True):
             video = self.vae.decode_alpha(z) if kind == ALPHA else self.vae.decode_rgb(z)
             decoded.append(video[0].permute(1, 2, 3, 0).numpy())  # [T, H, W, C]
-        alphas = [decoded[i][..., 0] for i in range(3, len(decoded), 2)]
-        foregrounds = [np.minimum(decoded[i], alphas[(i - 2) // 2][..., None]) for i in range(2, len(decoded), 2)]
-        return LayeredVideo(full=decoded[0], background=decoded[1], foregrounds=foregrounds, alphas=alphas, fps=fps)
+        full, background, foregrounds, alphas = layout.group(decoded)
+        alphas = [a[..., 0] for a in alphas]
+        foregrounds = [np.minimum(f, a[..., None]) for f, a in zip(foregrounds, alphas, strict=True)]  # premultiplied
+        return LayeredVideo(full=full, background=background, foregrounds=foregrounds, alphas=alphas, fps=fps)
 
 
 class PromptTruncated(UserWarning):

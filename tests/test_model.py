@@ -16,7 +16,7 @@ from layert2v.diffusion import (
     shifted_sigmas,
 )
 from layert2v.models.dit import LayerDiT
-from layert2v.models.layout import Layout, pack, unpack
+from layert2v.models.layout import Layout, latent_shape
 
 CFG = model_preset("tiny")
 
@@ -47,9 +47,21 @@ def test_layout_visibility_and_pack_round_trip(k: int) -> None:
         expected = [True, False] + [i == j for i in range(k)]
         assert vis[2 + 2 * j].tolist() == expected and vis[3 + 2 * j].tolist() == expected
     segments = [torch.randn(2, 16, 3, 4, 4) for _ in range(layout.num_segments)]
-    packed = pack(segments)
-    assert packed.shape == (2, 16, 3 * layout.num_segments, 4, 4)
-    assert all(torch.equal(a, b) for a, b in zip(unpack(packed, layout.num_segments), segments, strict=True))
+    packed = layout.pack(segments)
+    assert packed.shape == (2, 16, 3 * layout.num_segments, 4, 4) == layout.latents_shape(2, 16, 9, 32, 32)
+    assert all(torch.equal(a, b) for a, b in zip(layout.split(packed), segments, strict=True))
+    assert Layout.from_segments(len(segments)) == layout
+    full, bg, fgs, alphas = layout.group(list(range(layout.num_segments)))
+    assert (full, bg, fgs, alphas) == (0, 1, list(range(2, 2 + 2 * k, 2)), list(range(3, 3 + 2 * k, 2)))
+    assert layout.order(full, bg, fgs, alphas) == list(range(layout.num_segments))
+
+
+def test_latent_geometry_is_the_vae_contract() -> None:
+    assert latent_shape(9, 64, 64) == (3, 8, 8) and latent_shape(1, 8, 16) == (1, 1, 2)
+    with pytest.raises(ValueError, match="4k\\+1 frames and 8x8 pixel cells"):
+        latent_shape(6, 64, 64)
+    with pytest.raises(ValueError, match="no layered sample"):
+        Layout.from_segments(5)
 
 
 def test_zero_init_layer_tables_give_the_base_model() -> None:
@@ -105,7 +117,7 @@ def test_loss_terms_vanish_for_a_perfect_prediction_and_train() -> None:
     seg = lambda: torch.randn(2, 16, 2, 4, 4, generator=g)  # noqa: E731
     fg, bg, alpha_lat = seg(), seg(), torch.rand(2, 1, 2, 4, 4, generator=g)
     full = fg + (1 - alpha_lat) * bg
-    x0 = pack([full, bg, fg, seg()])
+    x0 = layout.pack([full, bg, fg, seg()])
     noise, t = torch.randn(x0.shape, generator=g), torch.tensor([0.3, 0.8])
     perfect = layered_loss(noise - x0, x0, noise, t, layout, LossWeights(), alpha_latent_res=[alpha_lat])
     assert perfect["fm"] < 1e-10 and perfect["consistency"] < 1e-10
@@ -139,7 +151,7 @@ def test_latent_consistency_composites_about_the_clear_latent() -> None:
     clear, bg, fg1, fg2 = seg(), seg(), seg(), seg()
     a1, a2 = (torch.rand(1, 1, 2, 4, 4, generator=g) for _ in range(2))
     full = clear + (fg1 - clear) + (1 - a1) * ((fg2 - clear) + (1 - a2) * (bg - clear))
-    x0 = pack([full, bg, fg1, seg(), fg2, seg()])
+    x0 = layout.pack([full, bg, fg1, seg(), fg2, seg()])
     noise, t = torch.randn(x0.shape, generator=g), torch.tensor([0.5])
     exact = dict(alpha_latent_res=[a1, a2], clear_latent=clear)
     assert layered_loss(noise - x0, x0, noise, t, layout, LossWeights(), **exact)["consistency"] < 1e-10
@@ -187,10 +199,10 @@ def test_composite_guidance_moves_only_the_full_segment_towards_the_layers_compo
     g = torch.Generator().manual_seed(0)
     seg = lambda: torch.randn(1, 4, 2, 4, 4, generator=g)  # noqa: E731
     targets = [seg() for _ in range(layout.num_segments)]
-    x0, noise, clear = pack(targets), torch.randn(1, 4, 2 * layout.num_segments, 4, 4, generator=g), seg()
+    x0, noise, clear = layout.pack(targets), torch.randn(1, 4, 2 * layout.num_segments, 4, 4, generator=g), seg()
     to_grid = lambda z: z[:, :1].sigmoid()  # noqa: E731
     exact = lambda x, t: (x - x0) / t.reshape(-1, 1, 1, 1, 1).clamp_min(1e-8)  # noqa: E731
-    out = unpack(sample(composite_guided(exact, layout, weight, to_grid, clear), noise, 12, 3.0, sampler), 6)
+    out = layout.split(sample(composite_guided(exact, layout, weight, to_grid, clear), noise, 12, 3.0, sampler))
     composite = latent_composite(targets[2::2], [to_grid(a) for a in targets[3::2]], targets[1], clear)
     assert torch.allclose(out[0], (1 - weight) * targets[0] + weight * composite, atol=1e-4)
     for got, want in zip(out[1:], targets[1:], strict=True):
@@ -232,6 +244,6 @@ def test_decoded_alpha_term_uses_the_decoder() -> None:
     truth = [torch.zeros(1, 1, 2, 4, 4), torch.ones(1, 1, 2, 4, 4)]
     losses = layered_loss(noise - x0, x0, noise, t, layout, LossWeights(), decode_alpha=decode, alpha_pixels=truth)
     expected = torch.stack(
-        [torch.nn.functional.smooth_l1_loss(decode(z), a) for z, a in zip(unpack(x0, 6)[3::2], truth, strict=True)]
+        [torch.nn.functional.smooth_l1_loss(decode(z), a) for z, a in zip(layout.split(x0)[3::2], truth, strict=True)]
     ).mean()
     assert torch.allclose(losses["alpha"], expected) and torch.allclose(losses["loss"], losses["fm"] + 0.1 * expected)

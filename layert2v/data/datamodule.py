@@ -19,6 +19,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from layert2v.models.layout import Layout
+
 
 def to_frames(array: np.ndarray) -> torch.Tensor:
     """uint8 `[F, H, W, C]` (or `[F, H, W]`) -> float `[C, F, H, W]` in [0, 1]."""
@@ -137,8 +139,9 @@ class LatentClips(Dataset):
         clip, start = int(row["cache_row"]), int(row["layer_start"])
         get = lambda name, i: torch.from_numpy(np.asarray(self.latents[name][i], dtype=np.float32))  # noqa: E731
         layers = range(start, start + count)
-        segments = [get("full", clip), get("background", clip)]
-        segments += [z for i in layers for z in (get("foreground", i), get("alpha", i))]
+        layout = Layout(len(layers))
+        fgs, alphas = [get("foreground", i) for i in layers], [get("alpha", i) for i in layers]
+        segments = layout.order(get("full", clip), get("background", clip), fgs, alphas)
         prompts = [int(row["text_full"]), int(row["text_background"]), *json.loads(row["text_foreground"])[:count]]
         return {
             "segments": torch.stack(segments),

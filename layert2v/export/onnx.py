@@ -48,8 +48,7 @@ class ClipShape:
     width: int
 
     def latents(self, cfg: ModelConfig, layout: Layout, batch: int) -> tuple[int, ...]:
-        latent_frames = (self.frames - 1) // 4 + 1
-        return (batch, cfg.latent_channels, layout.num_segments * latent_frames, self.height // 8, self.width // 8)
+        return layout.latents_shape(batch, cfg.latent_channels, self.frames, self.height, self.width)
 
 
 def graph_name(num_fg: int, precision: str) -> str:

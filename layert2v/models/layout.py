@@ -8,6 +8,9 @@ carries a layer type (row of the LayerAdaLN table) and an instance id (row of th
 
     full -> every prompt;  bg -> full + bg;  fg_k, alpha_k -> full + fg_k.
 
+This module also owns the latent geometry every segment shares: the VAE compresses F = 4k+1 frames of
+H x W pixels to `latent_shape(F, H, W) = ((F - 1) / 4 + 1, H / 8, W / 8)` (the Wan 2.1 contract).
+
 Shapes: B batch, C latent channels, L segments, T latent frames per segment, H, W latent size,
 P prompts, M tokens per prompt.
 """
@@ -15,12 +18,24 @@ P prompts, M tokens per prompt.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 FULL, BACKGROUND, FOREGROUND, ALPHA = 0, 1, 2, 3
 LAYER_TYPES = 4
 NO_INSTANCE = -1
+TEMPORAL_COMPRESSION, SPATIAL_COMPRESSION = 4, 8  # of the VAE: F = 4k+1 frames -> k+1 latent frames; 8x8 pixels
+
+T = TypeVar("T")
+
+
+def latent_shape(frames: int, height: int, width: int) -> tuple[int, int, int]:
+    """Latent `(T, H, W)` of one segment of `frames` (4k+1) frames of `height x width` pixels."""
+    if (frames - 1) % TEMPORAL_COMPRESSION or height % SPATIAL_COMPRESSION or width % SPATIAL_COMPRESSION:
+        raise ValueError(f"{frames} frames of {height}x{width} do not fit the VAE's 4k+1 frames and 8x8 pixel cells")
+    s = SPATIAL_COMPRESSION
+    return (frames - 1) // TEMPORAL_COMPRESSION + 1, height // s, width // s
 
 
 @dataclass(frozen=True)
@@ -33,9 +48,47 @@ class Layout:
         if self.num_fg < 1:
             raise ValueError(f"a layered sample needs at least one foreground, got K={self.num_fg}")
 
+    @classmethod
+    def from_segments(cls, count: int) -> Layout:
+        """The layout of `count` segments (2 + 2K)."""
+        if count < 4 or count % 2:
+            raise ValueError(f"{count} segments are no layered sample (2 + 2K, K >= 1)")
+        return cls((count - 2) // 2)
+
     @property
     def num_segments(self) -> int:
         return 2 + 2 * self.num_fg
+
+    def order(self, full: T, background: T, foregrounds: list[T], alphas: list[T]) -> list[T]:
+        """Per-layer items in segment order `[full, bg, fg_1, alpha_1, ...]`."""
+        if len(foregrounds) != self.num_fg or len(alphas) != self.num_fg:
+            raise ValueError(
+                f"K={self.num_fg} needs {self.num_fg} foregrounds and alphas, got {len(foregrounds)}, {len(alphas)}"
+            )
+        return [full, background] + [x for pair in zip(foregrounds, alphas, strict=True) for x in pair]
+
+    def group(self, items: list[T]) -> tuple[T, T, list[T], list[T]]:
+        """Inverse of `order`: `(full, background, foregrounds, alphas)`."""
+        if len(items) != self.num_segments:
+            raise ValueError(f"K={self.num_fg} has {self.num_segments} segments, got {len(items)}")
+        return items[0], items[1], items[2::2], items[3::2]
+
+    def pack(self, segments: list[torch.Tensor]) -> torch.Tensor:
+        """Concatenate per-segment latents `[B, C, T, H, W]` along time -> `[B, C, L*T, H, W]`."""
+        if len(segments) != self.num_segments:
+            raise ValueError(f"K={self.num_fg} packs {self.num_segments} segments, got {len(segments)}")
+        return torch.cat(segments, dim=2)
+
+    def split(self, latents: torch.Tensor) -> list[torch.Tensor]:
+        """Inverse of `pack`: `[B, C, L*T, H, W]` -> L tensors `[B, C, T, H, W]`."""
+        if latents.shape[2] % self.num_segments:
+            raise ValueError(f"latent time {latents.shape[2]} does not split into {self.num_segments} segments")
+        return list(latents.chunk(self.num_segments, dim=2))
+
+    def latents_shape(self, batch: int, channels: int, frames: int, height: int, width: int) -> tuple[int, ...]:
+        """Packed latents `[B, C, L*T, H, W]` of a clip of `frames` x `height` x `width` pixels."""
+        t, h, w = latent_shape(frames, height, width)
+        return batch, channels, self.num_segments * t, h, w
 
     @property
     def num_prompts(self) -> int:
@@ -80,15 +133,3 @@ class Layout:
         allowed = self.visibility().to(text_mask.device)[None, :, :, None] & text_mask[:, None]  # [B, L, P, M]
         allowed = allowed.reshape(batch, self.num_segments, 1, prompts * length)
         return allowed.expand(-1, -1, tokens_per_segment, -1).reshape(batch, -1, prompts * length)
-
-
-def pack(segments: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate per-segment latents `[B, C, T, H, W]` along time -> `[B, C, L*T, H, W]`."""
-    return torch.cat(segments, dim=2)
-
-
-def unpack(latents: torch.Tensor, num_segments: int) -> list[torch.Tensor]:
-    """Inverse of `pack`: `[B, C, L*T, H, W]` -> L tensors `[B, C, T, H, W]`."""
-    if latents.shape[2] % num_segments:
-        raise ValueError(f"latent time {latents.shape[2]} does not split into {num_segments} segments")
-    return list(latents.chunk(num_segments, dim=2))

@@ -21,7 +21,7 @@ import torch
 from layert2v.config import ModelConfig, StageConfig
 from layert2v.diffusion import LossWeights, layered_loss, logit_normal_t, noisy
 from layert2v.models.dit import LayerDiT
-from layert2v.models.layout import Layout, pack
+from layert2v.models.layout import Layout
 from layert2v.models.text import null_prompts
 from layert2v.models.vae import LayerVAE
 from layert2v.training.schedule import adamw_warmup_cosine
@@ -70,8 +70,8 @@ class JointLayerTraining(L.LightningModule):
         }
 
     def _losses(self, batch: dict[str, torch.Tensor], model: LayerDiT, dropout: float) -> dict[str, torch.Tensor]:
-        layout = Layout((batch["segments"].shape[1] - 2) // 2)  # every batch holds clips of one K
-        x0 = pack(list(batch["segments"].unbind(1)))
+        layout = Layout.from_segments(batch["segments"].shape[1])  # every batch holds clips of one K
+        x0 = layout.pack(list(batch["segments"].unbind(1)))
         noise, t = torch.randn_like(x0), logit_normal_t(x0.shape[0]).to(x0)
         text, mask = drop_prompts(batch["text"], batch["text_mask"], dropout)
         text = text.flatten(1, 2)  # [B, P * M, D]
