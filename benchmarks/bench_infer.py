@@ -28,7 +28,8 @@ import torch
 from timing import median_seconds
 
 from layert2v.config import ExportConfig, model_preset
-from layert2v.export.onnx import ClipShape, export_model, step_inputs
+from layert2v.export.folder import ClipShape
+from layert2v.export.onnx import export_model, step_inputs
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import Layout
 from layert2v.models.text import load_text_encoder

@@ -170,7 +170,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
-    from layert2v.export.onnx import ClipShape, export_model
+    from layert2v.export.folder import ClipShape
+    from layert2v.export.onnx import export_model
     from layert2v.quality.report import GateFailed
 
     params = _params(args)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,16 +26,12 @@ import torch
 from layert2v.compose import LayeredVideo
 from layert2v.config import ModelConfig, RequestLimits
 from layert2v.diffusion import composite_guided, guided, sample
+from layert2v.export.runtime import Backend, GraphDenoiser, make_denoiser
 from layert2v.models.checkpoint import load_dit, load_vae, save_pipeline, text_encoder_path
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import ALPHA, Layout, latent_shape
 from layert2v.models.text import TextEncoder, load_text_encoder, null_prompts
 from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
-
-if TYPE_CHECKING:  # the export code is imported only by the backends that use it
-    from layert2v.export.onnx import GraphDenoiser
-
-Backend = Literal["torch", "onnxruntime", "tensorrt"]
 
 
 def _check(ok: bool, message: str) -> None:
@@ -229,18 +225,3 @@ def check_request(cfg: ModelConfig, request: Request, limits: RequestLimits, com
     _check(r.guidance >= 1.0, f"guidance must be >= 1, got {r.guidance}")
     _check(0.0 <= composite_guidance <= 1.0, f"composite_guidance must be in [0, 1], got {composite_guidance}")
     return Layout(count)
-
-
-def make_denoiser(backend: Backend, graphs: Path, cfg: ModelConfig, precision: str | None) -> GraphDenoiser | None:
-    """The exported-graph runtime of `backend` (None for torch); imports onnxruntime / tensorrt only here."""
-    if backend == "torch":
-        return None
-    if backend == "onnxruntime":
-        from layert2v.export.runtime import OrtDenoiser
-
-        return OrtDenoiser(graphs, cfg, precision or "fp32")
-    if backend == "tensorrt":
-        from layert2v.export.tensorrt import TrtDenoiser
-
-        return TrtDenoiser(graphs, cfg, precision or "fp16")
-    raise ValueError(f"unknown backend {backend!r}: choose torch, onnxruntime or tensorrt")

@@ -12,7 +12,8 @@ import torch
 
 from layert2v.cli import main
 from layert2v.config import ExportConfig, model_preset
-from layert2v.export.onnx import ClipShape, export_model, parity_gate
+from layert2v.export.folder import ClipShape
+from layert2v.export.onnx import export_model, parity_gate
 from layert2v.export.runtime import session
 from layert2v.models.checkpoint import load_dit
 from layert2v.models.dit import LayerDiT

@@ -22,37 +22,20 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from layert2v.config import ExportConfig, ModelConfig
+from layert2v.export.folder import BATCHED, INPUTS, ClipShape, graph_name, read_manifest
+from layert2v.export.runtime import GraphDenoiser, make_denoiser
 from layert2v.models.checkpoint import load_dit
 from layert2v.models.dit import LayerDiT, layout_inputs
 from layert2v.models.layout import Layout
 from layert2v.quality.report import GateFailed, GateReport, run_metric_gate
 
-INPUTS = ("latents", "timestep", "text", "cross_mask", "layer_ids", "instance_ids")
-BATCHED = ("latents", "timestep", "text", "cross_mask")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class ClipShape:
-    """Pixel size of the clips a graph is exported for (the token count is fixed in the graph)."""
-
-    frames: int
-    height: int
-    width: int
-
-    def latents(self, cfg: ModelConfig, layout: Layout, batch: int) -> tuple[int, ...]:
-        return layout.latents_shape(batch, cfg.latent_channels, self.frames, self.height, self.width)
-
-
-def graph_name(num_fg: int, precision: str) -> str:
-    return f"dit_k{num_fg}.onnx" if precision == "fp32" else f"dit_k{num_fg}_{precision}.onnx"
 
 
 def step_inputs(cfg: ModelConfig, layout: Layout, shape: ClipShape, batch: int, seed: int) -> dict[str, torch.Tensor]:
@@ -153,8 +136,6 @@ def parity_gate(
     for TensorRT) and the gate report `gate.json` / `.md` under `reports` (default `folder`), and raises
     `GateFailed` after writing them when a graph is off by more than its tolerance (`tolerance` for fp32,
     `fp16_tolerance` for 16-bit)."""
-    from layert2v.pipeline import make_denoiser
-
     manifest, figures, limits = read_manifest(folder), {}, {}
     suffix = "" if backend == "onnxruntime" else "_trt"
     for precision in sorted({p for per_k in manifest["files"].values() for p in per_k}):
@@ -171,48 +152,3 @@ def parity_gate(
     if not report.passed:
         raise GateFailed(report, gate)
     return report
-
-
-def read_manifest(folder: Path) -> dict:
-    """The manifest of an export folder; a missing one names the command that writes it."""
-    path = Path(folder) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run `layert2v export onnx` first")
-    return json.loads(path.read_text())
-
-
-class GraphDenoiser(ABC):
-    """What the onnxruntime and TensorRT backends share: the export folder, its manifest and the request check."""
-
-    def __init__(self, folder: Path | str, cfg: ModelConfig, precision: str) -> None:
-        self.folder, self.cfg, self.precision = Path(folder), cfg, precision
-        self.manifest = read_manifest(self.folder)
-        self.shape = ClipShape(**self.manifest["shape"])
-        available = {p for per_k in self.manifest["files"].values() for p in per_k}
-        if precision not in available:
-            raise ValueError(f"{self.folder} has no {precision} graphs (it has: {sorted(available)})")
-
-    def graph(self, num_fg: int) -> str:
-        return self.manifest["files"][str(num_fg)][self.precision]
-
-    def check(self, frames: int, height: int, width: int, num_fg: int) -> None:
-        """Graphs have a fixed token count: a request for another clip size or K is an error, not a crash."""
-        if ClipShape(frames, height, width) != self.shape:
-            raise ValueError(
-                f"the ONNX graphs in {self.folder} are for {self.shape.frames} frames of "
-                f"{self.shape.height}x{self.shape.width}, not {frames} of {height}x{width}: export again"
-            )
-        if str(num_fg) not in self.manifest["files"]:
-            raise ValueError(f"{self.folder} has no graph for K={num_fg} (has K in {sorted(self.manifest['files'])})")
-
-    def forward_layout(
-        self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor, layout: Layout
-    ) -> torch.Tensor:
-        """What `LayerDiT.forward_layout` computes, by the exported graph for `layout.num_fg`."""
-        mask, layer_ids, instance_ids = layout_inputs(self.cfg, latents.shape, text_mask, layout)
-        inputs = (latents, timestep, text, mask, layer_ids, instance_ids)
-        return self.run(layout.num_fg, dict(zip(INPUTS, inputs, strict=True)))
-
-    @abstractmethod
-    def run(self, num_fg: int, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The fp32 velocity `[B, C, T, H, W]` of the graph for K = `num_fg` on the graph's named inputs."""

@@ -16,15 +16,14 @@ from pathlib import Path
 
 import torch
 
-from layert2v.config import ModelConfig
-from layert2v.export.onnx import BATCHED, GraphDenoiser
+from layert2v.export.folder import BATCHED
 
 
 class TensorRTUnavailable(RuntimeError):
     """The tensorrt backend cannot run here (no package, no CUDA torch or no GPU)."""
 
 
-def _require_gpu():
+def require_gpu():
     """The `tensorrt` module, after checking a CUDA device is usable from torch."""
     try:
         import tensorrt as trt
@@ -45,7 +44,7 @@ def engine_key(onnx_sha256: str, trt_version: str, gpu_name: str) -> str:
 
 def build_engine(onnx_path: Path, cache_dir: Path, onnx_sha256: str, max_batch: int, workspace_gib: int = 4) -> Path:
     """The serialized engine for `onnx_path` under `cache_dir`, built once per key (see `engine_key`)."""
-    trt = _require_gpu()
+    trt = require_gpu()
     key = engine_key(onnx_sha256, trt.__version__, torch.cuda.get_device_name())
     engine = Path(cache_dir) / f"{onnx_path.stem}-{key}.plan"
     if engine.is_file():
@@ -72,43 +71,3 @@ def build_engine(onnx_path: Path, cache_dir: Path, onnx_sha256: str, max_batch: 
     engine.parent.mkdir(parents=True, exist_ok=True)
     engine.write_bytes(bytes(plan))
     return engine
-
-
-class TrtDenoiser(GraphDenoiser):
-    """`forward_layout` of `LayerDiT`, answered by TensorRT engines built (or cached) from an export folder."""
-
-    def __init__(self, folder: Path | str, cfg: ModelConfig, precision: str = "fp16", cache_dir: Path | None = None):
-        self.trt = _require_gpu()
-        super().__init__(folder, cfg, precision)
-        self.cache_dir = Path(cache_dir) if cache_dir else self.folder / "engines"
-        self.runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
-        self.contexts: dict[int, tuple[object, object]] = {}  # K -> (engine, execution context)
-
-    def _context(self, num_fg: int):
-        if num_fg not in self.contexts:
-            name = self.graph(num_fg)
-            plan = build_engine(
-                self.folder / name, self.cache_dir, self.manifest["sha256"][name], self.manifest["max_batch"]
-            )
-            engine = self.runtime.deserialize_cuda_engine(plan.read_bytes())
-            self.contexts[num_fg] = (engine, engine.create_execution_context())
-        return self.contexts[num_fg]
-
-    def run(self, num_fg: int, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        context = self._context(num_fg)[1]  # the engine stays referenced beside it
-        dtype = torch.float16 if self.precision == "fp16" else torch.float32
-        on_gpu = {
-            name: tensor.to("cuda", dtype if name in ("latents", "text") else tensor.dtype).contiguous()
-            for name, tensor in inputs.items()
-        }  # alive until synchronize()
-        on_gpu["timestep"] = on_gpu["timestep"].float()
-        for name, tensor in on_gpu.items():
-            context.set_input_shape(name, tuple(tensor.shape))
-            context.set_tensor_address(name, tensor.data_ptr())
-        output = torch.empty(tuple(context.get_tensor_shape("velocity")), dtype=dtype, device="cuda")
-        context.set_tensor_address("velocity", output.data_ptr())
-        stream = torch.cuda.current_stream()
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed (see the log above)")
-        stream.synchronize()
-        return output.float().cpu()
