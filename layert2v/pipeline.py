@@ -25,13 +25,13 @@ import torch
 
 from layert2v.compose import LayeredVideo
 from layert2v.config import ModelConfig, RequestLimits
-from layert2v.diffusion import composite_guided, guided, sample
 from layert2v.export.runtime import Backend, GraphDenoiser, make_denoiser
 from layert2v.models.checkpoint import load_dit, load_vae, save_pipeline, text_encoder_path
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import ALPHA, Layout, latent_shape
 from layert2v.models.text import TextEncoder, load_text_encoder, null_prompts
 from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
+from layert2v.sampling import composite_guided, guided, sample
 
 
 def _check(ok: bool, message: str) -> None:

@@ -4,19 +4,10 @@ import pytest
 import torch
 
 from layert2v.config import model_preset
-from layert2v.diffusion import (
-    LossWeights,
-    composite_guided,
-    euler_sample,
-    guided,
-    latent_composite,
-    layered_loss,
-    noisy,
-    sample,
-    shifted_sigmas,
-)
+from layert2v.diffusion import LossWeights, latent_composite, layered_loss, noisy
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import Layout, latent_shape
+from layert2v.sampling import composite_guided, euler_sample, guided, sample, shifted_sigmas
 
 CFG = model_preset("tiny")
 
