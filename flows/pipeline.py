@@ -22,8 +22,18 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.tasks import dvc_stage, publish_evaluation, shell
 
-TrainStage = Literal["stage0_vae", "stage1_alpha", "encode", "stage2", "stage3"]
-TRAIN_STAGES: list[TrainStage] = ["stage0_vae", "stage1_alpha", "encode", "stage2", "stage3"]
+TrainStage = Literal[
+    "stage0_vae", "stage1_alpha", "encode", "stage2_joint", "stage2_gate", "stage3_multifg", "stage3_gate"
+]
+TRAIN_STAGES: list[TrainStage] = [
+    "stage0_vae",
+    "stage1_alpha",
+    "encode",
+    "stage2_joint",
+    "stage2_gate",
+    "stage3_multifg",
+    "stage3_gate",
+]
 Profile = Literal["default", "smoke", "keep"]
 Source = Literal["synthetic", "folder", "jsonl"]
 

@@ -13,21 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 BIN = Path(sys.executable).parent
 MLFLOW_UI = os.environ.get("LAYERT2V_MLFLOW_UI", "http://127.0.0.1:5000")
-
-# stage -> the gate report it writes (published as a table artifact, pass or fail)
-GATE_REPORTS = {
-    "validate": "artifacts/reports/data_gate.json",
-    "stage1_alpha": "artifacts/train/stage1/gate.json",
-    "stage2": "artifacts/train/stage2/gate.json",
-    "stage3": "artifacts/train/stage3/gate.json",
-    "export": "artifacts/export/gate.json",
-    "evaluate": "artifacts/eval/gate.json",
-}
 
 
 class StageFailed(RuntimeError):
@@ -56,10 +47,25 @@ def _artifact_key(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
+def _paths(entries: list) -> list[str]:
+    """Paths of a dvc.yaml `outs:` / `metrics:` list (plain strings or `{path: options}`)."""
+    return [next(iter(e)) if isinstance(e, dict) else e for e in entries or []]
+
+
+def gate_reports(stage: str, repo: Path) -> list[Path]:
+    """The gate reports (`*gate.json`) a stage writes, as dvc.yaml declares them: the stage's own `metrics:`, and
+    the top-level `metrics:` that lie in one of its outputs (the training stages' reports)."""
+    dvc = yaml.safe_load((repo / "dvc.yaml").read_text())
+    spec = dvc["stages"].get(stage, {})
+    outs = _paths(spec.get("outs"))
+    inside = [m for m in _paths(dvc.get("metrics")) if any(m.startswith(out.rstrip("/") + "/") for out in outs)]
+    return [repo / m for m in _paths(spec.get("metrics")) + inside if m.endswith("gate.json")]
+
+
 def publish_gate(stage: str, repo: Path) -> bool | None:
     """The stage's gate report as a table artifact; returns whether it passed (None when it has no gate)."""
-    path = repo / GATE_REPORTS[stage] if stage in GATE_REPORTS else None
-    if path is None or not path.is_file():
+    path = next((p for p in gate_reports(stage, repo) if p.is_file()), None)
+    if path is None:
         return None
     report = json.loads(path.read_text())
     rows = [

@@ -65,24 +65,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from layert2v.quality.data_gate import validate_prepared
+    from layert2v.quality.report import mark_passed
 
     params = _params(args)
     report = validate_prepared(Path(args.prepared), params.gate, params.prepare, Path(args.report))
     print(report.to_markdown())
     print(f"report: {args.report} (and .md)")
     if args.passed:
-        _mark_passed(Path(args.passed), Path(args.prepared) / "manifest.parquet", report.passed)
+        mark_passed(Path(args.passed), Path(args.prepared) / "manifest.parquet", report.passed)
     return 0 if report.passed else 1
-
-
-def _mark_passed(marker: Path, manifest: Path, passed: bool) -> None:
-    """Training depends on this marker, not on the report: it holds the hash of the data that passed, so a
-    changed threshold re-runs the gate without re-running training on the same data."""
-    import hashlib
-
-    marker.unlink(missing_ok=True)
-    if passed:
-        marker.write_text(hashlib.sha256(manifest.read_bytes()).hexdigest() + "\n")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -110,33 +101,41 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
-
-    from layert2v.evaluate import evaluate_pipeline, validation_prompts
-    from layert2v.pipeline import LayerT2VPipeline
-    from layert2v.quality.report import run_metric_gate
+    from layert2v.evaluate import evaluate_and_gate
 
     params, out = _params(args), Path(args.out)
-    pipeline = LayerT2VPipeline.from_folder(args.model)
-    prompts = validation_prompts(Path(args.prepared), params.evaluate.prompts, pipeline.cfg.max_fg)
-    size = (params.prepare.height, params.prepare.width)
-    summary, _ = evaluate_pipeline(pipeline, prompts, params.evaluate, params.prepare.frames, size, out)
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    report = run_metric_gate("evaluation gate", summary, params.evaluate.gate, out / "gate.json")
+    _, report = evaluate_and_gate(
+        Path(args.model), Path(args.prepared), params, params.evaluate.gate, out, "evaluation gate"
+    )
     print(report.to_markdown())
     print(f"metrics: {out / 'metrics.json'}; previews: {out / 'previews'}")
     return 0 if report.passed else 1
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from layert2v.quality.report import GateFailed
+    from layert2v.quality.sample_gate import sample_gate
+
+    params = _params(args)
+    try:
+        report = sample_gate(
+            f"stage{args.stage}", params, Path(args.prepared), Path(args.train), Path(args.out), Path(args.root)
+        )
+    except GateFailed as failed:
+        return _gate_failed(failed)
+    print(report.to_markdown())
+    return 0
 
 
 def cmd_register(args: argparse.Namespace) -> int:
     import json
 
     from layert2v.registry import register
+    from layert2v.tracking import parent_run_id
 
     params = _params(args)
     metrics = json.loads(Path(args.metrics).read_text())
-    parent_file = Path(args.train) / "stage0" / "pipeline_run_id"
-    parent = parent_file.read_text().strip() if parent_file.is_file() else None
+    parent = parent_run_id(Path(args.train))
     onnx, parity = (Path(args.onnx) if args.onnx else None), (Path(args.parity) if args.parity else None)
     version = register(Path(args.model), metrics, params, Path(args.root), Path("."), parent, onnx, parity)
     record = {"name": version.name, "version": version.version, "alias": "challenger", "source": version.source}
@@ -320,6 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--prepared", default="artifacts/prepared")
     encode.add_argument("--out", default="artifacts/latents")
     encode.set_defaults(func=cmd_encode)
+
+    gate = commands.add_parser("gate", help="a DiT stage's sample gate: validation samples of its model vs minimums")
+    _common(gate)
+    gate.add_argument("--stage", type=int, required=True, choices=[2, 3], help="the DiT stage whose model is gated")
+    gate.add_argument("--prepared", default="artifacts/prepared")
+    gate.add_argument("--train", default="artifacts/train", help="training folder (stage<N>/model, its MLflow run)")
+    gate.add_argument("--out", default="artifacts/gates", help="reports, samples and previews under <out>/stage<N>/")
+    gate.add_argument("--root", default=".", help="where mlflow.db and mlartifacts/ live (default: here)")
+    gate.set_defaults(func=cmd_gate)
 
     evaluate = commands.add_parser("evaluate", help="sample validation prompts, measure them, check the gate")
     _common(evaluate)

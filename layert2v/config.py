@@ -35,16 +35,10 @@ EVALUATION_METRICS = (
     "still_background_change",
     "samples",
 )
-_DIT_GATE_METRICS = (
-    "finite_loss",
-    "val/loss",
-    "val/fm",
-    "val/consistency",
-    "val/alpha",
-    *(f"sample/{name}" for name in EVALUATION_METRICS),
-)
-# What each training stage measures when it finishes (its validation metrics, and for the DiT stages the
-# samples of `evaluate`): the names its gate may use.
+_DIT_GATE_METRICS = ("finite_loss", "val/loss", "val/fm", "val/consistency", "val/alpha")
+# What each training stage measures when it finishes (its validation metrics): the names its gate may use. The
+# DiT stages' samples are gated by their own DVC stages (`evaluate.stage_gates`), so a sampler change retrains
+# nothing.
 STAGE_GATE_METRICS = {
     "stage0": ("val/psnr_rgb",),
     "stage1": ("val/psnr_rgb", "val/alpha_iou"),
@@ -239,7 +233,7 @@ class RequestLimits:
 
 @dataclass(frozen=True, kw_only=True)
 class StageConfig(FromDict):
-    """Optimisation of one training stage (AdamW, linear warm-up then cosine decay)."""
+    """Optimisation of one training stage (AdamW, linear warm-up then cosine decay); what every stage shares."""
 
     max_steps: int  # optimiser steps
     batch_size: int  # clips per step
@@ -247,14 +241,9 @@ class StageConfig(FromDict):
     warmup_steps: int = 10  # linear warm-up before the cosine decay
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # gradient-norm clipping
-    val_every: int = 50  # validation (and preview) every N steps
+    val_every: int = 50  # validation every N steps
     checkpoint_every: int = 20  # `last.ckpt` every N steps, what a killed run resumes from
     val_batches: int = 2  # validation batches per check
-    alpha_decode_samples: int = 0  # DiT stages: samples per batch whose predicted alpha is decoded (0.1 smooth-L1)
-    consistency_weight: float = 0.1  # DiT stages: weight of the latent compositing-consistency term
-    foreground_weight: float = 0.0  # DiT stages: extra flow-matching weight where a foreground is (0: uniform)
-    decoder_lora_rank: int = 8  # stage 1: rank of the VAE decoder's alpha LoRA (0: the alpha adapter alone)
-    k_weights: list[float] | None = None  # stage 3: how often batches of K = 1.. are drawn, against the data's mix
     gate: dict[str, float] = field(default_factory=dict)  # validation metric -> minimum; a miss stops the chain
 
     def __post_init__(self) -> None:
@@ -264,14 +253,63 @@ class StageConfig(FromDict):
             0 <= self.warmup_steps < self.max_steps, f"warmup_steps must be in [0, max_steps), got {self.warmup_steps}"
         )
         _require(self.checkpoint_every >= 1 and self.val_every >= 1, "checkpoint_every and val_every must be >= 1")
-        _require(self.alpha_decode_samples >= 0, f"alpha_decode_samples must be >= 0, got {self.alpha_decode_samples}")
-        _require(self.consistency_weight >= 0, f"consistency_weight must be >= 0, got {self.consistency_weight}")
-        _require(self.foreground_weight >= 0, f"foreground_weight must be >= 0, got {self.foreground_weight}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VAEStageConfig(StageConfig):
+    """Stage 0: the VAE on RGB clips."""
+
+    kl_weight: float = 1e-6  # weight of the posterior's KL term beside the L1 reconstruction
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.kl_weight >= 0, f"kl_weight must be >= 0, got {self.kl_weight}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlphaStageConfig(StageConfig):
+    """Stage 1: the VAE's alpha path (encoder frozen)."""
+
+    decoder_lora_rank: int = 8  # rank of the VAE decoder's alpha LoRA (0: the alpha adapter alone)
+    edge_weight: float = 4.0  # extra L1 weight on matte edges (pixels whose 3x3 neighbourhood is not uniform)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         _require(self.decoder_lora_rank >= 0, f"decoder_lora_rank must be >= 0, got {self.decoder_lora_rank}")
+        _require(self.edge_weight >= 0, f"edge_weight must be >= 0, got {self.edge_weight}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiTStageConfig(StageConfig):
+    """Stages 2-3: LayerDiT on the latent cache."""
+
+    alpha_decode_samples: int = 0  # samples per batch whose predicted alpha is decoded for the alpha loss
+    alpha_weight: float = 0.1  # weight of the decoded-alpha smooth-L1 term (the paper's 0.1)
+    consistency_weight: float = 0.1  # weight of the latent compositing-consistency term (the paper's 0.1)
+    foreground_weight: float = 0.0  # extra flow-matching weight where a foreground is (0: uniform)
+    k_weights: list[float] | None = None  # how often batches of K = 1.. are drawn, against the data's mix
+    ema_decay: float = 0.999  # of the EMA weights that are saved (warmed up, see `ema_decay_at`)
+    prompt_dropout: float = 0.1  # probability that a sample's prompts are dropped to the null prompt (for CFG)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.alpha_decode_samples >= 0, f"alpha_decode_samples must be >= 0, got {self.alpha_decode_samples}")
+        for name in ("alpha_weight", "consistency_weight", "foreground_weight"):
+            _require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _require(
             self.k_weights is None or (min(self.k_weights, default=-1) >= 0 and sum(self.k_weights) > 0),
             f"k_weights must be weights >= 0 with a positive sum, one per K = 1..K_max, got {self.k_weights}",
         )
+        _require(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        _require(0 <= self.prompt_dropout < 1, f"prompt_dropout must be in [0, 1), got {self.prompt_dropout}")
+
+
+STAGE_CONFIGS: dict[str, type[StageConfig]] = {
+    "stage0": VAEStageConfig,
+    "stage1": AlphaStageConfig,
+    "stage2": DiTStageConfig,
+    "stage3": DiTStageConfig,
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,10 +323,10 @@ class TrainConfig:
     num_nodes: int = 1
     seed: int = 0  # seeds weights, data order and noise
     experiment: str = "layert2v"  # MLflow experiment
-    stage0: StageConfig  # VAE pretraining on RGB
-    stage1: StageConfig  # alpha VAE adaptation
-    stage2: StageConfig  # joint multi-layer learning (K = 1) on the latent cache
-    stage3: StageConfig  # multi-foreground extension (K = 1..K_max), from stage 2
+    stage0: VAEStageConfig  # VAE pretraining on RGB
+    stage1: AlphaStageConfig  # alpha VAE adaptation
+    stage2: DiTStageConfig  # joint multi-layer learning (K = 1) on the latent cache
+    stage3: DiTStageConfig  # multi-foreground extension (K = 1..K_max), from stage 2
 
     def __post_init__(self) -> None:
         _require(self.preset in PRESETS, f"train.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
@@ -306,8 +344,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], section: str) -> TrainConfig:
         stages = {
-            name: StageConfig.from_dict(values.get(name, {}), f"{section}.{name}")
-            for name in ("stage0", "stage1", "stage2", "stage3")
+            name: config.from_dict(values.get(name, {}), f"{section}.{name}") for name, config in STAGE_CONFIGS.items()
         }
         rest = {k: v for k, v in values.items() if k not in stages}
         known = {f.name for f in fields(cls)} - set(stages)
@@ -326,12 +363,12 @@ class EvaluateConfig(FromDict):
     sampler: str = "unipc"
     seed: int = 0
     composite_guidance: float = 0.5  # pull of each step's full-video estimate to the layers' composite (0: off)
-    preview_steps: int = 8  # sampler steps of the training-time previews
     gate: dict[str, float] = field(default_factory=dict)  # metric -> minimum; checked before registration
+    stage_gates: dict[str, dict[str, float]] = field(default_factory=dict)  # stage2/stage3 -> minimums of its samples
 
     def __post_init__(self) -> None:
         _require(self.prompts >= 1, f"evaluate.prompts must be >= 1, got {self.prompts}")
-        _require(self.steps >= 1 and self.preview_steps >= 1, "evaluate.steps and preview_steps must be >= 1")
+        _require(self.steps >= 1, f"evaluate.steps must be >= 1, got {self.steps}")
         _require(self.guidance >= 1.0, f"evaluate.guidance must be >= 1, got {self.guidance}")
         _require(self.sampler in ("euler", "unipc"), f"evaluate.sampler must be euler or unipc, got {self.sampler!r}")
         _require(
@@ -339,6 +376,12 @@ class EvaluateConfig(FromDict):
             f"evaluate.composite_guidance must be in [0, 1], got {self.composite_guidance}",
         )
         _check_names(self.gate, EVALUATION_METRICS, "evaluate.gate")
+        _require(
+            set(self.stage_gates) <= {"stage2", "stage3"},
+            f"evaluate.stage_gates holds stage2 and stage3 only, got {sorted(self.stage_gates)}",
+        )
+        for stage, minimums in self.stage_gates.items():
+            _check_names(minimums, EVALUATION_METRICS, f"evaluate.stage_gates.{stage}")
 
 
 @dataclass(frozen=True, kw_only=True)

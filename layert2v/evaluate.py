@@ -18,8 +18,10 @@ import numpy as np
 import pandas as pd
 
 from layert2v.compose import LayeredVideo
-from layert2v.config import EvaluateConfig
+from layert2v.config import EvaluateConfig, Params
 from layert2v.metrics import adherence, layered_metrics
+from layert2v.pipeline import LayerT2VPipeline
+from layert2v.quality.report import GateReport, run_metric_gate
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def validation_prompts(prepared: Path, count: int, max_fg: int, split: str = "va
     return prompts
 
 
-def generate(pipeline, prompt: ValPrompt, cfg: EvaluateConfig, frames: int, size: tuple[int, int], steps: int):
+def generate(pipeline, prompt: ValPrompt, cfg: EvaluateConfig, frames: int, size: tuple[int, int]):
     """One seeded sample of `prompt` (the seed is shared, so samples differ only by their prompts)."""
     return pipeline.generate(
         prompt.prompt,
@@ -67,7 +69,7 @@ def generate(pipeline, prompt: ValPrompt, cfg: EvaluateConfig, frames: int, size
         frames=frames,
         height=size[0],
         width=size[1],
-        steps=steps,
+        steps=cfg.steps,
         guidance=cfg.guidance,
         seed=cfg.seed,
         shift=cfg.shift,
@@ -113,7 +115,7 @@ def evaluate_pipeline(
     with progress() as bar:
         task = bar.add_task("evaluate: validation samples", total=len(prompts))
         for i, prompt in enumerate(prompts):
-            video = generate(pipeline, prompt, cfg, frames, size, cfg.steps)
+            video = generate(pipeline, prompt, cfg, frames, size)
             rows.append({"clip_id": prompt.clip_id, "k": len(prompt.foregrounds)} | sample_metrics(video, prompt))
             if out is not None and i < 4:
                 write_preview(video, Path(out) / "previews", prompt.clip_id)
@@ -135,3 +137,17 @@ def write_preview(video: LayeredVideo, folder: Path, name: str) -> list[Path]:
         io.contact_sheet(video.preview_rows(), folder / f"{name}.png"),
         io.write_gif(folder / f"{name}.gif", video.preview_strip(), video.fps),
     ]
+
+
+def evaluate_and_gate(
+    model: Path, prepared: Path, params: Params, gate: dict[str, float], out: Path, name: str, max_fg: int | None = None
+) -> tuple[dict[str, float], GateReport]:
+    """Sample the validation prompts with the model folder `model` (clips of at most `max_fg` foregrounds,
+    default the model's K_max), write `metrics.json`, `samples.json` and previews under `out`, and check
+    `gate` (metric -> minimum) into `out/gate.json`. The evaluate stage and the DiT stages' sample gates."""
+    pipeline = LayerT2VPipeline.from_folder(model)
+    prompts = validation_prompts(prepared, params.evaluate.prompts, max_fg or pipeline.cfg.max_fg)
+    size = (params.prepare.height, params.prepare.width)
+    summary, _ = evaluate_pipeline(pipeline, prompts, params.evaluate, params.prepare.frames, size, out)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary, run_metric_gate(name, summary, gate, out / "gate.json")

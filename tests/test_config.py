@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from layert2v.config import EvaluateConfig, PrepareConfig, StageConfig, SynthConfig, load_params
+from layert2v.config import DiTStageConfig, EvaluateConfig, PrepareConfig, SynthConfig, load_params
 
 from .conftest import ROOT
 
@@ -23,8 +23,9 @@ def test_default_and_smoke_profiles_load() -> None:
         (SynthConfig, {"clips": 0, "max_fg": 1, "size": 32, "frames": 9}, "synth.clips"),
         (PrepareConfig, {"height": 30, "width": 32, "frames": 9, "max_fg": 1}, "prepare.height"),
         (PrepareConfig, {"height": 32, "width": 32, "frames": 9, "max_fg": 1, "max_tokens": 1}, "max_tokens"),
-        (StageConfig, {"max_steps": 40, "batch_size": 2, "lr": 1e-3, "k_weights": [1.0, -1.0]}, "k_weights"),
-        (StageConfig, {"max_steps": 40, "batch_size": 2, "lr": 1e-3, "k_weights": [0.0, 0.0]}, "k_weights"),
+        (DiTStageConfig, {"max_steps": 40, "batch_size": 2, "lr": 1e-3, "k_weights": [1.0, -1.0]}, "k_weights"),
+        (DiTStageConfig, {"max_steps": 40, "batch_size": 2, "lr": 1e-3, "k_weights": [0.0, 0.0]}, "k_weights"),
+        (DiTStageConfig, {"max_steps": 40, "batch_size": 2, "lr": 1e-3, "ema_decay": 1.0}, "ema_decay"),
         (EvaluateConfig, {"composite_guidance": 2.0}, "evaluate.composite_guidance must be in \\[0, 1\\]"),
     ],
 )

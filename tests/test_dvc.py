@@ -72,6 +72,52 @@ def test_dvc_repro_smoke_then_nothing_then_only_dependents(tmp_path: Path) -> No
     experiment = run(["dvc", "exp", "run", "-S", "gate.min_clips=10", "-S", "registry.min_improvement=5.0"], repo)
     assert stages_run(experiment) == {"validate", "promote"}  # training depends on the data, not the threshold
 
+    with (repo / "layert2v" / "sampling.py").open("a") as sampler:  # a sampler-only change
+        sampler.write("\n# a sampler change\n")
+    status = run(["dvc", "status"], repo)
+    assert not any(f"{stage}:" in status for stage in TRAINING), status
+    resampled = run(["dvc", "repro"], repo)
+    assert stages_run(resampled) == {"stage2_gate", "stage3_gate", "evaluate", "register", "promote"}
+
+
+TRAINING = ("stage0_vae", "stage1_alpha", "encode", "stage2_joint", "stage3_multifg")
+
+
+def test_dvc_yaml_code_deps_are_the_import_closures() -> None:
+    """Every stage lists exactly the package files its command imports (`python -m layert2v.imports`)."""
+    from layert2v.imports import check_dvc_yaml, cycles
+
+    assert check_dvc_yaml(ROOT / "dvc.yaml") == []
+    assert cycles() == []
+
+
+def test_the_import_checks_find_drift_and_loops(tmp_path: Path) -> None:
+    from layert2v import imports
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    stages["stages"]["prepare"]["deps"].remove("layert2v/data/cache.py")
+    stages["stages"]["validate"]["deps"].append("layert2v/pipeline.py")
+    drifted = tmp_path / "dvc.yaml"
+    drifted.write_text(yaml.safe_dump(stages))
+    problems = imports.check_dvc_yaml(drifted)
+    assert len(problems) == 2 and "missing ['layert2v/data/cache.py']" in problems[0]
+    assert "not run ['layert2v/pipeline.py']" in problems[1]
+
+    package = tmp_path / "layert2v"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "a.py").write_text("def f():\n    from layert2v.sub import b\n")  # a function-local import
+    (package / "sub" / "b.py").write_text("from layert2v import a\n")
+    original = imports.ROOT
+    try:
+        imports.ROOT = package
+        imports.imports_of.cache_clear()
+        assert imports.cycles() == [["layert2v.a", "layert2v.sub.b", "layert2v.a"]]
+    finally:
+        imports.ROOT = original
+        imports.imports_of.cache_clear()
+
 
 @pytest.mark.slow
 def test_regenerated_default_data_matches_data_dvc(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ shows up here as a changed number (torch is pinned, so the figures are stable on
 import pytest
 import torch
 
-from layert2v.config import StageConfig, model_preset
+from layert2v.config import DiTStageConfig, model_preset
 from layert2v.training.stage2_joint import JointLayerTraining
 
 GOLDEN = [2.1399028302, 2.2115826607, 2.2373502255]  # recorded with torch 2.13.0 CPU
@@ -14,7 +14,7 @@ GOLDEN = [2.1399028302, 2.2115826607, 2.2373502255]  # recorded with torch 2.13.
 def seeded_losses(steps: int = 3) -> list[float]:
     torch.manual_seed(0)
     cfg = model_preset("tiny")
-    module = JointLayerTraining(cfg, StageConfig(max_steps=steps, batch_size=2, lr=1e-3, warmup_steps=0))
+    module = JointLayerTraining(cfg, DiTStageConfig(max_steps=steps, batch_size=2, lr=1e-3, warmup_steps=0))
     data = torch.Generator().manual_seed(1)
     c, t, h, w = cfg.latent_channels, 2, 4, 4
     batch = {

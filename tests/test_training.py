@@ -1,6 +1,7 @@
 """Training stages 0-1 on the tiny preset: real Lightning, real MLflow (SQLite in a temp dir), resume after SIGKILL."""
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -24,8 +25,10 @@ from layert2v.models.checkpoint import load_vae, save_vae
 from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
 from layert2v.pipeline import LayerT2VPipeline
 from layert2v.quality.report import GateFailed
+from layert2v.quality.sample_gate import sample_gate
 from layert2v.training.encode import encode_prepared
-from layert2v.training.run import _guard_resume, fingerprint, train_stage
+from layert2v.training.run import STAGES, _guard_resume, fingerprint, train_stage
+from layert2v.training.spec import StageContext
 from layert2v.training.stage2_joint import ema_decay_at
 
 from .conftest import ROOT
@@ -47,10 +50,18 @@ def test_stages_0_1_encode_2_3_smoke_tracked_in_mlflow(tmp_path: Path, smoke, sm
     assert weights1.is_file() and load_vae(out / "stage1").lora_rank == smoke.train.stage1.decoder_lora_rank > 0
     encode_prepared(load_vae(out / "stage1"), smoke_prepared.out, tmp_path / "latents")
     config2 = train_stage(2, smoke, smoke_prepared.out, out, tmp_path, latents=tmp_path / "latents")
+    strict = dataclasses.replace(smoke.evaluate, stage_gates={"stage2": {"coherence_db": 1000.0}})
+    with pytest.raises(GateFailed, match=r"coherence_db >= 1000\.0 \(coherence_db = "):
+        sample_gate(
+            "stage2", dataclasses.replace(smoke, evaluate=strict), smoke_prepared.out, out, tmp_path / "gates", tmp_path
+        )
+    assert not (tmp_path / "gates" / "stage2" / "passed").exists()  # what stage 3 depends on
+    sample_gate("stage2", smoke, smoke_prepared.out, out, tmp_path / "gates", tmp_path)
     pipeline = LayerT2VPipeline.from_folder(config2.parent)  # stage 2 leaves a complete model folder
     video = pipeline.generate("a red circle", "a grey wall", ["a red circle"], frames=5, height=32, width=32, steps=2)
     assert video.full.shape == (5, 32, 32, 3) and len(video.alphas) == 1
     config3 = train_stage(3, smoke, smoke_prepared.out, out, tmp_path, latents=tmp_path / "latents")
+    sample_gate("stage3", smoke, smoke_prepared.out, out, tmp_path / "gates", tmp_path)
     two = LayerT2VPipeline.from_folder(config3.parent).generate(
         "a red circle and a blue star",
         "a grey wall",
@@ -69,11 +80,15 @@ def test_stages_0_1_encode_2_3_smoke_tracked_in_mlflow(tmp_path: Path, smoke, sm
     assert all(runs[f"stage{n}"].data.tags["mlflow.parentRunId"] == parent for n in range(4))
     assert "train/fm_alpha_2" in runs["stage3"].data.metrics  # stage 3 saw two-foreground batches
     assert {"val/fm", "val/consistency", "train/fm_alpha_1", "train/alpha"} <= set(runs["stage2"].data.metrics)
-    for stage in ("stage2", "stage3"):  # gated on finite losses and validation-sample metrics, with previews
+    for stage in ("stage2", "stage3"):  # gated on finite losses; their sample gates log into the same run
         run = runs[stage]
-        assert run.data.tags["gate"] == "passed" and "sample/coherence_db" in run.data.metrics
-        previews = {a.path for a in client.list_artifacts(run.info.run_id, "previews")}
-        assert {"previews/step000002.png", "previews/step000002.gif", "previews/step000004.png"} <= previews
+        assert run.data.tags["gate"] == "passed" and run.data.tags["sample_gate"] == "passed"
+        assert "sample/coherence_db" in run.data.metrics and "sample/colour_adherence" in run.data.metrics
+        previews = {Path(a.path).suffix for a in client.list_artifacts(run.info.run_id, "previews")}
+        assert previews == {".png", ".gif"}
+        weights = (out / stage / "model" / "dit.safetensors").read_bytes()
+        assert (tmp_path / "gates" / stage / "passed").read_text().strip() == hashlib.sha256(weights).hexdigest()
+        assert run.data.params["model.text_len"] == str(smoke.prepare.max_tokens)  # the DiT config it trained
     stage0 = runs["stage0"]
     assert stage0.data.params["train.preset"] == "tiny" and stage0.data.params["stage.max_steps"] == "4"
     assert "val/psnr_rgb" in stage0.data.metrics and "val/alpha_iou" in runs["stage1"].data.metrics
@@ -127,21 +142,22 @@ def test_killed_stage_resumes_from_its_last_checkpoint(tmp_path: Path, smoke, sm
 def test_checkpoints_made_under_other_params_are_set_aside_not_resumed(tmp_path: Path, smoke) -> None:
     out, latents = tmp_path / "train", tmp_path / "latents"
     folder = out / "stage0"
-    _guard_resume(folder, fingerprint(0, smoke, out, latents))
+    ctx = lambda params: StageContext(params, tmp_path / "prepared", out, latents)  # noqa: E731
+    _guard_resume(folder, fingerprint(STAGES["stage0"], ctx(smoke)))
     (folder / "checkpoints").mkdir()
     (folder / "checkpoints" / "last.ckpt").write_bytes(b"weights")
     (folder / "mlflow_run_id").write_text("abc\n")
-    _guard_resume(folder, fingerprint(0, smoke, out, latents))  # same params: resumable
+    _guard_resume(folder, fingerprint(STAGES["stage0"], ctx(smoke)))  # same params: resumable
     assert (folder / "checkpoints" / "last.ckpt").is_file() and (folder / "mlflow_run_id").is_file()
 
     changed = dataclasses.replace(smoke, train=dataclasses.replace(smoke.train, seed=1))
-    _guard_resume(folder, fingerprint(0, changed, out, latents))
+    _guard_resume(folder, fingerprint(STAGES["stage0"], ctx(changed)))
     assert not (folder / "checkpoints").exists() and not (folder / "mlflow_run_id").exists()
     assert (folder / "stale-checkpoints" / "last.ckpt").read_bytes() == b"weights"  # set aside, not deleted
     (out / "stage0" / "vae.safetensors").write_bytes(b"v1")
-    before = fingerprint(1, smoke, out, latents)
+    before = fingerprint(STAGES["stage1"], ctx(smoke))
     (out / "stage0" / "vae.safetensors").write_bytes(b"v2")
-    assert fingerprint(1, smoke, out, latents) != before  # new upstream weights: stage 1 starts afresh
+    assert fingerprint(STAGES["stage1"], ctx(smoke)) != before  # new upstream weights: stage 1 starts afresh
 
 
 def test_stage2_without_latents_is_a_clear_error(tmp_path: Path, smoke, smoke_prepared, tracking: str) -> None:

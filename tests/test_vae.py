@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from layert2v.config import StageConfig, model_preset
+from layert2v.config import AlphaStageConfig, model_preset
 from layert2v.models.checkpoint import load_vae, save_vae
 from layert2v.models.vae import LayerVAE
 from layert2v.training.stage1_alpha import AlphaAdaptation
@@ -86,7 +86,7 @@ def test_alpha_path_adapter_and_lora_start_as_identity(arch: str) -> None:
 def _stage1_step(arch: str, decoder_lora_rank: int) -> tuple[AlphaAdaptation, torch.Tensor]:
     """One stage-1 training step (loss and backward) on a random matte; returns the module and the matte."""
     torch.manual_seed(0)
-    stage = StageConfig(max_steps=2, batch_size=1, lr=1e-3, warmup_steps=0, decoder_lora_rank=decoder_lora_rank)
+    stage = AlphaStageConfig(max_steps=2, batch_size=1, lr=1e-3, warmup_steps=0, decoder_lora_rank=decoder_lora_rank)
     module = AlphaAdaptation(LayerVAE(model_preset("tiny", vae_arch=arch)), stage)
     module.log_dict = lambda *_, **__: None
     alpha = (torch.rand(1, 1, 1, 5, 32, 32) > 0.5).float()
@@ -113,7 +113,7 @@ def test_stage1_without_decoder_lora_trains_the_alpha_adapter_alone() -> None:
     trainable = {name for name, p in module.vae.named_parameters() if p.requires_grad}
     assert module.vae.lora_rank == 0 and trainable and all(n.startswith("alpha_adapter") for n in trainable)
     with pytest.raises(ValueError, match="decoder_lora_rank must be >= 0"):
-        StageConfig(max_steps=2, batch_size=1, lr=1e-3, warmup_steps=0, decoder_lora_rank=-1)
+        AlphaStageConfig(max_steps=2, batch_size=1, lr=1e-3, warmup_steps=0, decoder_lora_rank=-1)
 
 
 @torch.no_grad()

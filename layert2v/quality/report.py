@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,3 +111,14 @@ def run_metric_gate(
     report = GateReport(name=name, passed=all(r.passed for r in rules), rules=rules, counts={"metrics": len(bounds)})
     report.write(path)
     return report
+
+
+def mark_passed(marker: Path, data: Path, passed: bool) -> None:
+    """Write the sha256 of `data` (the manifest or the weights that passed) to `marker`, or remove it on a fail.
+
+    The next stage depends on this marker, not on the report: it changes only when other data passes, so a
+    changed threshold or sampler re-runs the gate without re-running what comes after on the same data."""
+    marker.unlink(missing_ok=True)
+    if passed:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(hashlib.sha256(data.read_bytes()).hexdigest() + "\n")

@@ -3,13 +3,18 @@ pretrained VAE is given: L1 reconstruction plus a small KL term on the posterior
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
 import torch.nn.functional as F
 
-from layert2v.config import ModelConfig, StageConfig
+from layert2v.config import ModelConfig, VAEStageConfig
+from layert2v.data.datamodule import VidLayerDataModule
+from layert2v.models.checkpoint import save_vae
 from layert2v.models.vae import LayerVAE
 from layert2v.training.schedule import adamw_warmup_cosine
+from layert2v.training.spec import StageContext, StageSpec, pixel_clips
 
 
 def rgb_streams(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -18,18 +23,18 @@ def rgb_streams(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 class VAEPretraining(L.LightningModule):
-    def __init__(self, model_cfg: ModelConfig, stage: StageConfig, kl_weight: float = 1e-6) -> None:
+    def __init__(self, model_cfg: ModelConfig, stage: VAEStageConfig) -> None:
         super().__init__()
         self.vae = LayerVAE(model_cfg)
         self.vae.alpha_adapter.requires_grad_(False)  # stage 1 trains it; unused parameters would stall DDP
-        self.stage, self.kl_weight = stage, kl_weight
+        self.stage = stage
 
     def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
         x = rgb_streams(batch) * 2 - 1
         posterior = self.vae.posterior(x)
         recon = self.vae.decode_unclamped(posterior.sample())  # clamped pixels would get no gradient
         l1, kl = F.l1_loss(recon, x), posterior.kl().mean()
-        loss = l1 + self.kl_weight * kl
+        loss = l1 + self.stage.kl_weight * kl
         self.log_dict({"train/loss": loss, "train/l1": l1, "train/kl": kl}, prog_bar=True)
         return loss
 
@@ -41,3 +46,25 @@ class VAEPretraining(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         return adamw_warmup_cosine(self.parameters(), self.stage)
+
+
+@torch.no_grad()
+def fit_latent_stats(vae: LayerVAE, data: VidLayerDataModule, batches: int = 8) -> None:
+    """Per-channel latent mean/std from a few training batches, stored with the weights (see `vae.py`)."""
+    loader = iter(data.train_dataloader())
+    vae.fit_latent_stats([rgb_streams(next(loader)) for _ in range(min(batches, len(data.train_dataloader())))])
+
+
+def _save(module: VAEPretraining, data: VidLayerDataModule, folder: Path, ctx: StageContext) -> list[Path]:
+    fit_latent_stats(module.vae, data)
+    return [save_vae(module.vae, folder), folder / "config.json"]
+
+
+STAGE = StageSpec(
+    name="stage0",
+    description="VAE on RGB clips",
+    module=lambda ctx: VAEPretraining(ctx.model, ctx.params.train.stage0),
+    data=pixel_clips,
+    upstream=lambda ctx: [],
+    save=_save,
+)

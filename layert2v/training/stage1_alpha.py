@@ -4,13 +4,17 @@ boundaries count."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
 import torch.nn.functional as F
 
-from layert2v.config import StageConfig
+from layert2v.config import AlphaStageConfig
+from layert2v.models.checkpoint import load_vae, save_vae
 from layert2v.models.vae import LayerVAE
 from layert2v.training.schedule import adamw_warmup_cosine
+from layert2v.training.spec import StageContext, StageSpec, pixel_clips
 
 
 def edge_weights(alpha: torch.Tensor, weight: float) -> torch.Tensor:
@@ -26,14 +30,14 @@ def first_alphas(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 class AlphaAdaptation(L.LightningModule):
-    def __init__(self, vae: LayerVAE, stage: StageConfig, edge_weight: float = 4.0) -> None:
+    def __init__(self, vae: LayerVAE, stage: AlphaStageConfig) -> None:
         super().__init__()
         vae.requires_grad_(False)
         if not vae.lora_rank and stage.decoder_lora_rank:
             vae.add_decoder_lora(stage.decoder_lora_rank)
         for name, param in vae.named_parameters():
             param.requires_grad = "lora_" in name or name.startswith("alpha_adapter")
-        self.vae, self.stage, self.edge_weight = vae, stage, edge_weight
+        self.vae, self.stage = vae, stage
 
     def _reconstruct(self, alpha: torch.Tensor, clamp: bool = True) -> torch.Tensor:
         return self.vae.decode_alpha(self.vae.encode_alpha(alpha), clamp=clamp)
@@ -42,7 +46,7 @@ class AlphaAdaptation(L.LightningModule):
         alpha = first_alphas(batch)
         pred = self._reconstruct(alpha, clamp=False)  # a clamped pixel gets no gradient (decode_unclamped)
         smooth = F.smooth_l1_loss(pred, alpha, beta=0.1)
-        edge = (edge_weights(alpha, self.edge_weight) * (pred - alpha).abs()).mean()
+        edge = (edge_weights(alpha, self.stage.edge_weight) * (pred - alpha).abs()).mean()
         loss = smooth + edge
         self.log_dict({"train/loss": loss, "train/smooth_l1": smooth, "train/edge_l1": edge}, prog_bar=True)
         return loss
@@ -60,3 +64,17 @@ class AlphaAdaptation(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         return adamw_warmup_cosine(self.parameters(), self.stage)
+
+
+def _save(module: AlphaAdaptation, data: L.LightningDataModule, folder: Path, ctx: StageContext) -> list[Path]:
+    return [save_vae(module.vae, folder), folder / "config.json"]
+
+
+STAGE = StageSpec(
+    name="stage1",
+    description="the VAE's alpha path",
+    module=lambda ctx: AlphaAdaptation(load_vae(ctx.folder("stage0")), ctx.params.train.stage1),
+    data=pixel_clips,
+    upstream=lambda ctx: [ctx.folder("stage0") / "vae.safetensors"],
+    save=_save,
+)

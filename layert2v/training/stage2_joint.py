@@ -2,29 +2,32 @@
 
 LayerDiT (with LayerAdaLN) learns the rectified-flow velocity of the packed latents `[full | bg | fg | alpha]`,
 the latent cells a foreground touches weighing `1 + foreground_weight` (uniform, the foreground layers came out
-empty), plus `consistency_weight` (0.1 in the paper) x latent compositing consistency (DESIGN section 2).
+empty), plus `consistency_weight` (0.1 in the paper) x latent compositing consistency (docs/design.md).
 Prompts are dropped (states zeroed, only the first token visible) with probability `prompt_dropout` so
 classifier-free guidance has an unconditional branch to contrast with. An exponential moving average of the
 weights (with a warm-up, `ema_decay_at`) is kept and is what gets saved. With a frozen VAE and
 `alpha_decode_samples > 0`, the predicted alpha latents of that many samples per batch also go through the VAE's
-alpha decoder and are compared with the true matte (0.1 x smooth-L1): decoding is the costly part on a CPU, so a
+alpha decoder and are compared with the true matte (`alpha_weight` x smooth-L1): decoding is the costly part on a CPU, so a
 few samples per batch carry the term.
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import lightning as L
 import torch
 
-from layert2v.config import ModelConfig, StageConfig
+from layert2v.config import DiTStageConfig, ModelConfig
 from layert2v.diffusion import LossWeights, layered_loss, logit_normal_t, noisy
+from layert2v.models.checkpoint import load_vae, save_pipeline
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import Layout
-from layert2v.models.text import null_prompts
+from layert2v.models.text import default_text_encoder_path, null_prompts
 from layert2v.models.vae import LayerVAE
 from layert2v.training.schedule import adamw_warmup_cosine
+from layert2v.training.spec import StageContext, StageSpec, latent_clips
 
 
 def drop_prompts(text: torch.Tensor, mask: torch.Tensor, p: float, generator: torch.Generator | None = None):
@@ -47,17 +50,17 @@ class JointLayerTraining(L.LightningModule):
     def __init__(
         self,
         model_cfg: ModelConfig,
-        stage: StageConfig,
+        stage: DiTStageConfig,
         vae: LayerVAE | None = None,
-        ema_decay: float = 0.999,
-        prompt_dropout: float = 0.1,
     ) -> None:
         super().__init__()
         self.dit = LayerDiT(model_cfg)
         self.ema = copy.deepcopy(self.dit).requires_grad_(False)
         self.vae = vae.requires_grad_(False).eval() if vae is not None else None
-        self.stage, self.ema_decay, self.prompt_dropout = stage, ema_decay, prompt_dropout
-        self.weights = LossWeights(consistency=stage.consistency_weight, foreground=stage.foreground_weight)
+        self.stage = stage
+        self.weights = LossWeights(
+            consistency=stage.consistency_weight, alpha=stage.alpha_weight, foreground=stage.foreground_weight
+        )
 
     def _decoded_alpha(self, batch: dict[str, torch.Tensor]) -> dict:
         """`decode_alpha` and `alpha_pixels` for `layered_loss` on the first samples of the batch, or nothing."""
@@ -80,7 +83,7 @@ class JointLayerTraining(L.LightningModule):
         return layered_loss(velocity, x0, noise, t, layout, self.weights, **consistency, **self._decoded_alpha(batch))
 
     def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
-        losses = self._losses(batch, self.dit, self.prompt_dropout)
+        losses = self._losses(batch, self.dit, self.stage.prompt_dropout)
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"})
         self.log("train/loss", losses["loss"], prog_bar=True)
         return losses["loss"]
@@ -90,7 +93,7 @@ class JointLayerTraining(L.LightningModule):
             self.vae.eval()  # frozen: Lightning's train() must not switch it
 
     def on_train_batch_end(self, *_: object) -> None:
-        decay = ema_decay_at(self.global_step, self.ema_decay)
+        decay = ema_decay_at(self.global_step, self.stage.ema_decay)
         with torch.no_grad():
             for ema, live in zip(self.ema.parameters(), self.dit.parameters(), strict=True):
                 ema.lerp_(live, 1 - decay)
@@ -102,3 +105,19 @@ class JointLayerTraining(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         return adamw_warmup_cosine(self.dit.parameters(), self.stage)
+
+
+def save_model(module: JointLayerTraining, data: L.LightningDataModule, folder: Path, ctx: StageContext) -> list[Path]:
+    """A complete pipeline model folder `model/`: the EMA DiT, the stage-1 VAE and the text encoder's path."""
+    model = save_pipeline(folder / "model", module.ema, load_vae(ctx.folder("stage1")), default_text_encoder_path())
+    return [model / "config.json", model / "dit.safetensors", model / "vae.safetensors"]
+
+
+STAGE = StageSpec(
+    name="stage2",
+    description="joint multi-layer learning, K = 1",
+    module=lambda ctx: JointLayerTraining(ctx.model, ctx.params.train.stage2, load_vae(ctx.folder("stage1"))),
+    data=lambda ctx, cfg: latent_clips(ctx, cfg, max_fg=1),
+    upstream=lambda ctx: [ctx.folder("stage1") / "vae.safetensors", ctx.latents / "encode.json"],
+    save=save_model,
+)
