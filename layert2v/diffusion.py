@@ -89,21 +89,21 @@ def layered_loss(
     t: torch.Tensor,
     layout: Layout,
     weights: LossWeights,
-    alpha_latent_res: list[torch.Tensor] | None = None,
+    alpha_grid: list[torch.Tensor] | None = None,
     clear_latent: torch.Tensor | None = None,
     decode_alpha: Callable[[torch.Tensor], torch.Tensor] | None = None,
     alpha_pixels: list[torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """All loss terms for packed latents `[B, C, L*T, H, W]`; `loss` is the weighted total.
 
-    `alpha_latent_res`: true alpha per foreground at latent resolution `[B, 1, T, H, W]` and `clear_latent`, the
+    `alpha_grid`: true alpha per foreground at latent resolution `[B, 1, T, H, W]` and `clear_latent`, the
     latent of an all-black clip `[B or 1, C, T, H, W]` (consistency term, see `latent_composite`; the alphas also
     place `weights.foreground`, see `foreground_cell_weights`);
     `decode_alpha` + `alpha_pixels`: decoder and true pixel alpha per foreground (decoded-alpha term).
     """
     error = (velocity - (noise - x0)).pow(2)
-    if alpha_latent_res is not None and weights.foreground:
-        error = error * foreground_cell_weights(alpha_latent_res, weights.foreground, layout.num_segments)
+    if alpha_grid is not None and weights.foreground:
+        error = error * foreground_cell_weights(alpha_grid, weights.foreground, layout.num_segments)
     per_segment = error.mean(dim=(0, 1, 3, 4)).unflatten(0, (layout.num_segments, -1)).mean(1)
     losses = {f"fm_{name}": value for name, value in zip(layout.segment_names(), per_segment, strict=True)}
     losses["fm"] = per_segment.mean()
@@ -111,9 +111,9 @@ def layered_loss(
     x0_hat = layout.split(predicted_x0(noisy(x0, noise, t), velocity, t))
     types = layout.segment_types()
     fg_hat = [x for x, kind in zip(x0_hat, types, strict=True) if kind == FOREGROUND]
-    if alpha_latent_res is not None and weights.consistency:
+    if alpha_grid is not None and weights.consistency:
         full = layout.split(x0)[types.index(FULL)]
-        composite = latent_composite(fg_hat, alpha_latent_res, x0_hat[types.index(BACKGROUND)], clear_latent)
+        composite = latent_composite(fg_hat, alpha_grid, x0_hat[types.index(BACKGROUND)], clear_latent)
         losses["consistency"] = F.mse_loss(composite, full)
         total = total + weights.consistency * losses["consistency"]
     if decode_alpha is not None and alpha_pixels is not None and weights.alpha:

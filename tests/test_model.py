@@ -110,7 +110,7 @@ def test_loss_terms_vanish_for_a_perfect_prediction_and_train() -> None:
     full = fg + (1 - alpha_lat) * bg
     x0 = layout.pack([full, bg, fg, seg()])
     noise, t = torch.randn(x0.shape, generator=g), torch.tensor([0.3, 0.8])
-    perfect = layered_loss(noise - x0, x0, noise, t, layout, LossWeights(), alpha_latent_res=[alpha_lat])
+    perfect = layered_loss(noise - x0, x0, noise, t, layout, LossWeights(), alpha_grid=[alpha_lat])
     assert perfect["fm"] < 1e-10 and perfect["consistency"] < 1e-10
     assert set(perfect) >= {"fm_full", "fm_background", "fm_fg_1", "fm_alpha_1", "loss"}
 
@@ -144,9 +144,9 @@ def test_latent_consistency_composites_about_the_clear_latent() -> None:
     full = clear + (fg1 - clear) + (1 - a1) * ((fg2 - clear) + (1 - a2) * (bg - clear))
     x0 = layout.pack([full, bg, fg1, seg(), fg2, seg()])
     noise, t = torch.randn(x0.shape, generator=g), torch.tensor([0.5])
-    exact = dict(alpha_latent_res=[a1, a2], clear_latent=clear)
+    exact = dict(alpha_grid=[a1, a2], clear_latent=clear)
     assert layered_loss(noise - x0, x0, noise, t, layout, LossWeights(), **exact)["consistency"] < 1e-10
-    about_zero = layered_loss(noise - x0, x0, noise, t, layout, LossWeights(), alpha_latent_res=[a1, a2])
+    about_zero = layered_loss(noise - x0, x0, noise, t, layout, LossWeights(), alpha_grid=[a1, a2])
     assert about_zero["consistency"] > 0.1
 
 
@@ -163,7 +163,7 @@ def test_foreground_weight_moves_the_flow_loss_onto_the_cells_a_foreground_touch
 
     def fm(error: torch.Tensor, weight: float) -> float:
         weights = LossWeights(consistency=0.0, foreground=weight)
-        return layered_loss(noise - x0 + error, x0, noise, t, layout, weights, alpha_latent_res=[a1, a2])["fm"].item()
+        return layered_loss(noise - x0 + error, x0, noise, t, layout, weights, alpha_grid=[a1, a2])["fm"].item()
 
     for error, uniform, weighted in ((touched, 1 / 16, 5 / 20), (1 - touched, 15 / 16, 15 / 20), (1.0, 1.0, 1.0)):
         assert fm(torch.ones_like(x0) * error, 0.0) == pytest.approx(uniform)

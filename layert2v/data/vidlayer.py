@@ -1,6 +1,6 @@
 """The VidLayer on-disk layouts: write the folder layout, read it and the released jsonl form.
 
-Folder layout (DESIGN section 3), one folder a clip, optionally under a split folder::
+Folder layout (docs/design.md), one folder a clip, optionally under a split folder::
 
     <root>/[<split>/]<clip_id>/metadata.json  full_video.mp4  background.mp4
                                mask.mp4 [mask_2.mp4 ...]  [foreground.mp4 foreground_2.mp4 ...]

@@ -41,9 +41,9 @@ STAGES: dict[str, StageSpec] = {
 
 def fingerprint(spec: StageSpec, ctx: StageContext) -> str:
     """sha256 of everything that makes a stage's checkpoints resumable: its params and upstream files."""
-    stage_cfg = getattr(ctx.params.train, spec.name)
+    cfg = getattr(ctx.params.train, spec.name)
     shared = {k: v for k, v in dataclasses.asdict(ctx.params.train).items() if k not in STAGES}
-    digest = hashlib.sha256(json.dumps([spec.name, dataclasses.asdict(stage_cfg), shared], sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps([spec.name, dataclasses.asdict(cfg), shared], sort_keys=True).encode())
     digest.update(json.dumps(dataclasses.asdict(ctx.params.prepare), sort_keys=True).encode())
     for path in spec.upstream(ctx):
         digest.update(path.read_bytes() if path.is_file() else b"missing")

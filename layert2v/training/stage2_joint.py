@@ -79,7 +79,7 @@ class JointLayerTraining(L.LightningModule):
         text, mask = drop_prompts(batch["text"], batch["text_mask"], dropout)
         text = text.flatten(1, 2)  # [B, P * M, D]
         velocity = model.forward_layout(noisy(x0, noise, t), t * 1000, text, mask, layout)
-        consistency = {"alpha_latent_res": list(batch["alpha_grid"].unbind(1)), "clear_latent": batch["clear"]}
+        consistency = {"alpha_grid": list(batch["alpha_grid"].unbind(1)), "clear_latent": batch["clear"]}
         return layered_loss(velocity, x0, noise, t, layout, self.weights, **consistency, **self._decoded_alpha(batch))
 
     def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
