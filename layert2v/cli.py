@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from layert2v.config import Params, RequestLimits, load_params, read_params_file, resolve_profile
+from layert2v.config import Params, Request, RequestLimits, load_params, read_params_file, resolve_profile
 
 
 def _params(args: argparse.Namespace) -> Params:
@@ -211,16 +211,24 @@ def cmd_export_tensorrt(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from layert2v.compose import OUTPUT_KIND
-    from layert2v.config import RequestLimits
     from layert2v.models.checkpoint import model_config
     from layert2v.outputs import check_output, write_output
-    from layert2v.pipeline import LayerT2VPipeline, Request, check_request
+    from layert2v.pipeline import LayerT2VPipeline, check_request
 
     limits = RequestLimits(max_frames=args.max_frames, max_side=args.max_side)
     request = Request(
-        args.prompt, args.background, args.foreground, args.frames, args.height, args.width, args.steps, args.guidance
+        args.prompt,
+        args.background,
+        args.foreground,
+        args.frames,
+        args.height,
+        args.width,
+        args.steps,
+        args.guidance,
+        args.composite_guidance,
+        args.seed,
     )
-    check_request(model_config(args.model), request, limits, args.composite_guidance)  # before the model loads
+    check_request(model_config(args.model), request, limits)  # before the model loads
     out = Path(args.out)
     check_output(out, OUTPUT_KIND, replace=args.overwrite)
     pipeline = LayerT2VPipeline.from_folder(args.model, backend=args.backend, onnx=args.onnx, precision=args.precision)
@@ -361,15 +369,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--precision", default=None, choices=["fp32", "fp16"], help="graph precision of the backend")
     gen.add_argument("--out", required=True, help="folder for the layered files (new, empty, or --overwrite)")
     gen.add_argument("--overwrite", action="store_true", help="replace an earlier generate output in --out")
-    gen.add_argument("--frames", type=int, default=9)
-    gen.add_argument("--height", type=int, default=64)
-    gen.add_argument("--width", type=int, default=64)
-    gen.add_argument("--steps", type=int, default=20)
-    gen.add_argument("--guidance", type=float, default=4.0)
+    gen.add_argument("--frames", type=int, default=Request.frames, help="4k+1")
+    gen.add_argument("--height", type=int, default=Request.height)
+    gen.add_argument("--width", type=int, default=Request.width)
+    gen.add_argument("--steps", type=int, default=Request.steps)
+    gen.add_argument("--guidance", type=float, default=Request.guidance)
     gen.add_argument(
-        "--composite-guidance", type=float, default=0.5, help="pull of the full video to its layers' composite, 0..1"
+        "--composite-guidance",
+        type=float,
+        default=Request.composite_guidance,
+        help="pull of the full video to its layers' composite, 0..1",
     )
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--seed", type=int, default=Request.seed)
     gen.add_argument("--max-frames", type=int, default=RequestLimits.max_frames, help="refuse longer requests")
     gen.add_argument("--max-side", type=int, default=RequestLimits.max_side, help="refuse larger frames")
     gen.set_defaults(func=cmd_generate)

@@ -216,6 +216,26 @@ def model_preset(name: str, **overrides: Any) -> ModelConfig:
     return replace(PRESETS[name], **overrides)
 
 
+@dataclass(frozen=True)
+class Request:
+    """What a user asks `generate` for; `pipeline.check_request` checks it before any model is loaded. Its
+    defaults are those of `LayerT2VPipeline.generate` and of `layert2v generate`."""
+
+    prompt: str
+    background_prompt: str
+    foreground_prompts: list[str]
+    frames: int = 9  # the defaults of `generate` and of the CLI: the CPU presets' training clips
+    height: int = 64
+    width: int = 64
+    steps: int = 20
+    guidance: float = 4.0
+    composite_guidance: float = 0.5
+    seed: int = 0
+
+    def prompts(self) -> list[str]:
+        return [self.prompt, self.background_prompt, *self.foreground_prompts]
+
+
 @dataclass(frozen=True, kw_only=True)
 class RequestLimits:
     """Upper bounds on one generation request, checked before any model is loaded: a request past them would

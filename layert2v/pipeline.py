@@ -16,7 +16,6 @@ itself), `onnxruntime` (the exported graphs of `export/onnx.py`, CPU here, CUDA 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from layert2v.compose import LayeredVideo
-from layert2v.config import ModelConfig, RequestLimits
+from layert2v.config import ModelConfig, Request, RequestLimits
 from layert2v.export.runtime import Backend, GraphDenoiser, make_denoiser
 from layert2v.models.checkpoint import load_dit, load_vae, save_pipeline, text_encoder_path
 from layert2v.models.dit import LayerDiT
@@ -37,6 +36,36 @@ from layert2v.sampling import composite_guided, guided, sample
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
+
+
+class PromptTruncated(UserWarning):
+    """A prompt longer than the model's text length; only its first tokens condition the sample."""
+
+
+def slot_names(count: int) -> list[str]:
+    """The request field each of `count` prompt slots comes from, for messages."""
+    return ["prompt", "background_prompt"] + [f"foreground_prompts[{i}]" for i in range(count - 2)]
+
+
+def check_request(cfg: ModelConfig, request: Request, limits: RequestLimits) -> Layout:
+    """Every field of `request` against the model's sizes (`cfg`, read from config.json alone) and `limits`;
+    `ValueError` naming the field and the rule. Returns the request's layout."""
+    r = request
+    _check(isinstance(r.foreground_prompts, list), "foreground_prompts must be a list of strings")
+    for name, text in zip(slot_names(len(r.prompts())), r.prompts(), strict=True):
+        _check(isinstance(text, str) and bool(text.strip()), f"{name} must be a non-empty string")
+    count = len(r.foreground_prompts)
+    _check(1 <= count <= cfg.max_fg, f"1..{cfg.max_fg} foreground prompts allowed (the model's K_max), got {count}")
+    _check(r.frames >= 1 and (r.frames - 1) % 4 == 0, f"frames must be 4k+1, got {r.frames}")
+    _check(r.frames <= limits.max_frames, f"frames must be <= {limits.max_frames}, got {r.frames}")
+    multiple = 8 * cfg.patch[1]
+    for name, side in (("height", r.height), ("width", r.width)):
+        _check(side >= multiple and side % multiple == 0, f"{name} must be a multiple of {multiple}, got {side}")
+        _check(side <= limits.max_side, f"{name} must be <= {limits.max_side}, got {side}")
+    _check(1 <= r.steps <= limits.max_steps, f"steps must be in 1..{limits.max_steps}, got {r.steps}")
+    _check(r.guidance >= 1.0, f"guidance must be >= 1, got {r.guidance}")
+    _check(0.0 <= r.composite_guidance <= 1.0, f"composite_guidance must be in [0, 1], got {r.composite_guidance}")
+    return Layout(count)
 
 
 class LayerT2VPipeline:
@@ -125,28 +154,30 @@ class LayerT2VPipeline:
         background_prompt: str,
         foreground_prompts: list[str],
         *,
-        frames: int = 9,
-        height: int = 64,
-        width: int = 64,
-        steps: int = 20,
-        guidance: float = 4.0,
-        seed: int = 0,
+        frames: int = Request.frames,
+        height: int = Request.height,
+        width: int = Request.width,
+        steps: int = Request.steps,
+        guidance: float = Request.guidance,
+        seed: int = Request.seed,
         shift: float = 3.0,
         sampler: Literal["euler", "unipc"] = "unipc",
         negative_prompt: str | None = None,
-        composite_guidance: float = 0.5,
+        composite_guidance: float = Request.composite_guidance,
         fps: int = 8,
     ) -> LayeredVideo:
         """One layered clip; the same arguments and seed give the same output.
 
         `negative_prompt` None guides against the null prompt: an encoded negative prompt, which training never
-        showed as the unconditional branch, cost 1.1 dB coherence on 48 validation prompts (README).
+        showed as the unconditional branch, cost 1.1 dB coherence on 48 validation prompts (docs/results.md).
         `composite_guidance` in [0, 1] pulls each step's full-video estimate towards the composite of the
         layers' estimates (`diffusion.composite_guided`; 0: off): 0.5 lifted coherence from 13 to 24 dB on 48
-        validation prompts, and the full video lost the patches its layers do not have (README).
+        validation prompts, and the full video lost the patches its layers do not have (docs/results.md).
         """
-        request = Request(prompt, background_prompt, foreground_prompts, frames, height, width, steps, guidance)
-        layout = check_request(self.cfg, request, self.limits, composite_guidance)
+        request = Request(
+            prompt, background_prompt, foreground_prompts, frames, height, width, steps, guidance, composite_guidance
+        )
+        layout = check_request(self.cfg, request, self.limits)
         if self.denoiser is not None:
             self.denoiser.check(frames, height, width, len(foreground_prompts))
         self.warn_long_prompts(request.prompts())
@@ -178,50 +209,3 @@ class LayerT2VPipeline:
         alphas = [a[..., 0] for a in alphas]
         foregrounds = [np.minimum(f, a[..., None]) for f, a in zip(foregrounds, alphas, strict=True)]  # premultiplied
         return LayeredVideo(full=full, background=background, foregrounds=foregrounds, alphas=alphas, fps=fps)
-
-
-class PromptTruncated(UserWarning):
-    """A prompt longer than the model's text length; only its first tokens condition the sample."""
-
-
-def slot_names(count: int) -> list[str]:
-    """The request field each of `count` prompt slots comes from, for messages."""
-    return ["prompt", "background_prompt"] + [f"foreground_prompts[{i}]" for i in range(count - 2)]
-
-
-@dataclass(frozen=True)
-class Request:
-    """What a user asks `generate` for, checked by `check_request` before any model is loaded."""
-
-    prompt: str
-    background_prompt: str
-    foreground_prompts: list[str]
-    frames: int
-    height: int
-    width: int
-    steps: int
-    guidance: float
-
-    def prompts(self) -> list[str]:
-        return [self.prompt, self.background_prompt, *self.foreground_prompts]
-
-
-def check_request(cfg: ModelConfig, request: Request, limits: RequestLimits, composite_guidance: float = 0.5) -> Layout:
-    """Every field of `request` against the model's sizes (`cfg`, read from config.json alone) and `limits`;
-    `ValueError` naming the field and the rule. Returns the request's layout."""
-    r = request
-    _check(isinstance(r.foreground_prompts, list), "foreground_prompts must be a list of strings")
-    for name, text in zip(slot_names(len(r.prompts())), r.prompts(), strict=True):
-        _check(isinstance(text, str) and bool(text.strip()), f"{name} must be a non-empty string")
-    count = len(r.foreground_prompts)
-    _check(1 <= count <= cfg.max_fg, f"1..{cfg.max_fg} foreground prompts allowed (the model's K_max), got {count}")
-    _check(r.frames >= 1 and (r.frames - 1) % 4 == 0, f"frames must be 4k+1, got {r.frames}")
-    _check(r.frames <= limits.max_frames, f"frames must be <= {limits.max_frames}, got {r.frames}")
-    multiple = 8 * cfg.patch[1]
-    for name, side in (("height", r.height), ("width", r.width)):
-        _check(side >= multiple and side % multiple == 0, f"{name} must be a multiple of {multiple}, got {side}")
-        _check(side <= limits.max_side, f"{name} must be <= {limits.max_side}, got {side}")
-    _check(1 <= r.steps <= limits.max_steps, f"steps must be in 1..{limits.max_steps}, got {r.steps}")
-    _check(r.guidance >= 1.0, f"guidance must be >= 1, got {r.guidance}")
-    _check(0.0 <= composite_guidance <= 1.0, f"composite_guidance must be in [0, 1], got {composite_guidance}")
-    return Layout(count)
