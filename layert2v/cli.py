@@ -104,9 +104,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from layert2v.evaluate import evaluate_and_gate
 
     params, out = _params(args), Path(args.out)
-    _, report = evaluate_and_gate(
-        Path(args.model), Path(args.prepared), params, params.evaluate.gate, out, "evaluation gate"
-    )
+    model, prepared = Path(args.model), Path(args.prepared)
+    _, report = evaluate_and_gate(model, prepared, params, params.evaluate.gate, out, "evaluation gate", ceiling=True)
     print(report.to_markdown())
     print(f"metrics: {out / 'metrics.json'}; previews: {out / 'previews'}")
     return 0 if report.passed else 1

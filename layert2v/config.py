@@ -23,6 +23,15 @@ def _require(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+# The VAE's round trip of ground truth (`ceiling.vae_ceiling`): what no sample of this autoencoder can exceed.
+CEILING_METRICS = (
+    "ceiling_shape_adherence",
+    "ceiling_colour_adherence",
+    "ceiling_alpha_iou",
+    "ceiling_psnr_rgb",
+    "ceiling_coherence_db",
+    "ceiling_blockiness",
+)
 # What `evaluate` writes to metrics.json (`evaluate.summarise`): the names the evaluation gate and the promotion
 # rule may use. A misspelt name is an error when params load, not a silent NaN after sampling.
 EVALUATION_METRICS = (
@@ -32,8 +41,10 @@ EVALUATION_METRICS = (
     "shape_adherence",
     "alpha_binarity",
     "alpha_temporal_iou",
+    "blockiness",
     "still_background_change",
     "samples",
+    *CEILING_METRICS,
 )
 _DIT_GATE_METRICS = ("finite_loss", "val/loss", "val/fm", "val/consistency", "val/alpha")
 # What each training stage measures when it finishes (its validation metrics): the names its gate may use. The
@@ -41,7 +52,7 @@ _DIT_GATE_METRICS = ("finite_loss", "val/loss", "val/fm", "val/consistency", "va
 # nothing.
 STAGE_GATE_METRICS = {
     "stage0": ("val/psnr_rgb",),
-    "stage1": ("val/psnr_rgb", "val/alpha_iou"),
+    "stage1": ("val/psnr_rgb", "val/alpha_iou", *CEILING_METRICS),
     "stage2": _DIT_GATE_METRICS,
     "stage3": _DIT_GATE_METRICS,
 }
@@ -292,11 +303,13 @@ class AlphaStageConfig(StageConfig):
 
     decoder_lora_rank: int = 8  # rank of the VAE decoder's alpha LoRA (0: the alpha adapter alone)
     edge_weight: float = 4.0  # extra L1 weight on matte edges (pixels whose 3x3 neighbourhood is not uniform)
+    ceiling_clips: int = 48  # validation clips whose true layers go through the finished VAE (`ceiling.py`)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.decoder_lora_rank >= 0, f"decoder_lora_rank must be >= 0, got {self.decoder_lora_rank}")
         _require(self.edge_weight >= 0, f"edge_weight must be >= 0, got {self.edge_weight}")
+        _require(self.ceiling_clips >= 1, f"ceiling_clips must be >= 1, got {self.ceiling_clips}")
 
 
 @dataclass(frozen=True, kw_only=True)

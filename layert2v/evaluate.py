@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from layert2v.ceiling import vae_ceiling
 from layert2v.compose import LayeredVideo
 from layert2v.config import EvaluateConfig, Params
 from layert2v.metrics import adherence, layered_metrics
@@ -98,6 +99,7 @@ def summarise(rows: list[dict[str, float]], fg_counts: list[int]) -> dict[str, f
         "shape_adherence": float(np.average(frame["shape_adherence"], weights=weights)),
         "alpha_binarity": float(frame["alpha_binarity"].median()),
         "alpha_temporal_iou": float(frame["alpha_temporal_iou"].median()),
+        "blockiness": float(frame["blockiness"].median()),
         "still_background_change": float(still["background_change"].median()) if len(still) else 0.0,
         "samples": float(len(frame)),
     }
@@ -140,14 +142,24 @@ def write_preview(video: LayeredVideo, folder: Path, name: str) -> list[Path]:
 
 
 def evaluate_and_gate(
-    model: Path, prepared: Path, params: Params, gate: dict[str, float], out: Path, name: str, max_fg: int | None = None
+    model: Path,
+    prepared: Path,
+    params: Params,
+    gate: dict[str, float],
+    out: Path,
+    name: str,
+    max_fg: int | None = None,
+    ceiling: bool = False,
 ) -> tuple[dict[str, float], GateReport]:
     """Sample the validation prompts with the model folder `model` (clips of at most `max_fg` foregrounds,
     default the model's K_max), write `metrics.json`, `samples.json` and previews under `out`, and check
-    `gate` (metric -> minimum) into `out/gate.json`. The evaluate stage and the DiT stages' sample gates."""
+    `gate` (metric -> minimum) into `out/gate.json`. With `ceiling`, the model's VAE round trip of the same
+    clips' ground truth joins the figures (`ceiling.py`). The evaluate stage and the DiT stages' sample gates."""
     pipeline = LayerT2VPipeline.from_folder(model)
     prompts = validation_prompts(prepared, params.evaluate.prompts, max_fg or pipeline.cfg.max_fg)
     size = (params.prepare.height, params.prepare.width)
     summary, _ = evaluate_pipeline(pipeline, prompts, params.evaluate, params.prepare.frames, size, out)
+    if ceiling:
+        summary |= vae_ceiling(pipeline.vae, prepared, params.evaluate.prompts)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary, run_metric_gate(name, summary, gate, out / "gate.json")

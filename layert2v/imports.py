@@ -8,13 +8,14 @@ Two uses keep the repository honest:
   lists drifted (stage 0 once named 7 of the 28 modules it ran).
 
 `python -m layert2v.imports dvc.yaml` fails when a stage's code deps differ from its closure and prints the
-list it should hold; `--cycles` lists import loops.
+list it should hold; `--write` rewrites them in place; `--cycles` lists import loops.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import re
 import sys
 from functools import cache
 from pathlib import Path
@@ -139,11 +140,33 @@ def check_dvc_yaml(path: Path) -> list[str]:
     return problems
 
 
+def write_dvc_yaml(path: Path) -> None:
+    """Replace each stage's `- layert2v/...` dep lines in `path` by its closure; comments, anchors and every
+    other line stay as they are (the file is edited as text, not re-dumped)."""
+    lines, out, stage = path.read_text().splitlines(), [], None
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        match = re.match(r"^  ([a-z0-9_]+):\s*(#.*)?$", line)
+        stage = match.group(1) if match else stage
+        if stage in STAGE_ENTRIES and line.startswith(f"      - {PACKAGE}/"):
+            while index < len(lines) and lines[index].startswith(f"      - {PACKAGE}/"):
+                index += 1
+            out += [f"      - {dep}" for dep in code_deps(stage)]
+            continue
+        out.append(line)
+        index += 1
+    path.write_text("\n".join(out) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m layert2v.imports", description=__doc__.splitlines()[0])
     parser.add_argument("dvc_yaml", type=Path, nargs="?", default=Path("dvc.yaml"))
     parser.add_argument("--cycles", action="store_true", help="list import loops instead")
+    parser.add_argument("--write", action="store_true", help="rewrite the stages' code deps, then check")
     args = parser.parse_args(argv)
+    if args.write:
+        write_dvc_yaml(args.dvc_yaml)
     problems = [" -> ".join(c) for c in cycles()] if args.cycles else check_dvc_yaml(args.dvc_yaml)
     for line in problems:
         print(line, file=sys.stderr)

@@ -4,6 +4,7 @@
 - alpha quality: binarity (share of clearly transparent or opaque pixels), edge width (soft pixels per
   boundary pixel), temporal IoU stability of the binarised matte;
 - background stability: mean absolute frame-to-frame change of the background;
+- blockiness: how much more the image steps across the autoencoder's 8-pixel cell boundaries than inside them;
 - prompt adherence on the synthetic vocabulary: the dominant colour inside a foreground's alpha and the
   best-matching template shape, compared with the attributes its caption names.
 """
@@ -54,6 +55,19 @@ def temporal_iou(alpha: np.ndarray) -> float:
 def background_change(background: np.ndarray) -> float:
     """Mean absolute frame-to-frame change; near 0 where the camera is still."""
     return float(np.abs(np.diff(background, axis=0)).mean()) if len(background) > 1 else 0.0
+
+
+def blockiness(rgb: np.ndarray, block: int = 8) -> float:
+    """Mean absolute step between neighbouring pixels across `block`-pixel boundaries, over the mean step
+    inside blocks (both directions, all frames): about 1 for natural images, well above where a decoder draws
+    its cell grid. `rgb` is `[T, H, W, 3]` in [0, 1]."""
+    across, inside = [], []
+    for axis in (1, 2):
+        steps = np.abs(np.diff(np.asarray(rgb, np.float64), axis=axis))
+        boundary = (np.arange(steps.shape[axis]) + 1) % block == 0
+        across.append(np.compress(boundary, steps, axis=axis).mean())
+        inside.append(np.compress(~boundary, steps, axis=axis).mean())
+    return float(np.mean(across) / max(np.mean(inside), 1e-8))
 
 
 def dominant_colour(rgb: np.ndarray, alpha: np.ndarray) -> str | None:
@@ -108,4 +122,5 @@ def layered_metrics(video: LayeredVideo) -> dict[str, float]:
         "alpha_edge_width": float(np.mean([edge_width(a) for a in video.alphas])),
         "alpha_temporal_iou": float(np.mean([temporal_iou(a) for a in video.alphas])),
         "background_change": background_change(video.background),
+        "blockiness": blockiness(video.full),
     }

@@ -92,6 +92,7 @@ def test_stages_0_1_encode_2_3_smoke_tracked_in_mlflow(tmp_path: Path, smoke, sm
     stage0 = runs["stage0"]
     assert stage0.data.params["train.preset"] == "tiny" and stage0.data.params["stage.max_steps"] == "4"
     assert "val/psnr_rgb" in stage0.data.metrics and "val/alpha_iou" in runs["stage1"].data.metrics
+    assert {"ceiling_shape_adherence", "ceiling_alpha_iou", "ceiling_blockiness"} <= set(runs["stage1"].data.metrics)
     assert len(client.get_metric_history(stage0.info.run_id, "train/loss")) == 4
     assert {a.path for a in client.list_artifacts(stage0.info.run_id, "weights")} == {
         "weights/vae.safetensors",

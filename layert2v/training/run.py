@@ -128,8 +128,11 @@ def train_stage(
     saved = spec.save(module, data, folder, ctx)
     for path in saved:
         logger.experiment.log_artifact(logger.run_id, str(path), "weights")
+    final = spec.final_metrics(module, ctx) if spec.final_metrics else {}
+    for key, value in final.items():
+        logger.experiment.log_metric(logger.run_id, key, value)
     if cfg.gate:
-        metrics = trainer.validate(module, datamodule=data, verbose=False)[0] | _finite_loss(logger)
+        metrics = trainer.validate(module, datamodule=data, verbose=False)[0] | _finite_loss(logger) | final
         _gate(spec.name, metrics, cfg, folder, logger)
     return saved[0]
 

@@ -47,6 +47,8 @@ class StageSpec:
     upstream: Callable[[StageContext], list[Path]]  # files its weights derive from (checkpoints are set aside when
     # they change)
     save: Callable[[L.LightningModule, L.LightningDataModule, Path, StageContext], list[Path]]  # final weights
+    final_metrics: Callable[[L.LightningModule, StageContext], dict[str, float]] | None = None  # measured once at
+    # the end, logged and gated beside the validation metrics
 
 
 def pixel_clips(ctx: StageContext, cfg: StageConfig) -> VidLayerDataModule:

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from layert2v.ceiling import vae_ceiling
 from layert2v.config import AlphaStageConfig
 from layert2v.models.checkpoint import load_vae, save_vae
 from layert2v.models.vae import LayerVAE
@@ -77,4 +78,5 @@ STAGE = StageSpec(
     data=pixel_clips,
     upstream=lambda ctx: [ctx.folder("stage0") / "vae.safetensors"],
     save=_save,
+    final_metrics=lambda module, ctx: vae_ceiling(module.vae, ctx.prepared, ctx.params.train.stage1.ceiling_clips),
 )
