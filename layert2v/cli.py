@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from layert2v.config import Params, Request, RequestLimits, load_params, read_params_file, resolve_profile
+from layert2v.editing_cli import add_parsers, add_sampling_options, given_from_files, sampling_options, write_layered
 
 
 def _params(args: argparse.Namespace) -> Params:
@@ -211,10 +212,11 @@ def cmd_export_tensorrt(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from layert2v.compose import OUTPUT_KIND
     from layert2v.models.checkpoint import model_config
-    from layert2v.outputs import check_output, write_output
+    from layert2v.outputs import check_output
     from layert2v.pipeline import LayerT2VPipeline, check_request
 
     limits = RequestLimits(max_frames=args.max_frames, max_side=args.max_side)
+    prompts = [args.prompt, args.background, *args.foreground]
     request = Request(
         args.prompt,
         args.background,
@@ -228,25 +230,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.seed,
     )
     check_request(model_config(args.model), request, limits)  # before the model loads
+    given = given_from_files(args.background_file, args.foreground_file)
+    given = given.resolved(args.frames, args.height, args.width, len(args.foreground))
     out = Path(args.out)
     check_output(out, OUTPUT_KIND, replace=args.overwrite)
     pipeline = LayerT2VPipeline.from_folder(args.model, backend=args.backend, onnx=args.onnx, precision=args.precision)
     pipeline.limits = limits
-    video = pipeline.generate(
-        args.prompt,
-        args.background,
-        args.foreground,
-        frames=args.frames,
-        height=args.height,
-        width=args.width,
-        steps=args.steps,
-        guidance=args.guidance,
-        composite_guidance=args.composite_guidance,
-        seed=args.seed,
-    )
-    written = write_output(out, OUTPUT_KIND, video.write, replace=args.overwrite)
-    print(f"{len(written)} files in {out}: " + ", ".join(sorted(p.name for p in written.values())))
+    options = {"frames": args.frames, "height": args.height, "width": args.width, "given": given}
+    video = pipeline.generate(args.prompt, args.background, args.foreground, **options, **sampling_options(args))
+    kept = {name: Path(f) for name, f in _kept_files(args).items()}
+    names = write_layered(out, video, prompts, args.overwrite, keep=kept)
+    print(f"{len(names)} files in {out}: " + ", ".join(names))
     return 0
+
+
+def _kept_files(args: argparse.Namespace) -> dict[str, str]:
+    """Given foreground files of the written formats come back as the very files the user gave."""
+    kept = {}
+    for k, path in enumerate(args.foreground_file or [], start=1):
+        suffix = ".mov" if path.endswith(".mov") else ".webm" if path.endswith(".webm") else None
+        if suffix:
+            kept[f"foreground_{k}{suffix}"] = path
+    return kept
 
 
 def cmd_params(args: argparse.Namespace) -> int:
@@ -362,27 +367,24 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--foreground", action="append", required=True, help="a foreground caption (repeat, nearest first)"
     )
-    gen.add_argument("--model", default="artifacts/train/stage3/model", help="pipeline model folder")
-    gen.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
-    gen.add_argument("--onnx", default=None, help="export folder (default: <model>/onnx)")
-    gen.add_argument("--precision", default=None, choices=["fp32", "fp16"], help="graph precision of the backend")
     gen.add_argument("--out", required=True, help="folder for the layered files (new, empty, or --overwrite)")
     gen.add_argument("--overwrite", action="store_true", help="replace an earlier generate output in --out")
     gen.add_argument("--frames", type=int, default=Request.frames, help="4k+1")
     gen.add_argument("--height", type=int, default=Request.height)
     gen.add_argument("--width", type=int, default=Request.width)
-    gen.add_argument("--steps", type=int, default=Request.steps)
-    gen.add_argument("--guidance", type=float, default=Request.guidance)
+    gen.add_argument("--background-file", default=None, help="keep this background (a video or one image)")
     gen.add_argument(
-        "--composite-guidance",
-        type=float,
-        default=Request.composite_guidance,
-        help="pull of the full video to its layers' composite, 0..1",
+        "--foreground-file",
+        action="append",
+        default=None,
+        help="keep this foreground (.mov/.webm/PNG folder; repeat, nearest first)",
     )
-    gen.add_argument("--seed", type=int, default=Request.seed)
+    add_sampling_options(gen)
     gen.add_argument("--max-frames", type=int, default=RequestLimits.max_frames, help="refuse longer requests")
     gen.add_argument("--max-side", type=int, default=RequestLimits.max_side, help="refuse larger frames")
     gen.set_defaults(func=cmd_generate)
+
+    add_parsers(commands)
 
     registry = commands.add_parser("registry", help="MLflow model registry: register, promote, rollback")
     registry_commands = registry.add_subparsers(dest="registry_command", required=True)

@@ -24,13 +24,14 @@ import torch
 
 from layert2v.compose import LayeredVideo
 from layert2v.config import ModelConfig, Request, RequestLimits
+from layert2v.editing import Given
 from layert2v.export.runtime import Backend, GraphDenoiser, make_denoiser
 from layert2v.models.checkpoint import load_dit, load_vae, save_pipeline, text_encoder_path
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import ALPHA, Layout, latent_shape
 from layert2v.models.text import TextEncoder, load_text_encoder, null_prompts
 from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
-from layert2v.sampling import composite_guided, guided, sample
+from layert2v.sampling import composite_guided, guided, replace_known, sample, with_known
 
 
 def _check(ok: bool, message: str) -> None:
@@ -165,8 +166,12 @@ class LayerT2VPipeline:
         negative_prompt: str | None = None,
         composite_guidance: float = Request.composite_guidance,
         fps: int = 8,
+        given: Given | None = None,
     ) -> LayeredVideo:
         """One layered clip; the same arguments and seed give the same output.
+
+        `given` holds layers the user keeps (`editing.py`): they are held on the sampling trajectory while the
+        others are sampled, and come back as given.
 
         `negative_prompt` None guides against the null prompt: an encoded negative prompt, which training never
         showed as the unconditional branch, cost 1.1 dB coherence on 48 validation prompts (docs/results.md).
@@ -197,8 +202,38 @@ class LayerT2VPipeline:
         clear = self.vae.encode_rgb(torch.zeros(1, 3, frames, height, width))
         grid = lambda z: alpha_to_latent_grid(self.vae.decode_alpha(z))  # noqa: E731
         denoise = composite_guided(guided(velocity, guidance), layout, composite_guidance, grid, clear)
-        latents = sample(denoise, noise, steps, shift, sampler)
-        return self._decode(layout.split(latents), layout, fps)
+        given = (given or Given()).resolved(frames, height, width, layout.num_fg)
+        known = given.known_latents(self.vae, layout)
+        latents = replace_known(
+            sample(with_known(denoise, layout, known, noise), noise, steps, shift, sampler), layout, known
+        )
+        return given.apply(self._decode(layout.split(latents), layout, fps))
+
+    def decompose(
+        self, full: np.ndarray, prompt: str, background_prompt: str, foreground_prompts: list[str], **options
+    ) -> LayeredVideo:
+        """Background and foreground layers of a plain video `full` `[T, H, W, 3]` (its segment given)."""
+        frames, height, width = full.shape[:3]
+        return self.generate(
+            prompt, background_prompt, foreground_prompts, frames=frames, height=height, width=width,
+            given=Given(full=full), **options,
+        )  # fmt: skip
+
+    def regenerate(self, video: LayeredVideo, layer: str, prompts: list[str], **options) -> LayeredVideo:
+        """`video` with one layer (`background` or `foreground_<k>`, 1-based) sampled anew from `prompts`
+        (overall, background, foregrounds), every other layer kept as it is; the full video is sampled too."""
+        count = len(video.foregrounds)
+        names = ["background"] + [f"foreground_{k}" for k in range(1, count + 1)]
+        if layer not in names:
+            raise ValueError(f"layer {layer!r} does not exist; this video has {', '.join(names)}")
+        keep = {k: (f, a) for k, (f, a) in enumerate(zip(video.foregrounds, video.alphas, strict=True))}
+        keep.pop(names.index(layer) - 1, None)
+        background = None if layer == "background" else video.background
+        frames, height, width = video.full.shape[:3]
+        return self.generate(
+            prompts[0], prompts[1], prompts[2:], frames=frames, height=height, width=width,
+            given=Given(background=background, foregrounds=keep), **options,
+        )  # fmt: skip
 
     def _decode(self, segments: list[torch.Tensor], layout: Layout, fps: int) -> LayeredVideo:
         decoded = []

@@ -110,6 +110,37 @@ def unipc_sample(velocity: VelocityFn, noise: torch.Tensor, steps: int, shift: f
     return x
 
 
+def with_known(velocity: VelocityFn, layout: Layout, known: dict[int, torch.Tensor], noise: torch.Tensor) -> VelocityFn:
+    """Sampling-only conditioning on known segments (no retraining): before every model call the known segments
+    of `x_t` are set to their own noise path `(1 - t) z + t eps` (with `eps` that segment of the sampler's
+    starting `noise`), so the model sees them where its training put them, and their velocity is the path's
+    exact one, `eps - z`, so any sampler stays on it. `known` maps segment index -> latent `[B, C, T, H, W]`;
+    `replace_known` puts the exact latents in at the end."""
+    if not known:
+        return velocity
+    eps = layout.split(noise)
+
+    def conditioned(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        segments = layout.split(x)
+        tt = bcast(t, x)
+        for index, z in known.items():
+            segments[index] = (1 - tt) * z + tt * eps[index]
+        v = layout.split(velocity(layout.pack(segments), t))
+        for index, z in known.items():
+            v[index] = eps[index] - z
+        return layout.pack(v)
+
+    return conditioned
+
+
+def replace_known(latents: torch.Tensor, layout: Layout, known: dict[int, torch.Tensor]) -> torch.Tensor:
+    """`latents` with each known segment set to its given latent."""
+    segments = layout.split(latents)
+    for index, z in known.items():
+        segments[index] = z
+    return layout.pack(segments)
+
+
 def sample(
     velocity: VelocityFn, noise: torch.Tensor, steps: int, shift: float, sampler: Literal["euler", "unipc"] = "unipc"
 ) -> torch.Tensor:
