@@ -48,20 +48,22 @@ bench: install
 
 # A local Prefect server (SQLite under .prefect/, loopback only) and every flow served as a deployment:
 # open http://127.0.0.1:4200 -> Deployments, or `prefect deployment run pipeline/layert2v-pipeline`.
+# One Ctrl-C (or a SIGTERM) stops the served flows first, then the server.
 PREFECT_PORT ?= 4200
 prefect: install
 	mkdir -p .prefect
 	PREFECT_HOME=$(CURDIR)/.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false \
 	  $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > .prefect/server.log 2>&1 & \
-	  echo $$! > .prefect/server.pid
-	until curl -sf http://127.0.0.1:$(PREFECT_PORT)/api/health > /dev/null; do sleep 1; done
-	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (server log: .prefect/server.log)"
-	PATH="$(CURDIR)/$(BIN):$$PATH" PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
-	  $(BIN)/python -m flows.deploy --repo $(CURDIR); kill `cat .prefect/server.pid`
+	  server=$$!; trap 'kill $$server 2>/dev/null; wait $$server' EXIT INT TERM; \
+	  until curl -sf http://127.0.0.1:$(PREFECT_PORT)/api/health > /dev/null; do sleep 1; done; \
+	  echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (server log: .prefect/server.log)"; \
+	  PATH="$(CURDIR)/$(BIN):$$PATH" PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
+	  $(BIN)/python -m flows.deploy --repo $(CURDIR)
 
-# The MLflow UI over the same store the pipeline writes (absolute SQLite path, local artifacts).
+# The MLflow UI over the same store the pipeline writes (absolute SQLite path, local artifacts), on loopback with
+# one worker (a 2-core machine). MLflow 3 may open in its GenAI view: choose "Model training" at the top left.
 mlflow-ui: install
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
 # Push data and pipeline outputs to the DVC remote (`local` by default: ../layert2v-dvc-remote).
 push: install

@@ -8,6 +8,7 @@ Runs execute in this process's machine, in the repository given by `--repo` (def
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 from prefect import serve
@@ -28,9 +29,16 @@ def deployments(repo: str) -> list:
     ]
 
 
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM stops serving the way Ctrl-C does (`serve` shuts its runner down on KeyboardInterrupt), so a
+    terminated `make prefect` never hangs against a server that is already gone."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="serve the LayerT2V flows (needs PREFECT_API_URL)")
     parser.add_argument("--repo", default=str(Path.cwd()), help="repository the flows work in")
+    signal.signal(signal.SIGTERM, _stop)
     serve(*deployments(parser.parse_args().repo))
 
 

@@ -20,7 +20,7 @@ import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from flows.tasks import dvc_stage, publish_evaluation, shell
+from flows.tasks import dvc_stage, publish_evaluation, publish_summary, shell
 
 TrainStage = Literal[
     "stage0_vae", "stage1_alpha", "encode", "stage2_joint", "stage2_gate", "stage3_multifg", "stage3_gate"
@@ -35,7 +35,7 @@ TRAIN_STAGES: list[TrainStage] = [
     "stage3_gate",
 ]
 Profile = Literal["default", "smoke", "keep"]
-Source = Literal["synthetic", "folder", "jsonl"]
+Source = Literal["existing", "synthetic", "folder", "jsonl"]
 
 
 def apply_profile(repo: Path, profile: Profile) -> None:
@@ -54,14 +54,27 @@ def apply_profile(repo: Path, profile: Profile) -> None:
 @flow(name="ingest", log_prints=True)
 def ingest(
     repo: str = ".",
-    source: Source = "synthetic",
+    source: Source = "existing",
     source_path: str | None = None,
     profile: Profile = "keep",
 ) -> str:
-    """Make or import the dataset under `data/vidlayer`, version it with DVC, prepare it and gate it."""
+    """Make or import the dataset under `data/vidlayer`, version it with DVC, prepare it and gate it.
+
+    Args:
+        repo: the repository the DVC stages run in (default: where the flows are served from).
+        source: `existing` uses `data/vidlayer` as it is (DVC decides what reruns); `synthetic` regenerates the
+            default dataset; `folder` / `jsonl` import a VidLayer folder or a jsonl manifest from `source_path`.
+        source_path: the folder or jsonl manifest to import (sources `folder` and `jsonl`).
+        profile: `keep` leaves params.yaml alone; a profile name (`smoke`, `default`) writes its params first.
+    """
     root = Path(repo).resolve()
     apply_profile(root, profile)
-    if source == "synthetic":
+    if source == "existing":
+        if not (root / "data" / "vidlayer").is_dir():
+            raise FileNotFoundError(
+                f"{root / 'data/vidlayer'} does not exist: run `make data`, or choose source synthetic"
+            )
+    elif source == "synthetic":
         shell(["layert2v", "data", "synth", "--out", "data/vidlayer"], str(root))
     else:
         if not source_path:
@@ -76,7 +89,12 @@ def ingest(
 
 @flow(name="train", log_prints=True)
 def train(repo: str = ".", stages: list[TrainStage] | None = None) -> str:
-    """Run the training stages in order (all by default); a failing gate fails the flow with its report."""
+    """Run the training stages in order (all by default); a failing gate fails the flow with its report.
+
+    Args:
+        repo: the repository the DVC stages run in.
+        stages: the training and sample-gate stages to run (default: all, in order).
+    """
     root = Path(repo).resolve()
     chosen = [s for s in TRAIN_STAGES if s in (stages or TRAIN_STAGES)]
     progress = create_progress_artifact(0.0, key="training-progress", description="training stages done")
@@ -89,7 +107,11 @@ def train(repo: str = ".", stages: list[TrainStage] | None = None) -> str:
 
 @flow(name="export", log_prints=True)
 def export(repo: str = ".") -> str:
-    """ONNX export of the stage-3 model; a parity failure fails the flow with the gate report as an artifact."""
+    """ONNX export of the stage-3 model; a parity failure fails the flow with the gate report as an artifact.
+
+    Args:
+        repo: the repository the DVC stages run in.
+    """
     root = Path(repo).resolve()
     dvc_stage("export", str(root))
     return str(root / "artifacts" / "export" / "onnx")
@@ -97,23 +119,37 @@ def export(repo: str = ".") -> str:
 
 @flow(name="evaluate_and_promote", log_prints=True)
 def evaluate_and_promote(repo: str = ".") -> dict:
-    """Validation samples and their gate, registration as challenger, promotion by the params.yaml rule."""
+    """Validation samples and their gate, registration as challenger, promotion by the params.yaml rule.
+
+    Args:
+        repo: the repository the DVC stages run in.
+    """
     root = Path(repo).resolve()
-    for stage in ("evaluate", "register", "promote"):
-        dvc_stage(stage, str(root))
-    return publish_evaluation(str(root))
+    ran = {stage: dvc_stage(stage, str(root)) for stage in ("evaluate", "register", "promote")}
+    return publish_evaluation(str(root), ran["promote"])
 
 
 @flow(name="pipeline", log_prints=True)
 def pipeline(
     repo: str = ".",
-    source: Source = "synthetic",
+    source: Source = "existing",
     source_path: str | None = None,
     profile: Profile = "keep",
     stages: list[TrainStage] | None = None,
 ) -> dict:
-    """Everything: ingest -> train -> export -> evaluate_and_promote, each a subflow run of its own."""
+    """Everything: ingest -> train -> export -> evaluate_and_promote, each a subflow run of its own; a summary
+    artifact on this run says what passed, what it scored and which model version came of it.
+
+    Args:
+        repo: the repository the DVC stages run in (default: where the flows are served from).
+        source: `existing` uses `data/vidlayer` as it is; `synthetic` regenerates it; `folder` / `jsonl` import one.
+        source_path: the folder or jsonl manifest to import (sources `folder` and `jsonl`).
+        profile: `keep` leaves params.yaml alone; a profile name writes its params first.
+        stages: the training stages to run (default: all).
+    """
     ingest(repo, source, source_path, profile)
     train(repo, stages)
     export(repo)
-    return evaluate_and_promote(repo)
+    result = evaluate_and_promote(repo)
+    publish_summary(repo, result)
+    return result

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -33,12 +34,20 @@ def _env() -> dict[str, str]:
     return os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
 
 
-def run_command(cmd: list[str], repo: Path) -> str:
-    """Run `cmd` in `repo` with this environment's tools first on PATH; a non-zero exit raises StageFailed."""
-    done = subprocess.run(cmd, cwd=repo, env=_env(), capture_output=True, text=True, check=False)
-    output = done.stdout + done.stderr
-    if done.returncode != 0:
-        raise StageFailed(f"`{' '.join(cmd)}` exited {done.returncode}:\n{output[-4000:]}", done.returncode)
+def run_command(cmd: list[str], repo: Path, log: Callable[[str], None] | None = None) -> str:
+    """Run `cmd` in `repo` with this environment's tools first on PATH, passing each output line to `log` as it
+    comes (the task log, so a 5-minute stage shows its progress); a non-zero exit raises StageFailed."""
+    process = subprocess.Popen(
+        cmd, cwd=repo, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if log is not None and line.strip():
+            log(line.rstrip())
+    output = "".join(lines)
+    if process.wait() != 0:
+        raise StageFailed(f"`{' '.join(cmd)}` exited {process.returncode}:\n{output[-4000:]}", process.returncode)
     return output
 
 
@@ -76,20 +85,26 @@ def publish_gate(stage: str, repo: Path) -> bool | None:
     return bool(report["passed"])
 
 
-@task(retries=2, retry_delay_seconds=10, retry_condition_fn=lambda task, run, state: _is_lock_error(state))
-def dvc_stage(stage: str, repo: str) -> str:
-    """`dvc repro --single-item <stage>`; publishes the stage's gate report; retried only on DVC lock errors."""
+@task(
+    task_run_name="{stage}",
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=lambda task, run, state: _is_lock_error(state),
+)
+def dvc_stage(stage: str, repo: str) -> bool:
+    """`dvc repro --single-item <stage>`, its output streamed to the task log; publishes the stage's gate report;
+    retried only on DVC lock errors. Returns whether the stage ran (False: up to date)."""
     logger = get_run_logger()
     root = Path(repo)
     try:
-        output = run_command(["dvc", "repro", "--single-item", stage], root)
+        output = run_command(["dvc", "repro", "--single-item", stage], root, logger.info)
     except StageFailed:
         publish_gate(stage, root)
         raise
     publish_gate(stage, root)
     ran = f"Running stage '{stage}'" in output
     logger.info("%s: %s", stage, "ran" if ran else "up to date, skipped")
-    return stage
+    return ran
 
 
 def _is_lock_error(state) -> bool:
@@ -102,11 +117,25 @@ def _is_lock_error(state) -> bool:
     return False
 
 
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=lambda task, run, state: not _is_bad_input(state))
+def _command_name() -> str:
+    """A shell task's run name: its command's first words (`layert2v data import`, `dvc add`)."""
+    from prefect.runtime import task_run
+
+    words = [w for w in task_run.parameters.get("cmd", []) if not w.startswith(("-", "/"))]
+    return " ".join(words[:3]) or "shell"
+
+
+@task(
+    task_run_name=_command_name,
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=lambda task, run, state: not _is_bad_input(state),
+)
 def shell(cmd: list[str], repo: str) -> str:
-    """Any other command of the platform (synthesis, import, `dvc add`), retried on transient errors; bad input
-    (a `layert2v` command's exit status 2) is not retried, since it fails the same way again."""
-    return run_command(cmd, Path(repo))
+    """Any other command of the platform (synthesis, import, `dvc add`), its output streamed to the task log,
+    retried on transient errors; bad input (a `layert2v` command's exit status 2) is not retried, since it fails
+    the same way again."""
+    return run_command(cmd, Path(repo), get_run_logger().info)
 
 
 def _is_bad_input(state) -> bool:
@@ -119,23 +148,64 @@ def _is_bad_input(state) -> bool:
     return False
 
 
+def mlflow_run_link(root: Path, run_file: str) -> str | None:
+    """The MLflow UI page of the run whose id `run_file` holds (None when it has none)."""
+    path = root / run_file
+    if not path.is_file():
+        return None
+    from layert2v import tracking
+
+    run = tracking.client(root).get_run(path.read_text().strip())
+    return f"{MLFLOW_UI}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+
+
 @task
-def publish_evaluation(repo: str) -> dict:
-    """Markdown report of the evaluation and promotion, and links to the MLflow model and the previews."""
+def publish_evaluation(repo: str, promoted_now: bool) -> dict:
+    """Markdown report of the evaluation and of this run's promotion decision (or that none was taken), with links
+    to the evaluation's MLflow run (its previews and report) and to the model version."""
     root = Path(repo)
     metrics = json.loads((root / "artifacts/eval/metrics.json").read_text())
     registered = json.loads((root / "artifacts/registry/registered.json").read_text())
     decision = json.loads((root / "artifacts/registry/promotion.json").read_text())
     lines = ["# LayerT2V evaluation", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4g} |" for k, v in metrics.items()]
-    verdict = "promoted to **champion**" if decision["promote"] else "**not promoted**"
-    lines += ["", f"Version {registered['version']} of `{registered['name']}`: {verdict} ({decision['reason']})."]
-    previews = sorted((root / "artifacts/eval/previews").glob("*.png"))
-    lines += ["", "Previews (contact sheets):"] + [f"- {p.resolve().as_uri()}" for p in previews]
+    if promoted_now:
+        verdict = "promoted to **champion**" if decision["promote"] else "**not promoted**"
+        lines += ["", f"Version {registered['version']} of `{registered['name']}`: {verdict} ({decision['reason']})."]
+    else:
+        lines += ["", f"No promotion decision in this run: nothing changed since version {registered['version']}."]
+    evaluation = mlflow_run_link(root, "artifacts/eval/mlflow_run_id")
+    if evaluation:
+        lines += [
+            "",
+            f"Previews, samples and the gate report: [the evaluation's MLflow run]({evaluation}) (Artifacts).",
+        ]
+        create_link_artifact(evaluation, link_text="MLflow: evaluation run (previews)", key="mlflow-evaluation-run")
+    model = f"{MLFLOW_UI}/#/models/{registered['name']}/versions/{registered['version']}"
     create_markdown_artifact("\n".join(lines), key="evaluation-report", description="validation-sample metrics")
     create_link_artifact(
-        f"{MLFLOW_UI}/#/models/{registered['name']}/versions/{registered['version']}",
-        link_text=f"MLflow: {registered['name']} v{registered['version']}",
-        key="mlflow-model-version",
+        model, link_text=f"MLflow: {registered['name']} v{registered['version']}", key="mlflow-model-version"
     )
-    return {"metrics": metrics, "version": registered["version"], "promoted": decision["promote"]}
+    return {"metrics": metrics, "version": registered["version"], "promoted": promoted_now and decision["promote"],
+            "evaluation_run": evaluation, "model_version": model}  # fmt: skip
+
+
+@task
+def publish_summary(repo: str, result: dict) -> None:
+    """The pipeline run's own artifact: every gate and whether it passed, the evaluation's figures, the model
+    version and the links (the subflows hold the details)."""
+    root = Path(repo)
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    lines = ["# LayerT2V pipeline", "", "| gate | passed |", "|---|---|"]
+    for stage in stages:
+        for path in gate_reports(stage, root):
+            if path.is_file():
+                report = json.loads(path.read_text())
+                lines.append(f"| {stage}: {report['gate']} | {'yes' if report['passed'] else '**no**'} |")
+    metrics = result["metrics"]
+    lines += ["", " | ".join(f"{k} {metrics[k]:.3g}" for k in ("coherence_db", "colour_adherence", "shape_adherence"))]
+    verdict = "promoted to champion" if result["promoted"] else "not promoted in this run"
+    lines += ["", f"Model version {result['version']}: {verdict}. [MLflow model version]({result['model_version']})"]
+    if result.get("evaluation_run"):
+        lines.append(f"[Evaluation run with previews]({result['evaluation_run']})")
+    create_markdown_artifact("\n".join(lines), key="pipeline-summary", description="what this pipeline run did")

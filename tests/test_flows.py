@@ -53,12 +53,30 @@ def _artifacts(flow_run_id) -> dict:
 
 @pytest.mark.slow
 def test_ingest_flow_versions_prepares_and_gates(harness, smoke_repo: Path) -> None:
-    state = ingest(repo=str(smoke_repo), profile="smoke", return_state=True)
+    state = ingest(repo=str(smoke_repo), source="synthetic", profile="smoke", return_state=True)
     assert state.is_completed(), state
     assert (smoke_repo / "data.dvc").is_file() and (smoke_repo / "artifacts/reports/data_gate.passed").is_file()
     artifacts = _artifacts(state.state_details.flow_run_id)
     gate = json.loads(artifacts["gate-validate"].data)
     assert all(row["passed"] for row in gate) and any("clip ids unique" in row["rule"] for row in gate)
+    names = _task_run_names(state.state_details.flow_run_id)
+    assert {"layert2v data synth", "dvc add data", "prepare", "validate"} <= names, names
+
+    again = ingest(repo=str(smoke_repo), return_state=True)  # source "existing": the data as it is, nothing reruns
+    assert again.is_completed(), again
+    assert _task_run_names(again.state_details.flow_run_id) == {"dvc add data", "prepare", "validate"}
+
+
+def _task_run_names(flow_run_id) -> set[str]:
+    import asyncio
+
+    async def read() -> list:
+        async with get_client() as client:
+            from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+            return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+    return {run.name for run in asyncio.run(read())}
 
 
 @pytest.mark.slow
@@ -81,7 +99,7 @@ def test_a_failing_gate_fails_the_flow_with_its_report(harness, smoke_repo: Path
     params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
     params["profiles"]["smoke"]["gate"]["min_clips"] = 10_000  # impossible
     (smoke_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    state = ingest(repo=str(smoke_repo), profile="smoke", return_state=True)
+    state = ingest(repo=str(smoke_repo), source="synthetic", profile="smoke", return_state=True)
     assert state.is_failed()
     gate = json.loads(_artifacts(state.state_details.flow_run_id)["gate-validate"].data)
     failing = [row for row in gate if not row["passed"]]
@@ -125,7 +143,7 @@ def test_served_deployment_runs_on_a_real_server(tmp_path: Path, smoke_repo: Pat
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        run_id = _trigger(api, "ingest/layert2v-ingest", {"profile": "smoke"})
+        run_id = _trigger(api, "ingest/layert2v-ingest", {"profile": "smoke", "source": "synthetic"})
         state = _wait_final(api, run_id, timeout=300)
         assert state == "COMPLETED", state
         assert (smoke_repo / "artifacts/reports/data_gate.passed").is_file()

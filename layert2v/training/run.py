@@ -120,6 +120,7 @@ def train_stage(
     logger = _logger(folder, root, params.train.experiment, spec.name, parent, primary)
     if primary:
         _log_params(logger, ctx, cfg)
+        tracking.log_lineage(root, logger.run_id)
     trainer = _trainer(params, cfg, folder, logger)
     last = folder / "checkpoints" / "last.ckpt"
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
