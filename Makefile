@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install install-gpu run test lint data data-check bench clean prefect mlflow-ui push
+.PHONY: install install-gpu run test lint browser data data-check bench clean prefect mlflow-ui push
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,13 @@ run: install
 	@[ -f data/vidlayer/dataset.json ] || $(MAKE) data
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-test: install lint
+test: install lint browser
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
+
+# Debian's Chromium, which the UI tests drive with Playwright (no browser is ever downloaded), installed when missing.
+browser:
+	@command -v chromium > /dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver > /dev/null)
 
 lint: install
 	$(BIN)/ruff check layert2v flows deploy tests benchmarks

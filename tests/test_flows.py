@@ -147,11 +147,25 @@ def test_served_deployment_runs_on_a_real_server(tmp_path: Path, smoke_repo: Pat
         state = _wait_final(api, run_id, timeout=300)
         assert state == "COMPLETED", state
         assert (smoke_repo / "artifacts/reports/data_gate.passed").is_file()
+        _see_named_task_runs(f"http://127.0.0.1:{port}/runs/flow-run/{run_id}", tmp_path)
     finally:
         for proc in (served, server):
             if proc is not None:
                 proc.terminate()
                 proc.wait(timeout=30)
+
+
+def _see_named_task_runs(page_url: str, folder: Path) -> None:
+    """The Prefect UI, in a real browser, lists the flow run's task runs under the names of their stages."""
+    from playwright.sync_api import expect
+
+    from .browser import browser_page, screenshot
+
+    with browser_page() as page:
+        page.goto(page_url)
+        for name in ("layert2v data synth", "dvc add data", "prepare", "validate"):
+            expect(page.get_by_text(name, exact=False).first).to_be_visible(timeout=60_000)
+        screenshot(page, folder, "prefect-flow-run")
 
 
 def _wait_healthy(api: str, timeout: float = 120) -> None:
