@@ -1,6 +1,7 @@
 """The four editing tasks on held-out ground truth, side by side with free generation and the classical baseline.
 
-Run: `.venv/bin/python benchmarks/eval_editing.py --model artifacts/train/stage3/model --clips 32`.
+Run: `.venv/bin/python benchmarks/eval_editing.py --model artifacts/train/stage3/model --clips 32
+[--backend onnxruntime --onnx artifacts/export/onnx]`.
 On the first `clips` clips of the `test` split (held-out colour-shape combinations; their layers are known), with
 the clip's own captions and one seed:
 - free:        plain generation (the unconditional reference for coherence and adherence);
@@ -94,8 +95,10 @@ def main() -> None:
     parser.add_argument("--prepared", default="artifacts/prepared", type=Path)
     parser.add_argument("--clips", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    parser.add_argument("--onnx", default=None, help="export folder (default: <model>/onnx)")
     args = parser.parse_args()
-    pipeline = LayerT2VPipeline.from_folder(args.model)
+    pipeline = LayerT2VPipeline.from_folder(args.model, backend=args.backend, onnx=args.onnx)
     clips, texts = true_clips(args.prepared, args.clips, "test"), captions(args.prepared, args.clips)
     rows = []
     for (truth, attributes), (prompts, still) in zip(clips, texts, strict=True):
