@@ -107,14 +107,20 @@ def dvc_stage(stage: str, repo: str) -> bool:
     return ran
 
 
-def _is_lock_error(state) -> bool:
+def _stage_failure(state) -> StageFailed | None:
+    """The `StageFailed` a failed task state holds (None for any other outcome): what the retry rules look at."""
     try:
         state.result()
     except StageFailed as failed:
-        return "Unable to acquire lock" in str(failed)
+        return failed
     except Exception:
-        return False
-    return False
+        return None
+    return None
+
+
+def _is_lock_error(state) -> bool:
+    failure = _stage_failure(state)
+    return failure is not None and "Unable to acquire lock" in str(failure)
 
 
 def _command_name() -> str:
@@ -139,13 +145,8 @@ def shell(cmd: list[str], repo: str) -> str:
 
 
 def _is_bad_input(state) -> bool:
-    try:
-        state.result()
-    except StageFailed as failed:
-        return failed.returncode == 2
-    except Exception:
-        return False
-    return False
+    failure = _stage_failure(state)
+    return failure is not None and failure.returncode == 2
 
 
 def mlflow_run_link(root: Path, run_file: str) -> str | None:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import socket
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+import torch
 
-from layert2v.config import Params, load_params
+from layert2v.config import Params, load_params, model_preset
 from layert2v.data.prepare import PrepareResult, run_prepare
 from layert2v.data.synthetic import generate_dataset
 
@@ -30,6 +34,41 @@ def smoke_data(tmp_path_factory: pytest.TempPathFactory, smoke: Params) -> Path:
 @pytest.fixture(scope="session")
 def smoke_prepared(tmp_path_factory: pytest.TempPathFactory, smoke: Params, smoke_data: Path) -> PrepareResult:
     return run_prepare(smoke_data, tmp_path_factory.mktemp("prepared") / "out", smoke.prepare)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny-preset model folder: untrained, with a non-trivial velocity head (seeded)."""
+    from layert2v.models.dit import LayerDiT
+    from layert2v.models.text import load_text_encoder
+    from layert2v.models.vae import LayerVAE
+    from layert2v.pipeline import LayerT2VPipeline
+
+    torch.manual_seed(0)
+    cfg = model_preset("tiny")
+    dit = LayerDiT(cfg)
+    torch.nn.init.normal_(dit.head.head.weight, std=0.05)
+    pipeline = LayerT2VPipeline(dit, LayerVAE(cfg), load_text_encoder(None, cfg.text_len))
+    return pipeline.save(tmp_path_factory.mktemp("tiny_model") / "m")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, timeout: float = 120) -> None:
+    """Poll `url` until it answers 200 (a server started by a test)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} not healthy after {timeout} s")
 
 
 @pytest.fixture

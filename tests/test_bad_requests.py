@@ -9,16 +9,12 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from layert2v.cli import main
 from layert2v.config import CEILING_METRICS, EVALUATION_METRICS, load_params, model_preset
 from layert2v.evaluate import summarise
 from layert2v.models.checkpoint import ModelFolderError, load_dit
-from layert2v.models.dit import LayerDiT
-from layert2v.models.text import load_text_encoder
-from layert2v.models.vae import LayerVAE
 from layert2v.pipeline import LayerT2VPipeline, PromptTruncated
 from layert2v.registry import decide
 
@@ -29,10 +25,8 @@ SMALL = ["--frames", "5", "--height", "32", "--width", "32", "--steps", "2"]
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    pipeline = LayerT2VPipeline(LayerDiT(CFG), LayerVAE(CFG), load_text_encoder(None, CFG.text_len))
-    return pipeline.save(tmp_path_factory.mktemp("model") / "m")
+def model(tiny_model: Path) -> Path:
+    return tiny_model
 
 
 def _generate(model: Path, out: Path, *extra: str) -> int:

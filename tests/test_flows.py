@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.testing.utilities import prefect_test_harness
 
-from .conftest import ROOT, tree_md5
+from .conftest import ROOT, free_port, tree_md5, wait_healthy
 from .test_dvc import copy_code, new_repo, run
 
 pytest.importorskip("flows.pipeline")
@@ -107,16 +106,10 @@ def test_a_failing_gate_fails_the_flow_with_its_report(harness, smoke_repo: Path
     assert not (smoke_repo / "artifacts/reports/data_gate.passed").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_served_deployment_runs_on_a_real_server(tmp_path: Path, smoke_repo: Path) -> None:
     """`prefect server start` on loopback, `flows/deploy.py` serving, a run triggered through the API client."""
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = os.environ | {
         "PREFECT_API_URL": api,
@@ -135,7 +128,7 @@ def test_served_deployment_runs_on_a_real_server(tmp_path: Path, smoke_repo: Pat
     )
     served = None
     try:
-        _wait_healthy(api)
+        wait_healthy(f"{api}/health")
         served = subprocess.Popen(
             [sys.executable, "-m", "flows.deploy", "--repo", str(smoke_repo)],
             cwd=ROOT,
@@ -166,20 +159,6 @@ def _see_named_task_runs(page_url: str, folder: Path) -> None:
         for name in ("layert2v data synth", "dvc add data", "prepare", "validate"):
             expect(page.get_by_text(name, exact=False).first).to_be_visible(timeout=60_000)
         screenshot(page, folder, "prefect-flow-run")
-
-
-def _wait_healthy(api: str, timeout: float = 120) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"prefect server at {api} not healthy after {timeout} s")
 
 
 def _trigger(api: str, deployment: str, parameters: dict, timeout: float = 120):

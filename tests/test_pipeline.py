@@ -9,7 +9,6 @@ import torch
 from layert2v.config import model_preset
 from layert2v.models.dit import LayerDiT
 from layert2v.models.text import load_text_encoder
-from layert2v.models.vae import LayerVAE
 from layert2v.pipeline import LayerT2VPipeline
 from layert2v.training.stage2_joint import drop_prompts
 
@@ -18,12 +17,8 @@ REQUEST = {"frames": 5, "height": 32, "width": 32, "steps": 2, "guidance": 3.0}
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> LayerT2VPipeline:
-    torch.manual_seed(0)
-    dit = LayerDiT(CFG)
-    torch.nn.init.normal_(dit.head.head.weight, std=0.05)  # an untrained but non-trivial velocity
-    built = LayerT2VPipeline(dit, LayerVAE(CFG), load_text_encoder(None, CFG.text_len))
-    return LayerT2VPipeline.from_folder(built.save(tmp_path_factory.mktemp("model")))
+def pipeline(tiny_model: Path) -> LayerT2VPipeline:
+    return LayerT2VPipeline.from_folder(tiny_model)
 
 
 def test_generate_is_seeded_and_layered(pipeline: LayerT2VPipeline) -> None:

@@ -2,13 +2,10 @@
 parent run with its lineage tags and dataset. (The Prefect UI's named task runs: tests/test_flows.py.)"""
 
 import json
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from playwright.sync_api import expect
@@ -17,12 +14,7 @@ from layert2v import io, tracking
 from layert2v.evaluate import log_evaluation
 
 from .browser import browser_page, screenshot
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from .conftest import free_port, wait_healthy
 
 
 def _chain_store(root: Path) -> dict[str, str]:
@@ -44,7 +36,7 @@ def _chain_store(root: Path) -> dict[str, str]:
 def mlflow_ui(tmp_path: Path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     runs = _chain_store(tmp_path)
-    port = _free_port()
+    port = free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
     server = subprocess.Popen(
         [str(mlflow), "ui", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--host", "127.0.0.1",
@@ -53,13 +45,7 @@ def mlflow_ui(tmp_path: Path, monkeypatch):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(1)
+        wait_healthy(f"{url}/health")
         yield url, runs
     finally:
         server.terminate()
