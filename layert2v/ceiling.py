@@ -83,7 +83,7 @@ def vae_ceiling(vae: LayerVAE, prepared: Path, count: int, split: str = "val") -
                 "alpha_iou": alpha_iou(decoded.alphas, truth.alphas),
                 "psnr_rgb": min(psnr(decoded.full, truth.full), 100.0),
                 "coherence_db": min(coherence(decoded), 100.0),
-                "blockiness": blockiness(decoded.full),
+                "blockiness": blockiness(decoded.full, vae.cfg.vae_cell),
             }
         )
         weights.append(len(truth.alphas))

@@ -16,6 +16,7 @@ import yaml
 
 from layert2v.config import Params, Request, RequestLimits, load_params, read_params_file, resolve_profile
 from layert2v.editing_cli import add_parsers, add_sampling_options, given_from_files, sampling_options, write_layered
+from layert2v.serving import cli as serve
 
 
 def _params(args: argparse.Namespace) -> Params:
@@ -404,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     add_parsers(commands)
+    serve.add_parser(commands, _common)
 
     registry = commands.add_parser("registry", help="MLflow model registry: register, promote, rollback")
     registry_commands = registry.add_subparsers(dest="registry_command", required=True)

@@ -167,6 +167,9 @@ class ModelConfig(FromDict):
     vae_base_dim: int = 16  # wan VAE: width of the first stage
     vae_dim_mult: tuple[int, ...] = (1, 2, 2, 2)  # wan VAE: per-stage width multipliers; 3 downsamplings -> 8x
     vae_num_res_blocks: int = 2  # residual blocks per wan VAE stage, or of the patch VAE's encoder and decoder
+    vae_cell: int = 8  # pixels per side of one latent cell (spatial compression): 8 (wan, patch) or 4 (patch)
+    vae_refine: int = 0  # patch VAE: width of a 3x3 head at full resolution after its decoder (0: none); it lets
+    # neighbouring cells' pixels meet, where the space-to-depth decoder alone draws each cell apart
     patch: tuple[int, int, int] = (1, 2, 2)  # DiT patch over (latent time, height, width)
     dim: int = 256  # transformer width D
     depth: int = 6  # transformer blocks
@@ -193,6 +196,15 @@ class ModelConfig(FromDict):
             len(self.vae_dim_mult) == 4, f"model.vae_dim_mult needs 4 stages (8x spatial), got {self.vae_dim_mult}"
         )
         _require(self.vae_arch in ("patch", "wan"), f"model.vae_arch must be 'patch' or 'wan', got {self.vae_arch!r}")
+        _require(
+            self.vae_cell in ((4, 8) if self.vae_arch == "patch" else (8,)),
+            f"model.vae_cell of the {self.vae_arch} VAE must be {'4 or 8' if self.vae_arch == 'patch' else '8'}, "
+            f"got {self.vae_cell}",
+        )
+        _require(
+            self.vae_refine >= 0 and (self.vae_refine == 0 or self.vae_arch == "patch"),
+            f"model.vae_refine must be >= 0 and is a patch VAE option, got {self.vae_refine} ({self.vae_arch})",
+        )
         _require(
             self.vae_width >= 8 and self.vae_width % 8 == 0,
             f"model.vae_width must be a positive multiple of 8, got {self.vae_width}",
@@ -350,6 +362,7 @@ class TrainConfig:
     """Trainer settings shared by all stages, and each stage's optimisation."""
 
     preset: str = "small"  # model preset (tiny, small, paper)
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields that replace the preset's
     precision: str = "32-true"  # Lightning precision: 32-true or bf16-mixed
     strategy: str = "auto"  # auto, ddp, fsdp (GPU only)
     devices: int = 1  # processes (CPU) or GPUs per node
@@ -363,6 +376,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.preset in PRESETS, f"train.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        known = {f.name for f in fields(ModelConfig)} - {"name", "text_len"}
+        _require(not set(self.model) - known, f"train.model has unknown keys {sorted(set(self.model) - known)}")
+        self.model_config(PRESETS[self.preset].text_len)
         _require(
             self.precision in ("32-true", "bf16-mixed"),
             f"train.precision must be 32-true or bf16-mixed, got {self.precision!r}",
@@ -373,6 +389,12 @@ class TrainConfig:
         _require(self.devices >= 1 and self.num_nodes >= 1, "train.devices and num_nodes must be >= 1")
         for stage, known in STAGE_GATE_METRICS.items():
             _check_names(getattr(self, stage).gate, known, f"train.{stage}.gate")
+
+    def model_config(self, text_len: int) -> ModelConfig:
+        """The preset with `train.model`'s fields in place (lists as tuples) and the text length the cached text
+        embeddings were written with (`prepare.max_tokens`, its one owner)."""
+        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in self.model.items()}
+        return model_preset(self.preset, **overrides, text_len=text_len)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], section: str) -> TrainConfig:
@@ -452,6 +474,40 @@ class ExportConfig(FromDict):
         _require(self.parity_samples >= 1, f"export.parity_samples must be >= 1, got {self.parity_samples}")
 
 
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig(FromDict):
+    """The layered-video service (`layert2v serve`): which model it follows, how much work it accepts, how long it
+    keeps what it made."""
+
+    alias: str = "champion"  # registry alias the service follows (the model is registry.model_name)
+    backend: str = "auto"  # auto: tensorrt with a GPU and TensorRT, else onnxruntime when the model carries its
+    # ONNX graphs, else torch
+    poll_seconds: float = 10.0  # how often the alias is looked up; a moved alias loads in the background
+    queue_max: int = 16  # accepted, unfinished jobs; beyond it a request gets 429 with Retry-After
+    job_timeout_s: float = 600.0  # a job still sampling after this fails with a timeout
+    retention_hours: float = 24.0  # finished jobs older than this are deleted with their files ...
+    disk_budget_mb: float = 2048.0  # ... and the oldest finished ones while the output folder is over this
+    max_upload_mb: float = 64.0  # bytes of one uploaded file
+    max_frames: int = RequestLimits.max_frames  # frames per clip
+    max_side: int = RequestLimits.max_side  # height and width in pixels
+    max_steps: int = RequestLimits.max_steps  # sampler steps
+
+    def __post_init__(self) -> None:
+        _require(bool(self.alias.strip()), "serve.alias must not be empty")
+        _require(self.backend in BACKENDS, f"serve.backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+        for name in ("poll_seconds", "job_timeout_s", "retention_hours", "disk_budget_mb", "max_upload_mb"):
+            _require(getattr(self, name) > 0, f"serve.{name} must be > 0, got {getattr(self, name)}")
+        _require(self.queue_max >= 1, f"serve.queue_max must be >= 1, got {self.queue_max}")
+        self.limits()
+
+    def limits(self) -> RequestLimits:
+        """The bounds `check_request` applies to every job."""
+        return RequestLimits(max_frames=self.max_frames, max_side=self.max_side, max_steps=self.max_steps)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Params:
     """Everything one run reads, one dataclass per params.yaml section."""
@@ -463,6 +519,7 @@ class Params:
     evaluate: EvaluateConfig
     export: ExportConfig
     registry: RegistryConfig
+    serve: ServeConfig
 
 
 SECTIONS = {
@@ -473,6 +530,7 @@ SECTIONS = {
     "evaluate": EvaluateConfig,
     "export": ExportConfig,
     "registry": RegistryConfig,
+    "serve": ServeConfig,
 }
 
 

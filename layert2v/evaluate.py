@@ -79,9 +79,9 @@ def generate(pipeline, prompt: ValPrompt, cfg: EvaluateConfig, frames: int, size
     )
 
 
-def sample_metrics(video: LayeredVideo, prompt: ValPrompt) -> dict[str, float]:
-    """Every metric of one generated sample against what its prompt asked for."""
-    metrics = layered_metrics(video) | adherence(video, prompt.attributes)
+def sample_metrics(video: LayeredVideo, prompt: ValPrompt, cell: int) -> dict[str, float]:
+    """Every metric of one generated sample against what its prompt asked for (`cell`: the VAE's, for blockiness)."""
+    metrics = layered_metrics(video, cell) | adherence(video, prompt.attributes)
     metrics["still_camera"] = float(prompt.still_camera)
     return metrics
 
@@ -118,7 +118,10 @@ def evaluate_pipeline(
         task = bar.add_task("evaluate: validation samples", total=len(prompts))
         for i, prompt in enumerate(prompts):
             video = generate(pipeline, prompt, cfg, frames, size)
-            rows.append({"clip_id": prompt.clip_id, "k": len(prompt.foregrounds)} | sample_metrics(video, prompt))
+            rows.append(
+                {"clip_id": prompt.clip_id, "k": len(prompt.foregrounds)}
+                | sample_metrics(video, prompt, pipeline.cfg.vae_cell)
+            )
             if out is not None and i < 4:
                 write_preview(video, Path(out) / "previews", prompt.clip_id)
             bar.advance(task)

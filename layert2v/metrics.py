@@ -4,7 +4,7 @@
 - alpha quality: binarity (share of clearly transparent or opaque pixels), edge width (soft pixels per
   boundary pixel), temporal IoU stability of the binarised matte;
 - background stability: mean absolute frame-to-frame change of the background;
-- blockiness: how much more the image steps across the autoencoder's 8-pixel cell boundaries than inside them;
+- blockiness: how much more the image steps across the autoencoder's cell boundaries than inside them;
 - prompt adherence on the synthetic vocabulary: the dominant colour inside a foreground's alpha and the
   best-matching template shape, compared with the attributes its caption names.
 """
@@ -57,7 +57,7 @@ def background_change(background: np.ndarray) -> float:
     return float(np.abs(np.diff(background, axis=0)).mean()) if len(background) > 1 else 0.0
 
 
-def blockiness(rgb: np.ndarray, block: int = 8) -> float:
+def blockiness(rgb: np.ndarray, block: int) -> float:
     """Mean absolute step between neighbouring pixels across `block`-pixel boundaries, over the mean step
     inside blocks (both directions, all frames): about 1 for natural images, well above where a decoder draws
     its cell grid. `rgb` is `[T, H, W, 3]` in [0, 1]."""
@@ -114,13 +114,14 @@ def adherence(video: LayeredVideo, attributes: list[dict]) -> dict[str, float]:
     return {"colour_adherence": float(np.mean(colours)), "shape_adherence": float(np.mean(shapes))}
 
 
-def layered_metrics(video: LayeredVideo) -> dict[str, float]:
-    """Coherence, alpha quality (averaged over foregrounds) and background stability of one clip."""
+def layered_metrics(video: LayeredVideo, cell: int) -> dict[str, float]:
+    """Coherence, alpha quality (averaged over foregrounds), background stability and blockiness (at the
+    autoencoder's `cell`) of one clip."""
     return {
         "coherence_db": coherence(video),
         "alpha_binarity": float(np.mean([binarity(a) for a in video.alphas])),
         "alpha_edge_width": float(np.mean([edge_width(a) for a in video.alphas])),
         "alpha_temporal_iou": float(np.mean([temporal_iou(a) for a in video.alphas])),
         "background_change": background_change(video.background),
-        "blockiness": blockiness(video.full),
+        "blockiness": blockiness(video.full, cell),
     }

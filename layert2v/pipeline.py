@@ -16,6 +16,7 @@ itself), `onnxruntime` (the exported graphs of `export/onnx.py`, CPU here, CUDA 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -31,7 +32,7 @@ from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import ALPHA, Layout, latent_shape
 from layert2v.models.text import TextEncoder, load_text_encoder, null_prompts
 from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
-from layert2v.sampling import composite_guided, guided, replace_known, sample, with_known
+from layert2v.sampling import composite_guided, guided, replace_known, reporting, sample, with_known
 
 
 def _check(ok: bool, message: str) -> None:
@@ -48,24 +49,49 @@ def slot_names(count: int) -> list[str]:
     return ["prompt", "background_prompt"] + [f"foreground_prompts[{i}]" for i in range(count - 2)]
 
 
+class RequestError(ValueError):
+    """A request field that breaks a rule; `field` names it as the request does (`foreground_prompts[1]`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise RequestError(field, message)
+
+
 def check_request(cfg: ModelConfig, request: Request, limits: RequestLimits) -> Layout:
     """Every field of `request` against the model's sizes (`cfg`, read from config.json alone) and `limits`;
-    `ValueError` naming the field and the rule. Returns the request's layout."""
+    `RequestError` naming the field and the rule. Returns the request's layout."""
     r = request
-    _check(isinstance(r.foreground_prompts, list), "foreground_prompts must be a list of strings")
+    _require(
+        isinstance(r.foreground_prompts, list), "foreground_prompts", "foreground_prompts must be a list of strings"
+    )
     for name, text in zip(slot_names(len(r.prompts())), r.prompts(), strict=True):
-        _check(isinstance(text, str) and bool(text.strip()), f"{name} must be a non-empty string")
+        _require(isinstance(text, str) and bool(text.strip()), name, f"{name} must be a non-empty string")
     count = len(r.foreground_prompts)
-    _check(1 <= count <= cfg.max_fg, f"1..{cfg.max_fg} foreground prompts allowed (the model's K_max), got {count}")
-    _check(r.frames >= 1 and (r.frames - 1) % 4 == 0, f"frames must be 4k+1, got {r.frames}")
-    _check(r.frames <= limits.max_frames, f"frames must be <= {limits.max_frames}, got {r.frames}")
-    multiple = 8 * cfg.patch[1]
-    for name, side in (("height", r.height), ("width", r.width)):
-        _check(side >= multiple and side % multiple == 0, f"{name} must be a multiple of {multiple}, got {side}")
-        _check(side <= limits.max_side, f"{name} must be <= {limits.max_side}, got {side}")
-    _check(1 <= r.steps <= limits.max_steps, f"steps must be in 1..{limits.max_steps}, got {r.steps}")
-    _check(r.guidance >= 1.0, f"guidance must be >= 1, got {r.guidance}")
-    _check(0.0 <= r.composite_guidance <= 1.0, f"composite_guidance must be in [0, 1], got {r.composite_guidance}")
+    _require(
+        1 <= count <= cfg.max_fg,
+        "foreground_prompts",
+        f"1..{cfg.max_fg} foreground prompts allowed (the model's K_max), got {count}",
+    )
+    _require(r.frames >= 1 and (r.frames - 1) % 4 == 0, "frames", f"frames must be 4k+1, got {r.frames}")
+    _require(r.frames <= limits.max_frames, "frames", f"frames must be <= {limits.max_frames}, got {r.frames}")
+    for name, side, patch in (("height", r.height, cfg.patch[1]), ("width", r.width, cfg.patch[2])):
+        multiple = cfg.vae_cell * patch  # pixels per DiT token side
+        _require(
+            side >= multiple and side % multiple == 0, name, f"{name} must be a multiple of {multiple}, got {side}"
+        )
+        _require(side <= limits.max_side, name, f"{name} must be <= {limits.max_side}, got {side}")
+    _require(1 <= r.steps <= limits.max_steps, "steps", f"steps must be in 1..{limits.max_steps}, got {r.steps}")
+    _require(r.guidance >= 1.0, "guidance", f"guidance must be >= 1, got {r.guidance}")
+    _require(
+        0.0 <= r.composite_guidance <= 1.0,
+        "composite_guidance",
+        f"composite_guidance must be in [0, 1], got {r.composite_guidance}",
+    )
     return Layout(count)
 
 
@@ -167,11 +193,12 @@ class LayerT2VPipeline:
         composite_guidance: float = Request.composite_guidance,
         fps: int = 8,
         given: Given | None = None,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> LayeredVideo:
         """One layered clip; the same arguments and seed give the same output.
 
         `given` holds layers the user keeps (`editing.py`): they are held on the sampling trajectory while the
-        others are sampled, and come back as given.
+        others are sampled, and come back as given. `on_step(i, steps)` is called after each sampler step.
 
         `negative_prompt` None guides against the null prompt: an encoded negative prompt, which training never
         showed as the unconditional branch, cost 1.1 dB coherence on 48 validation prompts (docs/results.md).
@@ -196,12 +223,14 @@ class LayerT2VPipeline:
             text, mask = (torch.cat([cond[0], uncond[0]]), torch.cat([cond[1], uncond[1]])) if doubled else cond
             return (self.denoiser or self.dit).forward_layout(x, t * 1000, text, mask, layout)
 
-        shape = (1, self.cfg.latent_channels, *latent_shape(frames, height, width))
+        shape = (1, self.cfg.latent_channels, *latent_shape(frames, height, width, self.cfg.vae_cell))
         generator = torch.Generator().manual_seed(seed)
         noise = layout.pack([torch.randn(shape, generator=generator) for _ in range(layout.num_segments)])
         clear = self.vae.encode_rgb(torch.zeros(1, 3, frames, height, width))
-        grid = lambda z: alpha_to_latent_grid(self.vae.decode_alpha(z))  # noqa: E731
+        grid = lambda z: alpha_to_latent_grid(self.vae.decode_alpha(z), self.cfg.vae_cell)  # noqa: E731
         denoise = composite_guided(guided(velocity, guidance), layout, composite_guidance, grid, clear)
+        if on_step is not None:
+            denoise = reporting(denoise, steps, on_step)
         given = (given or Given()).resolved(frames, height, width, layout.num_fg)
         known = given.known_latents(self.vae, layout)
         latents = replace_known(

@@ -133,6 +133,19 @@ def with_known(velocity: VelocityFn, layout: Layout, known: dict[int, torch.Tens
     return conditioned
 
 
+def reporting(velocity: VelocityFn, steps: int, on_step: Callable[[int, int], None]) -> VelocityFn:
+    """`velocity` that calls `on_step(i, steps)` after its i-th call: both samplers call it once per step. The
+    callback may raise to stop sampling (the service's per-job timeout does)."""
+    calls = itertools.count(1)
+
+    def reported(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        v = velocity(x, t)
+        on_step(min(next(calls), steps), steps)
+        return v
+
+    return reported
+
+
 def replace_known(latents: torch.Tensor, layout: Layout, known: dict[int, torch.Tensor]) -> torch.Tensor:
     """`latents` with each known segment set to its given latent."""
     segments = layout.split(latents)

@@ -172,6 +172,8 @@ def _params_with(tmp_path: Path, edit) -> Path:
         (lambda r: r["train"]["stage1"]["gate"].update({"val/alpha_io": 0.5}), "train.stage1.gate names unknown"),
         (lambda r: r.update(evalute={"prompts": 4}), r"params has unknown sections \['evalute'\]"),
         (lambda r: r["profiles"]["smoke"].update(trian={}), r"profiles.smoke has unknown sections \['trian'\]"),
+        (lambda r: r["train"].update(model={"vae_cel": 4}), r"train.model has unknown keys \['vae_cel'\]"),
+        (lambda r: r["train"].update(model={"vae_cell": 2}), "model.vae_cell of the patch VAE must be 4 or 8, got 2"),
     ],
 )  # fmt: skip
 def test_misspelt_params_are_errors_at_load(tmp_path: Path, edit, message: str) -> None:

@@ -14,12 +14,12 @@ from layert2v.models.vae import LayerVAE
 
 def test_blockiness_is_about_one_on_ground_truth_and_high_on_a_cell_grid(smoke_prepared) -> None:
     truth, _ = true_clips(smoke_prepared.out, 1)[0]
-    assert 0.5 < blockiness(truth.full) < 1.5
+    assert 0.5 < blockiness(truth.full, 8) < 1.5
     frames, height, width, _ = truth.full.shape
     cells = truth.full.reshape(frames, height // 8, 8, width // 8, 8, 3).mean(axis=(2, 4), keepdims=True)
     grid = np.broadcast_to(cells, (frames, height // 8, 8, width // 8, 8, 3)).reshape(truth.full.shape)
     noisy_grid = grid + np.random.default_rng(0).normal(0, 0.005, grid.shape)  # flat cells, steps at their edges
-    assert blockiness(noisy_grid) > 3 * blockiness(truth.full)
+    assert blockiness(noisy_grid, 8) > 3 * blockiness(truth.full, 8)
 
 
 def test_true_clips_are_the_cached_layers_with_their_attributes(smoke_prepared) -> None:

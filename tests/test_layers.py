@@ -60,7 +60,7 @@ def test_metrics_on_ground_truth_and_on_shuffled_layers() -> None:
         assert coherence(video) > 100  # exact layers: the composite is the full video
         scores = adherence(video, attrs)
         assert scores["colour_adherence"] == 1.0
-        metrics = layered_metrics(video)
+        metrics = layered_metrics(video, 8)
         assert metrics["alpha_binarity"] > 0.9 and 0 < metrics["alpha_edge_width"] < 3
     shapes = np.mean([adherence(v, a)["shape_adherence"] for v, a in videos])
     assert shapes > 0.8
@@ -76,7 +76,7 @@ def test_background_stability_follows_the_camera(camera: str) -> None:
     for index in range(CFG.clips):
         clip = make_clip(CFG, index)
         if clip["metadata"]["attributes"]["camera"]["kind"] == camera:
-            change = layered_metrics(clip_video(index)[0])["background_change"]
+            change = layered_metrics(clip_video(index)[0], 8)["background_change"]
             assert (change < 1e-6) if camera == "still" else (change > 1e-3)
             return
     pytest.fail(f"no {camera} clip among {CFG.clips}")

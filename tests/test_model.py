@@ -39,7 +39,7 @@ def test_layout_visibility_and_pack_round_trip(k: int) -> None:
         assert vis[2 + 2 * j].tolist() == expected and vis[3 + 2 * j].tolist() == expected
     segments = [torch.randn(2, 16, 3, 4, 4) for _ in range(layout.num_segments)]
     packed = layout.pack(segments)
-    assert packed.shape == (2, 16, 3 * layout.num_segments, 4, 4) == layout.latents_shape(2, 16, 9, 32, 32)
+    assert packed.shape == (2, 16, 3 * layout.num_segments, 4, 4) == layout.latents_shape(2, 16, 9, 32, 32, 8)
     assert all(torch.equal(a, b) for a, b in zip(layout.split(packed), segments, strict=True))
     assert Layout.from_segments(len(segments)) == layout
     full, bg, fgs, alphas = layout.group(list(range(layout.num_segments)))
@@ -48,9 +48,12 @@ def test_layout_visibility_and_pack_round_trip(k: int) -> None:
 
 
 def test_latent_geometry_is_the_vae_contract() -> None:
-    assert latent_shape(9, 64, 64) == (3, 8, 8) and latent_shape(1, 8, 16) == (1, 1, 2)
+    assert latent_shape(9, 64, 64, 8) == (3, 8, 8) and latent_shape(1, 8, 16, 8) == (1, 1, 2)
+    assert latent_shape(9, 64, 64, 4) == (3, 16, 16)
     with pytest.raises(ValueError, match="4k\\+1 frames and 8x8 pixel cells"):
-        latent_shape(6, 64, 64)
+        latent_shape(6, 64, 64, 8)
+    with pytest.raises(ValueError, match="4x4 pixel cells"):
+        latent_shape(9, 66, 64, 4)
     with pytest.raises(ValueError, match="no layered sample"):
         Layout.from_segments(5)
 

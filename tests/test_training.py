@@ -175,9 +175,11 @@ def test_alpha_on_the_latent_grid() -> None:
     alpha = torch.zeros(1, 1, 9, 16, 16)
     alpha[:, :, 0, :8, :8] = 1.0  # frame 0: top-left block
     alpha[:, :, 1:5, 8:, 8:] = 0.5  # frames 1-4: bottom-right block at half
-    grid = alpha_to_latent_grid(alpha)
+    grid = alpha_to_latent_grid(alpha, 8)
     assert grid.shape == (1, 1, 3, 2, 2)
     assert grid[0, 0, 0, 0, 0] == 1 and grid[0, 0, 1, 1, 1] == 0.5 and grid[0, 0, 2].abs().sum() == 0
+    fine = alpha_to_latent_grid(alpha, 4)
+    assert fine.shape == (1, 1, 3, 4, 4) and fine[0, 0, 0, :2, :2].eq(1).all() and fine[0, 0, 0, 2:].eq(0).all()
 
 
 def test_encode_writes_the_latent_cache(tmp_path: Path, smoke_prepared) -> None:

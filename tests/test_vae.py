@@ -186,3 +186,31 @@ def test_weights_saved_before_the_patch_vae_load_as_wan(tmp_path: Path) -> None:
     video = torch.rand(1, 3, 5, 32, 32)
     assert loaded.cfg.vae_arch == "wan"
     assert torch.allclose(loaded.encode_rgb(video), vae.encode_rgb(video))
+
+
+def test_a_4_pixel_cell_vae_with_a_refine_head_keeps_the_contract(tmp_path: Path) -> None:
+    """`vae_cell: 4` gives a 2x finer latent grid; the refine head starts as the identity, keeps decoding causal
+    (one frame at a time) and round-trips through save/load."""
+    torch.manual_seed(0)
+    cfg = model_preset("tiny", vae_cell=4, vae_refine=8, patch=(1, 4, 4))
+    vae = LayerVAE(cfg).eval()
+    video = torch.rand(1, 3, 9, 32, 32)
+    folded = vae.vae._fold(video)
+    assert folded.shape == (3, 3 * 4 * 16, 8, 8) and torch.equal(vae.vae._unfold(folded, 1), video)
+    z = vae.encode_rgb(video)
+    assert z.shape == (1, 16, 3, 8, 8)
+    with torch.no_grad():
+        raw = vae.vae.decode_unclamped(z)
+        assert torch.equal(raw, vae.vae._unfold(vae.vae.decoder(z.transpose(1, 2).flatten(0, 1)), 1))
+        vae.vae.refine.net[2].weight.normal_()  # a trained head: frames still decode independently
+        changed = z.clone()
+        changed[:, :, 2] = torch.randn_like(z[:, :, 2])
+        a, b = vae.decode_rgb(z), vae.decode_rgb(changed)
+    assert torch.equal(a[:, :, :5], b[:, :, :5]) and not torch.equal(a[:, :, 5:], b[:, :, 5:])
+    save_vae(vae, tmp_path)
+    loaded = load_vae(tmp_path).eval()
+    assert loaded.cfg.vae_cell == 4 and torch.equal(loaded.decode_rgb(z), a)
+    with pytest.raises(ValueError, match="vae_cell of the wan VAE must be 8"):
+        model_preset("tiny", vae_arch="wan", vae_cell=4)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        vae.encode_rgb(torch.rand(1, 3, 5, 30, 32))

@@ -29,7 +29,7 @@ class ClipShape:
     width: int
 
     def latents(self, cfg: ModelConfig, layout: Layout, batch: int) -> tuple[int, ...]:
-        return layout.latents_shape(batch, cfg.latent_channels, self.frames, self.height, self.width)
+        return layout.latents_shape(batch, cfg.latent_channels, self.frames, self.height, self.width, cfg.vae_cell)
 
 
 def graph_name(num_fg: int, precision: str) -> str:

@@ -9,7 +9,8 @@ carries a layer type (row of the LayerAdaLN table) and an instance id (row of th
     full -> every prompt;  bg -> full + bg;  fg_k, alpha_k -> full + fg_k.
 
 This module also owns the latent geometry every segment shares: the VAE compresses F = 4k+1 frames of
-H x W pixels to `latent_shape(F, H, W) = ((F - 1) / 4 + 1, H / 8, W / 8)` (the Wan 2.1 contract).
+H x W pixels to `latent_shape(F, H, W, cell) = ((F - 1) / 4 + 1, H / cell, W / cell)`; `cell` is the model's
+`vae_cell` (8 in the Wan 2.1 contract, 4 for the finer patch autoencoder).
 
 Shapes: B batch, C latent channels, L segments, T latent frames per segment, H, W latent size,
 P prompts, M tokens per prompt.
@@ -25,17 +26,19 @@ import torch
 FULL, BACKGROUND, FOREGROUND, ALPHA = 0, 1, 2, 3
 LAYER_TYPES = 4
 NO_INSTANCE = -1
-TEMPORAL_COMPRESSION, SPATIAL_COMPRESSION = 4, 8  # of the VAE: F = 4k+1 frames -> k+1 latent frames; 8x8 pixels
+TEMPORAL_COMPRESSION = 4  # of the VAE: F = 4k+1 frames -> k+1 latent frames
 
 T = TypeVar("T")
 
 
-def latent_shape(frames: int, height: int, width: int) -> tuple[int, int, int]:
-    """Latent `(T, H, W)` of one segment of `frames` (4k+1) frames of `height x width` pixels."""
-    if (frames - 1) % TEMPORAL_COMPRESSION or height % SPATIAL_COMPRESSION or width % SPATIAL_COMPRESSION:
-        raise ValueError(f"{frames} frames of {height}x{width} do not fit the VAE's 4k+1 frames and 8x8 pixel cells")
-    s = SPATIAL_COMPRESSION
-    return (frames - 1) // TEMPORAL_COMPRESSION + 1, height // s, width // s
+def latent_shape(frames: int, height: int, width: int, cell: int) -> tuple[int, int, int]:
+    """Latent `(T, H, W)` of one segment of `frames` (4k+1) frames of `height x width` pixels, `cell x cell`
+    pixels per latent cell."""
+    if (frames - 1) % TEMPORAL_COMPRESSION or height % cell or width % cell:
+        raise ValueError(
+            f"{frames} frames of {height}x{width} do not fit the VAE's 4k+1 frames and {cell}x{cell} pixel cells"
+        )
+    return (frames - 1) // TEMPORAL_COMPRESSION + 1, height // cell, width // cell
 
 
 @dataclass(frozen=True)
@@ -85,9 +88,11 @@ class Layout:
             raise ValueError(f"latent time {latents.shape[2]} does not split into {self.num_segments} segments")
         return list(latents.chunk(self.num_segments, dim=2))
 
-    def latents_shape(self, batch: int, channels: int, frames: int, height: int, width: int) -> tuple[int, ...]:
+    def latents_shape(
+        self, batch: int, channels: int, frames: int, height: int, width: int, cell: int
+    ) -> tuple[int, ...]:
         """Packed latents `[B, C, L*T, H, W]` of a clip of `frames` x `height` x `width` pixels."""
-        t, h, w = latent_shape(frames, height, width)
+        t, h, w = latent_shape(frames, height, width, cell)
         return batch, channels, self.num_segments * t, h, w
 
     @property

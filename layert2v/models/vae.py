@@ -1,12 +1,13 @@
 """The video VAE with LayerT2V's alpha path.
 
-Two autoencoders share one latent contract (4x temporal, 8x spatial compression, 16 channels, causal):
+Two autoencoders share one latent contract (4x temporal, `vae_cell` x spatial compression, 16 channels, causal):
 - `wan`: diffusers' `AutoencoderKLWan`, loaded from a local diffusers-format Wan2.1 folder for `paper`
   (never downloaded) or built fresh at any width;
 - `patch`: `PatchAutoencoder`, a space-time-to-depth autoencoder for the CPU presets (`tiny`, `small`), which
   train it from scratch in stage 0. Measured on the default data with 2 cores, it reaches ~19 dB RGB PSNR in
   150 s where a fresh Wan VAE of similar size reaches ~13 dB (below the 15 dB of predicting each clip's mean
-  colour): Wan's full-resolution 3D convolutions cost ~20x more per step.
+  colour): Wan's full-resolution 3D convolutions cost ~20x more per step. Its cells are 8 x 8 or 4 x 4 pixels
+  (`vae_cell`); an optional full-resolution head (`vae_refine`) smooths the seams between cells.
 Latents are normalised per channel with a mean/std computed from data (`fit_latent_stats`) and stored as
 buffers with the weights.
 
@@ -15,7 +16,7 @@ channels, maps `(x + 1) / 2` and clamps. Stage 1 adapts the alpha path only: a z
 adapter on the alpha latent (so it starts as the identity) and LoRA (peft) on the decoder's 2D and
 pointwise convolutions, active only when decoding alpha; RGB decoding runs with the adapters off.
 
-Shapes: B batch, F frames (4k+1), H, W pixels; latents `[B, 16, (F - 1) / 4 + 1, H / 8, W / 8]`.
+Shapes: B batch, F frames (4k+1), H, W pixels; latents `[B, 16, (F - 1) / 4 + 1, H / cell, W / cell]`.
 """
 
 from __future__ import annotations
@@ -57,19 +58,35 @@ class _Residual(nn.Module):
         return x + self.net(x)
 
 
+class _Refine(nn.Module):
+    """`x + conv(silu(conv(x)))` per frame at full resolution, zero at init: 3x3 kernels that cross cell borders."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.SiLU(), nn.Conv2d(width, 3, 3, padding=1))
+        nn.init.zeros_(self.net[2].weight)
+        nn.init.zeros_(self.net[2].bias)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        frames = video.transpose(1, 2).flatten(0, 1)
+        return video + self.net(frames).unflatten(0, (video.shape[0], -1)).transpose(1, 2)
+
+
 class PatchAutoencoder(nn.Module):
-    """A causal video autoencoder that folds each 4-frame x 8 x 8 pixel block into channels.
+    """A causal video autoencoder that folds each 4-frame x `cell` x `cell` pixel block into channels.
 
     Frame 0 is repeated three times in front so that latent frame 0 covers frame 0 alone and latent frame j
     frames 4j-3 .. 4j, as in Wan. Every latent frame is then coded independently by 2D residual blocks at
-    H/8 x W/8 (so the encoder is causal), to a diagonal Gaussian like diffusers' VAEs (`encode(x).latent_dist`,
-    `decode(z).sample` clamped to [-1, 1], `decode_unclamped` for losses).
+    H/cell x W/cell (so the encoder is causal), to a diagonal Gaussian like diffusers' VAEs (`encode(x).latent_dist`,
+    `decode(z).sample` clamped to [-1, 1], `decode_unclamped` for losses). With `refine > 0` a full-resolution
+    head follows the decoder (it sees one frame at a time, so decoding stays causal).
     """
 
-    time_block, space_block = 4, 8
+    time_block = 4
 
-    def __init__(self, z_dim: int, width: int, blocks: int) -> None:
+    def __init__(self, z_dim: int, width: int, blocks: int, cell: int = 8, refine: int = 0) -> None:
         super().__init__()
+        self.space_block = cell
         folded = 3 * self.time_block * self.space_block**2
         self.encoder = nn.Sequential(
             nn.Conv2d(folded, width, 1), *[_Residual(width) for _ in range(blocks)],
@@ -79,9 +96,10 @@ class PatchAutoencoder(nn.Module):
             nn.Conv2d(z_dim, width, 1), *[_Residual(width) for _ in range(blocks)],
             nn.GroupNorm(8, width), nn.SiLU(), nn.Conv2d(width, folded, 1),
         )  # fmt: skip
+        self.refine = _Refine(refine) if refine else nn.Identity()
 
     def _fold(self, x: torch.Tensor) -> torch.Tensor:
-        """`[B, 3, F, H, W]` -> `[B * T', 3 * 4 * 64, H / 8, W / 8]`."""
+        """`[B, 3, F, H, W]` -> `[B * T', 3 * 4 * cell * cell, H / cell, W / cell]`."""
         b, c, _, h, w = x.shape
         t, s = self.time_block, self.space_block
         x = torch.cat([x[:, :, :1].expand(-1, -1, t - 1, -1, -1), x], dim=2)
@@ -97,13 +115,15 @@ class PatchAutoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> AutoencoderKLOutput:
         if x.shape[2] % self.time_block != 1 or x.shape[3] % self.space_block or x.shape[4] % self.space_block:
-            raise ValueError(f"video of shape {tuple(x.shape)}: frames must be 4k+1 and height, width multiples of 8")
+            raise ValueError(
+                f"video of shape {tuple(x.shape)}: frames must be 4k+1 and height, width multiples of {self.space_block}"
+            )
         h = self.encoder(self._fold(x))
         h = h.reshape(x.shape[0], -1, *h.shape[1:]).transpose(1, 2)
         return AutoencoderKLOutput(latent_dist=DiagonalGaussianDistribution(h))
 
     def decode_unclamped(self, z: torch.Tensor) -> torch.Tensor:
-        return self._unfold(self.decoder(z.transpose(1, 2).flatten(0, 1)), z.shape[0])
+        return self.refine(self._unfold(self.decoder(z.transpose(1, 2).flatten(0, 1)), z.shape[0]))
 
     def decode(self, z: torch.Tensor) -> DecoderOutput:
         return DecoderOutput(sample=self.decode_unclamped(z).clamp(-1, 1))
@@ -114,7 +134,9 @@ def build_autoencoder(cfg: ModelConfig, pretrained: Path | None = None) -> nn.Mo
     if cfg.vae_arch == "patch":
         if pretrained is not None:
             raise ValueError(f"preset '{cfg.name}' uses the patch VAE, which has no pretrained checkpoint")
-        return PatchAutoencoder(cfg.latent_channels, cfg.vae_width, cfg.vae_num_res_blocks)
+        return PatchAutoencoder(
+            cfg.latent_channels, cfg.vae_width, cfg.vae_num_res_blocks, cell=cfg.vae_cell, refine=cfg.vae_refine
+        )
     from diffusers import AutoencoderKLWan
 
     if pretrained is not None:
@@ -255,12 +277,12 @@ def _wan_decode_unclamped(vae: nn.Module, z: torch.Tensor) -> torch.Tensor:
     return torch.cat(frames, dim=2)
 
 
-def alpha_to_latent_grid(alpha: torch.Tensor) -> torch.Tensor:
-    """Alpha `[B, 1, F, H, W]` -> `[B, 1, (F - 1) / 4 + 1, H / 8, W / 8]` on the VAE's causal latent grid.
+def alpha_to_latent_grid(alpha: torch.Tensor, cell: int) -> torch.Tensor:
+    """Alpha `[B, 1, F, H, W]` -> `[B, 1, (F - 1) / 4 + 1, H / cell, W / cell]` on the VAE's causal latent grid.
 
     Latent frame 0 covers frame 0 and latent frame j frames 4j-3 .. 4j, so frame 0 stays alone and later frames
-    are averaged in fours; space is averaged over 8 x 8. This is the `alpha_down` of the consistency loss.
+    are averaged in fours; space is averaged over cell x cell. This is the `alpha_down` of the consistency loss.
     """
     first, rest = alpha[:, :, :1], alpha[:, :, 1:]
     groups = rest.unflatten(2, (-1, 4)).mean(3) if rest.shape[2] else rest
-    return torch.nn.functional.avg_pool3d(torch.cat([first, groups], dim=2), kernel_size=(1, 8, 8))
+    return torch.nn.functional.avg_pool3d(torch.cat([first, groups], dim=2), kernel_size=(1, cell, cell))

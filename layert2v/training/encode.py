@@ -42,7 +42,7 @@ def encode_prepared(vae: LayerVAE, prepared: Path, out: Path, batch: int = 8) ->
         "background": ("background", vae.encode_rgb),
         "foreground": ("foreground", vae.encode_rgb),
         "alpha": ("alpha", vae.encode_alpha),
-        "alpha_grid": ("alpha", alpha_to_latent_grid),
+        "alpha_grid": ("alpha", lambda alpha: alpha_to_latent_grid(alpha, vae.cfg.vae_cell)),
     }
     splits = [s for s in SPLITS if (prepared / "cache" / s).is_dir()]
     with progress() as bar:

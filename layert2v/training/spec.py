@@ -15,7 +15,7 @@ from pathlib import Path
 
 import lightning as L
 
-from layert2v.config import DiTStageConfig, ModelConfig, Params, StageConfig, model_preset
+from layert2v.config import DiTStageConfig, ModelConfig, Params, StageConfig
 from layert2v.data.datamodule import LatentDataModule, VidLayerDataModule
 
 
@@ -28,9 +28,8 @@ class StageContext:
 
     @cached_property
     def model(self) -> ModelConfig:
-        """The model every stage builds and MLflow records: the preset, with the text length the cached text
-        embeddings were written with."""
-        return model_preset(self.params.train.preset, text_len=self.params.prepare.max_tokens)
+        """The model every stage builds and MLflow records (`TrainConfig.model_config`)."""
+        return self.params.train.model_config(self.params.prepare.max_tokens)
 
     def folder(self, name: str) -> Path:
         return self.out / name

@@ -1,0 +1,366 @@
+"""The layered-video HTTP service (`layert2v serve`): FastAPI over the job store and the worker.
+
+Endpoints (JSON; docs/serving.md has examples):
+- `POST /v1/generations` -> 202 and a job id; `GET /v1/generations/{id}` -> state, progress, model version, links;
+  `GET /v1/generations/{id}/files/{name}` -> one file; `GET /v1/generations/{id}/bundle` -> every file in one zip.
+- `POST /v1/regenerations` -> 202: one layer of a finished generation sampled anew, the others kept.
+- `POST /v1/recompositions` (multipart: a generation id, a new depth order, optionally a background image or
+  video) -> 201: the layers composited again, without sampling, as a new layered result.
+- `GET /v1/model`, `GET /healthz` (the process), `GET /readyz` (a model is loaded), `GET /metrics` (Prometheus).
+
+Every field is validated with bounds and a 422 names it; a full queue gets 429 with Retry-After; uploads are
+bounded in bytes, frames and pixels, checked by decoding, and stored under names the service makes; a file is
+served only by a name the job recorded. With a token set, `/v1/*` and `/metrics` need `Authorization: Bearer`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from layert2v.compose import LayeredVideo
+from layert2v.config import Request as GenerationDefaults
+from layert2v.config import ServeConfig
+from layert2v.editing import Given, read_rgb
+from layert2v.io import VideoError, probe
+from layert2v.pipeline import RequestError, check_request
+from layert2v.serving.jobs import FINISHED, QUEUED, RUNNING, Job, JobStore
+from layert2v.serving.metrics import Metrics
+from layert2v.serving.worker import BUNDLE, Worker, load_layers, write_job_files
+
+JOB_ID = r"^[0-9a-f]{32}$"
+FORMATS = ("mp4", "mov", "webm", "png")
+Prompt = Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+class GenerationIn(BaseModel):
+    """A generation request: the pyfunc's record fields plus the layer file formats to write."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Prompt
+    background_prompt: Prompt
+    foreground_prompts: list[Prompt] = Field(min_length=1, max_length=8)
+    frames: int = GenerationDefaults.frames
+    height: int = GenerationDefaults.height
+    width: int = GenerationDefaults.width
+    steps: int = GenerationDefaults.steps
+    guidance: float = Field(GenerationDefaults.guidance, ge=1.0, le=50.0)
+    composite_guidance: float = Field(GenerationDefaults.composite_guidance, ge=0.0, le=1.0)
+    seed: int = Field(GenerationDefaults.seed, ge=0, le=2**63 - 1)
+    formats: list[Literal[FORMATS]] = Field(default=list(FORMATS), min_length=1, max_length=4)
+
+
+class RegenerationIn(GenerationIn):
+    """One layer of a finished generation sampled anew from these prompts; sizes come from that generation."""
+
+    generation_id: str = Field(pattern=JOB_ID)
+    layer: str = Field(pattern=r"^(background|foreground_[1-8])$")
+
+
+@dataclass
+class Settings:
+    out: Path  # jobs, downloaded model versions and the default SQLite job database live here
+    cfg: ServeConfig
+    db_url: str | None = None  # default: sqlite:///<out>/jobs.db
+    token: str | None = None  # bearer token; None: no authentication (loopback only, the CLI enforces it)
+    worker_name: str = "layert2v"
+
+
+def _unprocessable(field: str, message: str) -> HTTPException:
+    return HTTPException(422, [{"loc": ["body", *field.replace("[", ".").rstrip("]").split(".")], "msg": message}])
+
+
+def _links(job: Job) -> dict[str, Any]:
+    base = f"/v1/generations/{job.id}"
+    links = {"self": base}
+    if job.state == FINISHED:
+        links |= {"bundle": f"{base}/bundle", "files": {name: f"{base}/files/{name}" for name in job.files or {}}}
+    return links
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "state": job.state,
+        "progress": {"step": job.step, "steps": job.steps},
+        "model_version": job.model_version,
+        "error": job.error,
+        "created": job.created,
+        "finished": job.finished,
+        "links": _links(job),
+    }
+
+
+def create_app(source, settings: Settings) -> FastAPI:
+    """The app over a model source (`serving.source`); the worker starts and stops with the app's lifespan."""
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = JobStore(settings.db_url or f"sqlite:///{out.resolve() / 'jobs.db'}", settings.worker_name)
+    handlers = {"generation": _generate, "regeneration": _regenerate}
+    worker = Worker(store, source, settings.cfg, out, handlers)
+    metrics = Metrics(store, worker)
+    worker.on_job_done = metrics.job_done
+
+    async def lifespan(app: FastAPI):
+        worker.start()
+        yield
+        await run_in_threadpool(worker.stop)
+
+    app = FastAPI(title="LayerT2V", version="1", lifespan=lifespan)
+    app.state.store, app.state.worker = store, worker
+    app.middleware("http")(metrics.middleware)
+
+    def auth(request: Request) -> None:
+        if settings.token is None:
+            return
+        header = request.headers.get("authorization", "")
+        if not hmac.compare_digest(header.encode(), f"Bearer {settings.token}".encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    def finished_job(job_id: str) -> Job:
+        job = store.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        if job.state != FINISHED:
+            raise HTTPException(409, f"job {job_id} is {job.state}, not finished")
+        return job
+
+    def admit(kind: str, request: dict[str, Any], steps: int) -> JSONResponse:
+        counts = store.counts()
+        if counts[QUEUED] + counts[RUNNING] >= settings.cfg.queue_max:
+            wait = math.ceil(worker.timing.mean() * (counts[QUEUED] + 1))
+            raise HTTPException(429, f"the queue is full ({settings.cfg.queue_max} jobs)", {"Retry-After": str(wait)})
+        job = store.get(store.add(kind, request, steps=steps))
+        return JSONResponse(job_view(job), status_code=202, headers={"Location": f"/v1/generations/{job.id}"})
+
+    def model_checked(body: GenerationIn, frames: int, height: int, width: int) -> None:
+        loaded = worker.loaded
+        if loaded is None:
+            raise HTTPException(503, "no model is loaded yet", {"Retry-After": "5"})
+        request = GenerationDefaults(
+            body.prompt, body.background_prompt, body.foreground_prompts, frames, height, width, body.steps,
+            body.guidance, body.composite_guidance, body.seed,
+        )  # fmt: skip
+        try:
+            check_request(loaded.pipeline.cfg, request, settings.cfg.limits())
+        except RequestError as err:
+            raise _unprocessable(err.field, str(err)) from err
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        loaded = worker.loaded
+        if loaded is None:
+            return JSONResponse({"ready": False, "error": worker.load_error}, status_code=503)
+        return JSONResponse({"ready": True, "model_version": loaded.version})
+
+    @app.get("/metrics", dependencies=[Depends(auth)])
+    def prometheus():
+        return metrics.response()
+
+    @app.get("/v1/model", dependencies=[Depends(auth)])
+    def model() -> dict[str, Any]:
+        loaded, pending = worker.loaded, worker.pending
+        if loaded is None:
+            raise HTTPException(503, f"no model is loaded yet ({worker.load_error or 'loading'})")
+        cfg = loaded.pipeline.cfg
+        return {
+            "version": loaded.version,
+            "uri": loaded.uri,
+            "backend": loaded.backend,
+            "loading": pending.version if pending else None,
+            "preset": cfg.name,
+            "max_foregrounds": cfg.max_fg,
+            "limits": vars(settings.cfg.limits()),
+        }
+
+    @app.post("/v1/generations", status_code=202, dependencies=[Depends(auth)])
+    def create_generation(body: GenerationIn) -> JSONResponse:
+        model_checked(body, body.frames, body.height, body.width)
+        return admit("generation", body.model_dump(), body.steps)
+
+    @app.post("/v1/regenerations", status_code=202, dependencies=[Depends(auth)])
+    def create_regeneration(body: RegenerationIn) -> JSONResponse:
+        source = finished_job(body.generation_id)
+        layers = load_layers(worker.folder(source))
+        frames, height, width = layers.full.shape[:3]
+        model_checked(body, frames, height, width)
+        if body.layer != "background" and int(body.layer.split("_")[1]) > len(layers.foregrounds):
+            raise _unprocessable("layer", f"layer {body.layer} does not exist: the generation has "
+                                 f"{len(layers.foregrounds)} foreground(s)")  # fmt: skip
+        if len(body.foreground_prompts) != len(layers.foregrounds):
+            raise _unprocessable(
+                "foreground_prompts",
+                f"the generation has {len(layers.foregrounds)} foreground(s); give one prompt each",
+            )
+        return admit("regeneration", body.model_dump(), body.steps)
+
+    @app.get("/v1/generations/{job_id}", dependencies=[Depends(auth)])
+    def get_generation(job_id: str) -> dict[str, Any]:
+        job = store.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        return job_view(job)
+
+    @app.get("/v1/generations/{job_id}/files/{name}", dependencies=[Depends(auth)])
+    def get_file(job_id: str, name: str) -> FileResponse:
+        job = finished_job(job_id)
+        if name not in (job.files or {}):
+            raise HTTPException(404, f"job {job_id} has no file {name!r}; it has {sorted(job.files or {})}")
+        return FileResponse(worker.folder(job) / job.files[name], filename=name)
+
+    @app.get("/v1/generations/{job_id}/bundle", dependencies=[Depends(auth)])
+    def get_bundle(job_id: str) -> FileResponse:
+        job = finished_job(job_id)
+        return FileResponse(worker.folder(job) / BUNDLE, filename=f"layert2v-{job.id}.zip")
+
+    @app.post("/v1/recompositions", status_code=201, dependencies=[Depends(auth)])
+    async def create_recomposition(
+        generation_id: Annotated[str, Form(pattern=JOB_ID)],
+        order: Annotated[str | None, Form(max_length=64)] = None,
+        background: Annotated[UploadFile | None, File()] = None,
+    ) -> JSONResponse:
+        source = finished_job(generation_id)
+        upload = await _save_upload(background, out, settings.cfg) if background is not None else None
+        try:
+            job = await run_in_threadpool(_recompose, store, worker, source, order, upload)
+        finally:
+            if upload is not None:
+                shutil.rmtree(upload.parent, ignore_errors=True)
+        return JSONResponse(job_view(job), status_code=201, headers={"Location": f"/v1/generations/{job.id}"})
+
+    return app
+
+
+# ---------------------------------------------------------------- job handlers (run on the worker thread)
+
+
+def _generate(pipeline, job: Job, jobs_dir: Path, on_step) -> tuple[LayeredVideo, dict[str, Any]]:
+    r = job.request
+    video = pipeline.generate(
+        r["prompt"], r["background_prompt"], r["foreground_prompts"], frames=r["frames"], height=r["height"],
+        width=r["width"], steps=r["steps"], guidance=r["guidance"], composite_guidance=r["composite_guidance"],
+        seed=r["seed"], on_step=on_step,
+    )  # fmt: skip
+    return video, {"prompts": [r["prompt"], r["background_prompt"], *r["foreground_prompts"]]}
+
+
+def _regenerate(pipeline, job: Job, jobs_dir: Path, on_step) -> tuple[LayeredVideo, dict[str, Any]]:
+    r = job.request
+    prompts = [r["prompt"], r["background_prompt"], *r["foreground_prompts"]]
+    video = pipeline.regenerate(
+        load_layers(jobs_dir / r["generation_id"]), r["layer"], prompts, steps=r["steps"], guidance=r["guidance"],
+        composite_guidance=r["composite_guidance"], seed=r["seed"], on_step=on_step,
+    )  # fmt: skip
+    return video, {"prompts": prompts, "regenerated": r["layer"], "from_generation": r["generation_id"]}
+
+
+# ---------------------------------------------------------------- recomposition and uploads
+
+
+def _parse_order(order: str | None, count: int) -> list[int]:
+    """ "2,1" -> [1, 0]: foreground numbers (1-based), nearest first; a number left out hides that layer."""
+    if order is None or not order.strip():
+        return list(range(count))
+    try:
+        numbers = [int(part) for part in order.split(",")]
+    except ValueError as err:
+        raise _unprocessable("order", f"order must be comma-separated foreground numbers, got {order!r}") from err
+    if len(set(numbers)) != len(numbers) or not all(1 <= n <= count for n in numbers):
+        raise _unprocessable("order", f"order must name distinct foregrounds among 1..{count}, got {order!r}")
+    return [n - 1 for n in numbers]
+
+
+def _recompose(store: JobStore, worker: Worker, source: Job, order: str | None, upload: Path | None) -> Job:
+    layers = load_layers(worker.folder(source))
+    frames, height, width = layers.full.shape[:3]
+    indices = _parse_order(order, len(layers.foregrounds))
+    background = layers.background
+    if upload is not None:
+        background = _read_background(upload, frames, height, width)
+    video = LayeredVideo(
+        full=layers.recomposite(background, indices),
+        background=background,
+        foregrounds=[layers.foregrounds[i] for i in indices],
+        alphas=[layers.alphas[i] for i in indices],
+        fps=layers.fps,
+    )
+    request = {"generation_id": source.id, "order": order, "background": upload is not None}
+    job_id = store.add("recomposition", request, state=RUNNING)
+    partial = worker.jobs_dir / f"{job_id}.partial"
+    partial.mkdir()
+    manifest = json_manifest(source, indices)
+    files = write_job_files(partial, video, ["mp4", "mov", "webm", "png"], manifest)
+    partial.rename(worker.jobs_dir / job_id)
+    store.finish(job_id, files, source.model_version)
+    return store.get(job_id)
+
+
+def json_manifest(source: Job, indices: list[int]) -> dict[str, Any]:
+    r = source.request
+    prompts = [r.get("prompt", ""), r.get("background_prompt", ""), *[r["foreground_prompts"][i] for i in indices]]
+    return {"prompts": prompts, "recomposed_from": source.id, "order": [i + 1 for i in indices]}
+
+
+async def _save_upload(upload: UploadFile, out: Path, cfg: ServeConfig) -> Path:
+    """The upload in a fresh folder under `<out>/uploads`, under a name the service makes (never the client's);
+    413 past `serve.max_upload_mb`."""
+    limit = int(cfg.max_upload_mb * 2**20)
+    (out / "uploads").mkdir(exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=out / "uploads"))
+    path, size = folder / "upload", 0
+    with path.open("wb") as f:
+        while chunk := await upload.read(2**20):
+            size += len(chunk)
+            if size > limit:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise HTTPException(413, f"background is over serve.max_upload_mb = {cfg.max_upload_mb:g} MB")
+            f.write(chunk)
+    return path
+
+
+def _header(path: Path) -> tuple[str, int, int, int]:
+    """`(kind, height, width, frames)` of an uploaded image or video, from its header alone (nothing decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return "image", image.height, image.width, 1
+    except (UnidentifiedImageError, OSError):
+        pass
+    try:
+        info = probe(path)
+    except VideoError as err:
+        raise _unprocessable("background", "background is neither an image nor a video") from err
+    return "video", info.height, info.width, info.frames
+
+
+def _read_background(path: Path, frames: int, height: int, width: int) -> np.ndarray:
+    """A still image or a video of the generation's size and frame count, checked on its header before it is
+    decoded; 422 naming `background` otherwise."""
+    kind, h, w, count = _header(path)
+    if (h, w) != (height, width):
+        raise _unprocessable("background", f"background is {h}x{w}, the generation {height}x{width}")
+    if kind == "video" and count and count != frames:
+        raise _unprocessable("background", f"background has {count} frames, the generation {frames}")
+    try:
+        rgb = read_rgb(path.rename(path.with_suffix(".png")) if kind == "image" else path)
+        return Given(background=rgb).resolved(frames, height, width, 1).background
+    except (ValueError, VideoError) as err:
+        raise _unprocessable("background", f"background: {err}") from err
