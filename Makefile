@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install install-gpu run test lint browser data data-check bench clean prefect mlflow-ui push
+.PHONY: install install-gpu run test lint browser postgres serve data data-check bench clean prefect mlflow-ui push
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,13 +27,21 @@ run: install
 	@[ -f data/vidlayer/dataset.json ] || $(MAKE) data
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-test: install lint browser
+test: install lint browser postgres
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
 
 # Debian's Chromium, which the UI tests drive with Playwright (no browser is ever downloaded), installed when missing.
 browser:
 	@command -v chromium > /dev/null || (apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver > /dev/null)
+
+# Debian's PostgreSQL (installed and started when missing) for the MLflow server and job store of the serving tests.
+postgres:
+	@bash deploy/postgres.sh > /dev/null
+
+# The layered-video service over the registry's champion (follows promotions), on loopback: docs/serving.md.
+serve: install
+	$(BIN)/layert2v serve --root $(CURDIR) --out $(CURDIR)/serve
 
 lint: install
 	$(BIN)/ruff check layert2v flows deploy tests benchmarks

@@ -49,14 +49,16 @@ def _params(tmp_path: Path, **serve) -> Path:
 
 
 @contextmanager
-def serving(tmp_path: Path, *source: str, env: dict[str, str] | None = None, **serve) -> Iterator[tuple[str, dict]]:
+def serving(
+    tmp_path: Path, *source: str, env: dict[str, str] | None = None, db: str | None = None, **serve
+) -> Iterator[tuple[str, dict]]:
     """A `layert2v serve` process over `source` (`--model DIR` or `--root DIR`); yields its URL and how it was
     started, so a test can start it again on the same folder."""
     port = free_port()
     command = [sys.executable, "-m", "layert2v.cli", "serve", "--params", str(_params(tmp_path, **serve)),
-               *source, "--out", str(tmp_path / "serve"), "--port", str(port), "--name", "test-replica"]  # fmt: skip
-    environ = os.environ | (env or {})
-    environ.pop("MLFLOW_TRACKING_URI", None)
+               *source, "--out", str(tmp_path / "serve"), "--port", str(port), "--name", "test-replica",
+               *(["--db", db] if db else [])]  # fmt: skip
+    environ = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | (env or {})
     started = {"command": command, "env": environ, "log": tmp_path / f"serve-{port}.log"}
     process = _start(started)
     try:
@@ -319,3 +321,67 @@ def test_a_promotion_switches_the_served_version_between_two_jobs(
         assert second["model_version"] == "2" and client.get("/v1/model").json()["version"] == "2"
         bundle = zipfile.ZipFile(io.BytesIO(client.get(second["links"]["bundle"]).content))
         assert json.loads(bundle.read("layers.json"))["model_uri"] == "models:/layert2v/2"
+
+
+@pytest.fixture
+def postgres() -> Iterator[callable]:
+    """Fresh databases on the local PostgreSQL (`deploy/postgres.sh`, which `make test` runs), dropped after."""
+    from sqlalchemy import create_engine, text
+
+    base = subprocess.check_output(["bash", str(ROOT / "deploy" / "postgres.sh")], text=True).strip()
+    admin = create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
+    made = []
+
+    def database(name: str) -> str:
+        made.append(f"{name}_{os.getpid()}_{time.monotonic_ns()}")
+        with admin.connect() as db:
+            db.execute(text(f"CREATE DATABASE {made[-1]}"))
+        return f"{base}/{made[-1]}"
+
+    yield database
+    with admin.connect() as db:
+        for name in made:
+            db.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+def test_an_mlflow_server_on_postgresql_promotes_and_the_service_on_postgresql_follows(
+    tmp_path: Path, tiny_model: Path, smoke, postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scale-out's parts that run here for real: `mlflow server` on PostgreSQL with an artifact root, register ->
+    promote over HTTP, and the service, its jobs in PostgreSQL, switching to the promoted version."""
+    from sqlalchemy import create_engine, text
+
+    from layert2v.registry import promote, register
+
+    port = free_port()
+    mlflow_url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "mlflow.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres("mlflow"), "--artifacts-destination",
+         str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=log,
+    )  # fmt: skip
+    try:
+        wait_healthy(f"{mlflow_url}/health")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_url)
+        metrics = {"coherence_db": 20.0, "colour_adherence": 0.7, "shape_adherence": 0.5}
+        register(tiny_model, metrics, smoke, tmp_path, ROOT)
+        promote(smoke.registry, tmp_path, actor="test")
+        jobs_db = postgres("jobs")
+        env = {"MLFLOW_TRACKING_URI": mlflow_url}
+        with serving(tmp_path, env=env, db=jobs_db) as (url, _), httpx.Client(base_url=url) as client:
+            assert _wait(client, _submit(client))["model_version"] == "1"
+            register(tiny_model, metrics | {"coherence_db": 21.0}, smoke, tmp_path, ROOT)
+            assert promote(smoke.registry, tmp_path, actor="test").promote
+            deadline = time.monotonic() + 60
+            while client.get("/readyz").json()["model_version"] != "2" and time.monotonic() < deadline:
+                time.sleep(0.5)
+            job = _wait(client, _submit(client))
+            assert job["model_version"] == "2" and job["state"] == "finished"
+        with create_engine(jobs_db).connect() as db:
+            versions = db.execute(text("select model_version from layert2v_jobs order by created")).scalars().all()
+        assert versions == ["1", "2"]
+    finally:
+        server.terminate()
+        server.wait(30)
