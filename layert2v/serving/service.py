@@ -120,7 +120,7 @@ def create_app(source, settings: Settings) -> FastAPI:
         await run_in_threadpool(worker.stop)
 
     app = FastAPI(title="LayerT2V", version="1", lifespan=lifespan)
-    app.state.store, app.state.worker = store, worker
+    app.state.store, app.state.worker, app.state.metrics = store, worker, metrics
     app.middleware("http")(metrics.middleware)
 
     def auth(request: Request) -> None:
