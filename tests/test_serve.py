@@ -385,3 +385,31 @@ def test_an_mlflow_server_on_postgresql_promotes_and_the_service_on_postgresql_f
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_retention_deletes_old_jobs_then_the_oldest_over_the_disk_budget(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from sqlalchemy import update
+
+    from layert2v.config import load_params
+    from layert2v.serving.jobs import JobStore, jobs
+    from layert2v.serving.worker import Worker
+
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}", "test")
+    cfg = replace(load_params(ROOT / "params.yaml").serve, retention_hours=1.0, disk_budget_mb=2.5)
+    worker = Worker(store, None, cfg, tmp_path, {})
+    now, made = time.time(), []
+    for age_hours in (30, 0.5, 0.4, 0.3, 0.2):  # oldest first; 1 MB each
+        job_id = store.add("generation", {})
+        store.finish(job_id, {"x.bin": "x.bin"}, "1")
+        with store.engine.begin() as db:
+            db.execute(update(jobs).where(jobs.c.id == job_id).values(finished=now - age_hours * 3600))
+        (tmp_path / "jobs" / job_id).mkdir()
+        (tmp_path / "jobs" / job_id / "x.bin").write_bytes(b"0" * 2**20)
+        made.append(job_id)
+    queued = store.add("generation", {})
+    assert worker.cleanup() == made[:3]  # past retention, then the oldest until 2 MB remain
+    assert [store.get(j) is None for j in made] == [True, True, True, False, False]
+    assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == sorted(made[3:])
+    assert store.get(queued).state == "queued"  # unfinished work is never cleaned
