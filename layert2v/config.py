@@ -300,13 +300,15 @@ class StageConfig(FromDict):
 
 @dataclass(frozen=True, kw_only=True)
 class VAEStageConfig(StageConfig):
-    """Stage 0: the VAE on RGB clips."""
+    """Stage 0: the VAE on RGB clips (and, with `alpha_weight > 0`, on alpha mattes too)."""
 
     kl_weight: float = 1e-6  # weight of the posterior's KL term beside the L1 reconstruction
+    alpha_weight: float = 0.0  # weight of the first foreground's matte, reconstructed as the alpha path feeds it
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.kl_weight >= 0, f"kl_weight must be >= 0, got {self.kl_weight}")
+        _require(self.alpha_weight >= 0, f"alpha_weight must be >= 0, got {self.alpha_weight}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,7 +26,7 @@ from PIL import Image
 
 from layert2v.cli import main
 from layert2v.compose import LayeredVideo
-from layert2v.io import read_rgba, read_video
+from layert2v.io import read_rgba, read_video, write_video
 
 from .conftest import ROOT, free_port, wait_healthy
 
@@ -243,6 +243,39 @@ def test_regenerating_one_layer_keeps_the_others(service: httpx.Client) -> None:
     assert not np.array_equal(before["alpha_1"], after["alpha_1"])
     missing = service.post("/v1/regenerations", json=body | {"generation_id": job["id"], "layer": "foreground_3"})
     assert missing.status_code == 422 and "does not exist" in missing.text
+
+
+def test_foregrounds_for_an_uploaded_background_and_a_decomposed_upload(service: httpx.Client) -> None:
+    background = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(background).save(png, format="PNG")
+    request = json.dumps(PROMPTS | SMALL)
+    response = service.post("/v1/foregrounds", data={"request": request}, files={"background": ("bg", png.getvalue())})
+    assert response.status_code == 202, response.text
+    job = _wait(service, response.json()["id"])
+    layers = np.load(io.BytesIO(service.get(job["links"]["files"]["layers.npz"]).content))
+    assert job["state"] == "finished" and all(np.array_equal(frame, background) for frame in layers["background"])
+
+    clip = Path(f"plain-{os.getpid()}.mp4")
+    try:
+        write_video(clip, layers["full"], 8)
+        upload = clip.read_bytes()
+    finally:
+        clip.unlink()
+    response = service.post("/v1/decompositions", data={"request": request}, files={"video": ("v.mp4", upload)})
+    assert response.status_code == 202, response.text
+    result = _wait(service, response.json()["id"])
+    assert result["state"] == "finished", result["error"]
+    decomposed = np.load(io.BytesIO(service.get(result["links"]["files"]["layers.npz"]).content))
+    assert decomposed["full"].shape == (5, 32, 32, 3) and decomposed["alpha_0"].shape == (5, 32, 32)
+    assert np.abs(decomposed["full"].astype(int) - layers["full"]).mean() < 8  # the upload, through H.264
+    assert not list((service.out / "uploads").iterdir())  # an upload lives until its job ends
+
+    bad = service.post("/v1/decompositions", data={"request": json.dumps(PROMPTS | {"steps": 0})},
+                       files={"video": ("v.mp4", upload)})  # fmt: skip
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "request", "steps"]
+    still = service.post("/v1/decompositions", data={"request": request}, files={"video": ("v.png", png.getvalue())})
+    assert still.status_code == 422 and "must be a video" in still.text
 
 
 def test_auth_is_required_with_a_token_and_off_loopback(tmp_path: Path, tiny_model: Path) -> None:

@@ -4,6 +4,8 @@ Endpoints (JSON; docs/serving.md has examples):
 - `POST /v1/generations` -> 202 and a job id; `GET /v1/generations/{id}` -> state, progress, model version, links;
   `GET /v1/generations/{id}/files/{name}` -> one file; `GET /v1/generations/{id}/bundle` -> every file in one zip.
 - `POST /v1/regenerations` -> 202: one layer of a finished generation sampled anew, the others kept.
+- `POST /v1/foregrounds` (multipart: `request` JSON, `background` file) -> 202: foregrounds for that background;
+  `POST /v1/decompositions` (multipart: `request` JSON, `video` file) -> 202: the layers of a plain video.
 - `POST /v1/recompositions` (multipart: a generation id, a new depth order, optionally a background image or
   video) -> 201: the layers composited again, without sampling, as a new layered result.
 - `GET /v1/model`, `GET /healthz` (the process), `GET /readyz` (a model is loaded), `GET /metrics` (Prometheus).
@@ -17,26 +19,28 @@ from __future__ import annotations
 
 import hmac
 import math
-import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from layert2v.compose import LayeredVideo
 from layert2v.config import Request as GenerationDefaults
 from layert2v.config import ServeConfig
-from layert2v.editing import Given, read_rgb
-from layert2v.io import VideoError, probe
+from layert2v.editing import Given
+from layert2v.io import to_uint8
 from layert2v.pipeline import RequestError, check_request
+from layert2v.serving import uploads
 from layert2v.serving.jobs import FINISHED, QUEUED, RUNNING, Job, JobStore
 from layert2v.serving.metrics import Metrics
+from layert2v.serving.uploads import unprocessable
 from layert2v.serving.worker import BUNDLE, Worker, load_layers, write_job_files
 
 JOB_ID = r"^[0-9a-f]{32}$"
@@ -78,10 +82,6 @@ class Settings:
     worker_name: str = "layert2v"
 
 
-def _unprocessable(field: str, message: str) -> HTTPException:
-    return HTTPException(422, [{"loc": ["body", *field.replace("[", ".").rstrip("]").split(".")], "msg": message}])
-
-
 def _links(job: Job) -> dict[str, Any]:
     base = f"/v1/generations/{job.id}"
     links = {"self": base}
@@ -109,7 +109,12 @@ def create_app(source, settings: Settings) -> FastAPI:
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     store = JobStore(settings.db_url or f"sqlite:///{out.resolve() / 'jobs.db'}", settings.worker_name)
-    handlers = {"generation": _generate, "regeneration": _regenerate}
+    handlers = {
+        "generation": _generate,
+        "regeneration": _regenerate,
+        "foregrounds": _foregrounds,
+        "decomposition": _decompose,
+    }
     worker = Worker(store, source, settings.cfg, out, handlers)
     metrics = Metrics(store, worker)
     worker.on_job_done = metrics.job_done
@@ -146,7 +151,8 @@ def create_app(source, settings: Settings) -> FastAPI:
         job = store.get(store.add(kind, request, steps=steps))
         return JSONResponse(job_view(job), status_code=202, headers={"Location": f"/v1/generations/{job.id}"})
 
-    def model_checked(body: GenerationIn, frames: int, height: int, width: int) -> None:
+    def model_checked(body: GenerationIn, frames: int, height: int, width: int, where: str = "") -> None:
+        """`check_request` against the serving model; a 422 names the field (`where`: `request.` in a form)."""
         loaded = worker.loaded
         if loaded is None:
             raise HTTPException(503, "no model is loaded yet", {"Retry-After": "5"})
@@ -157,7 +163,7 @@ def create_app(source, settings: Settings) -> FastAPI:
         try:
             check_request(loaded.pipeline.cfg, request, settings.cfg.limits())
         except RequestError as err:
-            raise _unprocessable(err.field, str(err)) from err
+            raise unprocessable(where + err.field, str(err)) from err
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -202,14 +208,56 @@ def create_app(source, settings: Settings) -> FastAPI:
         frames, height, width = layers.full.shape[:3]
         model_checked(body, frames, height, width)
         if body.layer != "background" and int(body.layer.split("_")[1]) > len(layers.foregrounds):
-            raise _unprocessable("layer", f"layer {body.layer} does not exist: the generation has "
+            raise unprocessable("layer", f"layer {body.layer} does not exist: the generation has "
                                  f"{len(layers.foregrounds)} foreground(s)")  # fmt: skip
         if len(body.foreground_prompts) != len(layers.foregrounds):
-            raise _unprocessable(
+            raise unprocessable(
                 "foreground_prompts",
                 f"the generation has {len(layers.foregrounds)} foreground(s); give one prompt each",
             )
         return admit("regeneration", body.model_dump(), body.steps)
+
+    def form_body(request: str) -> GenerationIn:
+        """The generation fields of a multipart request, sent as one JSON form field `request`."""
+        try:
+            return GenerationIn.model_validate_json(request)
+        except ValidationError as err:
+            raise RequestValidationError(
+                [e | {"loc": ("body", "request", *e["loc"])} for e in err.errors(include_url=False)]
+            ) from err
+
+    def admit_with_frames(kind: str, body: GenerationIn, frames: np.ndarray, steps: int) -> JSONResponse:
+        """`admit` a job whose input frames were uploaded: kept as `<out>/uploads/<name>.npy` until it ends."""
+        name = f"{uuid.uuid4().hex}.npy"
+        np.save(out / "uploads" / name, frames)
+        try:
+            return admit(kind, body.model_dump() | {"upload": name}, steps)
+        except HTTPException:
+            (out / "uploads" / name).unlink()
+            raise
+
+    @app.post("/v1/foregrounds", status_code=202, dependencies=[Depends(auth)])
+    async def create_foregrounds(
+        request: Annotated[str, Form(max_length=20_000)], background: Annotated[UploadFile, File()]
+    ) -> JSONResponse:
+        """New foreground layer(s) for an uploaded background (a still or a video of the request's size)."""
+        body = form_body(request)
+        model_checked(body, body.frames, body.height, body.width, "request.")
+        async with uploads.saved(background, out, "background", settings.cfg) as path:
+            rgb = await run_in_threadpool(uploads.read_background, path, "background", body.frames, body.height,
+                                          body.width)  # fmt: skip
+        return admit_with_frames("foregrounds", body, to_uint8(rgb), body.steps)
+
+    @app.post("/v1/decompositions", status_code=202, dependencies=[Depends(auth)])
+    async def create_decomposition(
+        request: Annotated[str, Form(max_length=20_000)], video: Annotated[UploadFile, File()]
+    ) -> JSONResponse:
+        """Background and foreground layers of an uploaded plain video (its own size and frame count)."""
+        body = form_body(request)
+        async with uploads.saved(video, out, "video", settings.cfg) as path:
+            frames = await run_in_threadpool(uploads.read_clip, path, "video", settings.cfg)
+        model_checked(body, *frames.shape[:3], "request.")
+        return admit_with_frames("decomposition", body, frames, body.steps)
 
     @app.get("/v1/generations/{job_id}", dependencies=[Depends(auth)])
     def get_generation(job_id: str) -> dict[str, Any]:
@@ -237,12 +285,11 @@ def create_app(source, settings: Settings) -> FastAPI:
         background: Annotated[UploadFile | None, File()] = None,
     ) -> JSONResponse:
         source = finished_job(generation_id)
-        upload = await _save_upload(background, out, settings.cfg) if background is not None else None
-        try:
-            job = await run_in_threadpool(_recompose, store, worker, source, order, upload)
-        finally:
-            if upload is not None:
-                shutil.rmtree(upload.parent, ignore_errors=True)
+        if background is None:
+            job = await run_in_threadpool(_recompose, store, worker, source, order, None)
+        else:
+            async with uploads.saved(background, out, "background", settings.cfg) as path:
+                job = await run_in_threadpool(_recompose, store, worker, source, order, path)
         return JSONResponse(job_view(job), status_code=201, headers={"Location": f"/v1/generations/{job.id}"})
 
     return app
@@ -271,6 +318,29 @@ def _regenerate(pipeline, job: Job, jobs_dir: Path, on_step) -> tuple[LayeredVid
     return video, {"prompts": prompts, "regenerated": r["layer"], "from_generation": r["generation_id"]}
 
 
+def _uploaded(job: Job, jobs_dir: Path) -> np.ndarray:
+    return np.load(jobs_dir.parent / "uploads" / job.request["upload"]).astype(np.float32) / 255.0
+
+
+def _foregrounds(pipeline, job: Job, jobs_dir: Path, on_step) -> tuple[LayeredVideo, dict[str, Any]]:
+    r = job.request
+    video = pipeline.generate(
+        r["prompt"], r["background_prompt"], r["foreground_prompts"], frames=r["frames"], height=r["height"],
+        width=r["width"], steps=r["steps"], guidance=r["guidance"], composite_guidance=r["composite_guidance"],
+        seed=r["seed"], on_step=on_step, given=Given(background=_uploaded(job, jobs_dir)),
+    )  # fmt: skip
+    return video, {"prompts": [r["prompt"], r["background_prompt"], *r["foreground_prompts"]], "given": "background"}
+
+
+def _decompose(pipeline, job: Job, jobs_dir: Path, on_step) -> tuple[LayeredVideo, dict[str, Any]]:
+    r = job.request
+    video = pipeline.decompose(
+        _uploaded(job, jobs_dir), r["prompt"], r["background_prompt"], r["foreground_prompts"], steps=r["steps"],
+        guidance=r["guidance"], composite_guidance=r["composite_guidance"], seed=r["seed"], on_step=on_step,
+    )  # fmt: skip
+    return video, {"prompts": [r["prompt"], r["background_prompt"], *r["foreground_prompts"]], "given": "full"}
+
+
 # ---------------------------------------------------------------- recomposition and uploads
 
 
@@ -281,9 +351,9 @@ def _parse_order(order: str | None, count: int) -> list[int]:
     try:
         numbers = [int(part) for part in order.split(",")]
     except ValueError as err:
-        raise _unprocessable("order", f"order must be comma-separated foreground numbers, got {order!r}") from err
+        raise unprocessable("order", f"order must be comma-separated foreground numbers, got {order!r}") from err
     if len(set(numbers)) != len(numbers) or not all(1 <= n <= count for n in numbers):
-        raise _unprocessable("order", f"order must name distinct foregrounds among 1..{count}, got {order!r}")
+        raise unprocessable("order", f"order must name distinct foregrounds among 1..{count}, got {order!r}")
     return [n - 1 for n in numbers]
 
 
@@ -293,7 +363,7 @@ def _recompose(store: JobStore, worker: Worker, source: Job, order: str | None, 
     indices = _parse_order(order, len(layers.foregrounds))
     background = layers.background
     if upload is not None:
-        background = _read_background(upload, frames, height, width)
+        background = uploads.read_background(upload, "background", frames, height, width)
     video = LayeredVideo(
         full=layers.recomposite(background, indices),
         background=background,
@@ -316,51 +386,3 @@ def json_manifest(source: Job, indices: list[int]) -> dict[str, Any]:
     r = source.request
     prompts = [r.get("prompt", ""), r.get("background_prompt", ""), *[r["foreground_prompts"][i] for i in indices]]
     return {"prompts": prompts, "recomposed_from": source.id, "order": [i + 1 for i in indices]}
-
-
-async def _save_upload(upload: UploadFile, out: Path, cfg: ServeConfig) -> Path:
-    """The upload in a fresh folder under `<out>/uploads`, under a name the service makes (never the client's);
-    413 past `serve.max_upload_mb`."""
-    limit = int(cfg.max_upload_mb * 2**20)
-    (out / "uploads").mkdir(exist_ok=True)
-    folder = Path(tempfile.mkdtemp(dir=out / "uploads"))
-    path, size = folder / "upload", 0
-    with path.open("wb") as f:
-        while chunk := await upload.read(2**20):
-            size += len(chunk)
-            if size > limit:
-                shutil.rmtree(folder, ignore_errors=True)
-                raise HTTPException(413, f"background is over serve.max_upload_mb = {cfg.max_upload_mb:g} MB")
-            f.write(chunk)
-    return path
-
-
-def _header(path: Path) -> tuple[str, int, int, int]:
-    """`(kind, height, width, frames)` of an uploaded image or video, from its header alone (nothing decoded)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return "image", image.height, image.width, 1
-    except (UnidentifiedImageError, OSError):
-        pass
-    try:
-        info = probe(path)
-    except VideoError as err:
-        raise _unprocessable("background", "background is neither an image nor a video") from err
-    return "video", info.height, info.width, info.frames
-
-
-def _read_background(path: Path, frames: int, height: int, width: int) -> np.ndarray:
-    """A still image or a video of the generation's size and frame count, checked on its header before it is
-    decoded; 422 naming `background` otherwise."""
-    kind, h, w, count = _header(path)
-    if (h, w) != (height, width):
-        raise _unprocessable("background", f"background is {h}x{w}, the generation {height}x{width}")
-    if kind == "video" and count and count != frames:
-        raise _unprocessable("background", f"background has {count} frames, the generation {frames}")
-    try:
-        rgb = read_rgb(path.rename(path.with_suffix(".png")) if kind == "image" else path)
-        return Given(background=rgb).resolved(frames, height, width, 1).background
-    except (ValueError, VideoError) as err:
-        raise _unprocessable("background", f"background: {err}") from err

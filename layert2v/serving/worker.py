@@ -206,6 +206,8 @@ class Worker:
             self.store.fail(job.id, f"{type(err).__name__}: {err}")
             log.warning("job %s failed: %s", job.id, err)
             state = "failed"
+        if "upload" in job.request:  # the job's uploaded frames, kept until it ended
+            (self.jobs_dir.parent / "uploads" / job.request["upload"]).unlink(missing_ok=True)
         seconds = time.monotonic() - started
         self.timing.add(seconds)
         self.on_job_done(job.kind, state, seconds, loaded.version)

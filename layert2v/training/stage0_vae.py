@@ -1,5 +1,7 @@
-"""Stage 0: pretrain the Wan VAE on RGB streams (full, background, premultiplied foreground) when no
-pretrained VAE is given: L1 reconstruction plus a small KL term on the posterior."""
+"""Stage 0: pretrain the VAE on RGB streams (full, background, premultiplied foreground) when no pretrained VAE
+is given: L1 reconstruction plus a small KL term on the posterior. With `alpha_weight > 0` the first foreground's
+matte is reconstructed too, fed as the alpha path feeds it (`2a - 1` on three channels): an autoencoder trained on
+colour alone represents the hard, thin edges of a matte poorly, and stage 1's small adapter cannot add them."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from layert2v.config import ModelConfig, VAEStageConfig
 from layert2v.data.datamodule import VidLayerDataModule
@@ -30,12 +31,16 @@ class VAEPretraining(L.LightningModule):
         self.stage = stage
 
     def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
-        x = rgb_streams(batch) * 2 - 1
+        rgb = rgb_streams(batch) * 2 - 1
+        alpha = (batch["alphas"][:, 0] * 2 - 1).expand(-1, 3, -1, -1, -1)
+        x = torch.cat([rgb, alpha]) if self.stage.alpha_weight else rgb
         posterior = self.vae.posterior(x)
         recon = self.vae.decode_unclamped(posterior.sample())  # clamped pixels would get no gradient
-        l1, kl = F.l1_loss(recon, x), posterior.kl().mean()
-        loss = l1 + self.stage.kl_weight * kl
-        self.log_dict({"train/loss": loss, "train/l1": l1, "train/kl": kl}, prog_bar=True)
+        errors = (recon - x).abs().flatten(1).mean(1)
+        l1, alpha_l1, kl = errors[: len(rgb)].mean(), errors[len(rgb) :].mean(), posterior.kl().mean()
+        loss = l1 + self.stage.kl_weight * kl + (self.stage.alpha_weight * alpha_l1 if self.stage.alpha_weight else 0)
+        metrics = {"train/loss": loss, "train/l1": l1, "train/kl": kl}
+        self.log_dict(metrics | ({"train/alpha_l1": alpha_l1} if self.stage.alpha_weight else {}), prog_bar=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> None:
