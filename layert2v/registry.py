@@ -52,6 +52,8 @@ def register(
     folder with the parity gate's files) is logged beside them and its worst figures become tags."""
     import mlflow
 
+    from layert2v.serving.pyfunc import signature
+
     name = params.registry.model_name
     mlflow.set_tracking_uri(tracking.tracking_uri(root))
     mlflow.set_registry_uri(tracking.tracking_uri(root))
@@ -78,6 +80,7 @@ def register(
             python_model=str(ENTRY),
             artifacts=artifacts,
             model_config={"backend": "onnxruntime" if onnx is not None else "torch"},
+            signature=signature(),
             pip_requirements=REQUIREMENTS,  # stated, not inferred: inference would load the model in a subprocess
         )
         for report in ("parity.json", "gate.json", "gate.md") if parity is not None else ():

@@ -14,6 +14,7 @@ from layert2v.models.text import load_text_encoder
 from layert2v.models.vae import LayerVAE
 from layert2v.pipeline import LayerT2VPipeline
 from layert2v.registry import CHAMPION, decide, promote, register, rollback
+from layert2v.serving.pyfunc import REQUIRED
 
 from .conftest import ROOT
 
@@ -77,7 +78,16 @@ def test_register_promote_refuse_rollback_and_serve(model: Path, root: Path, smo
     request = {"prompt": "a red circle", "background_prompt": "a grey wall", "foreground_prompts": ["a red circle"]}
     [clip] = served.predict([request | {"frames": 5, "height": 32, "width": 32, "steps": 2}])
     assert clip["full"].shape == (5, 32, 32, 3) and len(clip["alphas"]) == 1
-    with pytest.raises(ValueError, match="missing"):
+    assert [c.name for c in served.metadata.get_input_schema().inputs][:3] == list(REQUIRED)
+    assert {c.name for c in served.metadata.get_output_schema().inputs} == {
+        "full",
+        "background",
+        "foregrounds",
+        "alphas",
+    }
+    [clip] = served.predict([request | {"frames": 5, "height": 32, "width": 32, "steps": 2, "guidance": 4}])
+    assert clip["full"].shape == (5, 32, 32, 3)  # an integer guidance passes the schema
+    with pytest.raises(mlflow.exceptions.MlflowException, match="missing inputs"):
         served.predict([{"prompt": "a red circle"}])
     with pytest.raises(ValueError, match=r"composite_guidance must be in \[0, 1\], got 2.0"):
         served.predict([request | {"steps": 2, "composite_guidance": 2}])  # every field reaches the checks

@@ -27,6 +27,26 @@ OPTIONAL = {
 }
 
 
+def signature():
+    """The records `predict` takes and the arrays it returns, for the registry page and input checks. Integer fields
+    are `long`; the float fields are `Any`, because MLflow refuses an integer (`"guidance": 4`) for a `double`
+    column, and `predict` casts and `check_request` bounds them anyway."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+    from mlflow.types.schema import AnyType, Array
+
+    def nested(depth: int):
+        return DataType.double if depth == 0 else Array(nested(depth - 1))
+
+    kinds = {int: DataType.long, float: AnyType()}
+    inputs = [ColSpec(Array(DataType.string) if name == "foreground_prompts" else DataType.string, name)
+              for name in REQUIRED]  # fmt: skip
+    inputs += [ColSpec(kinds[cast], name, required=False) for name, cast in OPTIONAL.items()]
+    outputs = [ColSpec(nested(4), "full"), ColSpec(nested(4), "background"), ColSpec(nested(5), "foregrounds"),
+               ColSpec(nested(4), "alphas")]  # fmt: skip
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+
+
 class LayerT2VModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         from layert2v.pipeline import LayerT2VPipeline
@@ -35,7 +55,7 @@ class LayerT2VModel(mlflow.pyfunc.PythonModel):
         backend = (context.model_config or {}).get("backend", "onnxruntime" if onnx else "torch")
         self.pipeline = LayerT2VPipeline.from_folder(context.artifacts["model"], backend=backend, onnx=onnx)
 
-    def predict(self, context: Any, model_input: pd.DataFrame | list[dict], params: dict | None = None) -> list[dict]:
+    def predict(self, context, model_input, params=None):  # untyped: MLflow would read hints as a second schema
         """One layered clip per record: `full`, `background` `[T, H, W, 3]`, `foregrounds` (premultiplied),
         `alphas` `[T, H, W]`, float arrays in [0, 1]."""
         records = model_input.to_dict("records") if isinstance(model_input, pd.DataFrame) else list(model_input)
