@@ -52,7 +52,7 @@ def register(
     folder with the parity gate's files) is logged beside them and its worst figures become tags."""
     import mlflow
 
-    from layert2v.serving.pyfunc import signature
+    from layert2v.serving.schema import signature
 
     name = params.registry.model_name
     mlflow.set_tracking_uri(tracking.tracking_uri(root))

@@ -14,7 +14,7 @@ from layert2v.models.text import load_text_encoder
 from layert2v.models.vae import LayerVAE
 from layert2v.pipeline import LayerT2VPipeline
 from layert2v.registry import CHAMPION, decide, promote, register, rollback
-from layert2v.serving.pyfunc import REQUIRED
+from layert2v.serving.schema import REQUIRED
 
 from .conftest import ROOT
 

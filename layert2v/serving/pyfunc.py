@@ -15,36 +15,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-REQUIRED = ("prompt", "background_prompt", "foreground_prompts")
-OPTIONAL = {
-    "frames": int,
-    "height": int,
-    "width": int,
-    "steps": int,
-    "guidance": float,
-    "composite_guidance": float,
-    "seed": int,
-}
-
-
-def signature():
-    """The records `predict` takes and the arrays it returns, for the registry page and input checks. Integer fields
-    are `long`; the float fields are `Any`, because MLflow refuses an integer (`"guidance": 4`) for a `double`
-    column, and `predict` casts and `check_request` bounds them anyway."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, DataType, Schema
-    from mlflow.types.schema import AnyType, Array
-
-    def nested(depth: int):
-        return DataType.double if depth == 0 else Array(nested(depth - 1))
-
-    kinds = {int: DataType.long, float: AnyType()}
-    inputs = [ColSpec(Array(DataType.string) if name == "foreground_prompts" else DataType.string, name)
-              for name in REQUIRED]  # fmt: skip
-    inputs += [ColSpec(kinds[cast], name, required=False) for name, cast in OPTIONAL.items()]
-    outputs = [ColSpec(nested(4), "full"), ColSpec(nested(4), "background"), ColSpec(nested(5), "foregrounds"),
-               ColSpec(nested(4), "alphas")]  # fmt: skip
-    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+from layert2v.serving.schema import OPTIONAL, REQUIRED
 
 
 class LayerT2VModel(mlflow.pyfunc.PythonModel):
