@@ -2,7 +2,7 @@
 
 Run: `.venv/bin/python benchmarks/bench_dit.py [--repeats 5]`.
 For each preset (tiny, small) and precision: one forward + backward + AdamW step on a training-shaped
-batch (64x64, 9 frames -> 3 latent frames of 8x8 per segment, K = 1 and 3), median seconds of `repeats`
+batch (64x64, 9 frames -> 3 latent frames per segment, K = 1 and 3), median seconds of `repeats`
 timed steps after a warm-up, samples/s, FLOPs per step counted by torch's FlopCounterMode, achieved FLOP/s
 and its ratio to a plain square GEMM of the same dtype measured in the same run.
 """
@@ -30,7 +30,7 @@ def gemm_flops_per_s(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> 
 def batch(cfg, k: int, size: int) -> dict:
     layout = Layout(k)
     return {
-        "latents": torch.randn(size, cfg.latent_channels, 3 * layout.num_segments, 8, 8),
+        "latents": torch.randn(*layout.latents_shape(size, cfg.latent_channels, 9, 64, 64, cfg.vae_cell)),
         "timestep": torch.rand(size) * 1000,
         "text": torch.randn(size, layout.num_prompts * cfg.text_len, cfg.text_dim),
         "text_mask": torch.ones(size, layout.num_prompts, cfg.text_len, dtype=torch.bool),
