@@ -47,6 +47,7 @@ def cpu_model() -> str:
 
 def direct(model: Path, repeats: int) -> tuple[float, float]:
     """Median seconds of generate alone, and of generate + writing the files a job writes."""
+    from layert2v.compose import FORMATS
     from layert2v.pipeline import LayerT2VPipeline
     from layert2v.serving.worker import write_job_files
 
@@ -60,7 +61,7 @@ def direct(model: Path, repeats: int) -> tuple[float, float]:
         video = pipeline.generate(*args, **fields, seed=seed)
         alone.append(time.perf_counter() - start)
         with tempfile.TemporaryDirectory() as folder:
-            write_job_files(Path(folder), video, ["mp4", "mov", "webm", "png"], {"prompts": list(args[:2]) + args[2]})
+            write_job_files(Path(folder), video, FORMATS, {"prompts": [*args[:2], *args[2]]})
         written.append(time.perf_counter() - start)
     return statistics.median(alone), statistics.median(written)
 

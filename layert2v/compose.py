@@ -20,6 +20,9 @@ Array = TypeVar("Array")
 OUTPUT_KIND = "generation"  # the marker of a folder `LayeredVideo.write` filled (see `layert2v.outputs`)
 
 
+FORMATS = ("mp4", "mov", "webm", "png")  # full/background MP4; foregrounds as ProRes 4444, VP9 alpha, PNG RGBA
+
+
 def over(foregrounds: Sequence[Array], alphas: Sequence[Array], background: Array) -> Array:
     """Composite premultiplied `foregrounds` (nearest first) with their `alphas` over `background`."""
     if len(foregrounds) != len(alphas):
@@ -60,7 +63,7 @@ class LayeredVideo:
         bg = self.background if background is None else background
         return over([self.foregrounds[i] for i in order], [self.alphas[i] for i in order], bg)
 
-    def write(self, folder: Path | str, formats: Sequence[str] = ("mp4", "mov", "webm", "png")) -> dict[str, Path]:
+    def write(self, folder: Path | str, formats: Sequence[str] = FORMATS) -> dict[str, Path]:
         """Write every layer: full/background MP4; per foreground ProRes 4444 .mov, VP9 alpha .webm and an
         RGBA PNG sequence; plus a contact sheet and a GIF preview. Returns name -> path."""
         from layert2v import io

@@ -31,7 +31,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from layert2v.compose import LayeredVideo
+from layert2v.compose import FORMATS, LayeredVideo
 from layert2v.config import Request as GenerationDefaults
 from layert2v.config import ServeConfig
 from layert2v.editing import Given
@@ -44,7 +44,6 @@ from layert2v.serving.uploads import unprocessable
 from layert2v.serving.worker import BUNDLE, Worker, load_layers, write_job_files
 
 JOB_ID = r"^[0-9a-f]{32}$"
-FORMATS = ("mp4", "mov", "webm", "png")
 Prompt = Annotated[str, Field(min_length=1, max_length=2000)]
 
 
@@ -376,7 +375,7 @@ def _recompose(store: JobStore, worker: Worker, source: Job, order: str | None, 
     partial = worker.jobs_dir / f"{job_id}.partial"
     partial.mkdir()
     manifest = json_manifest(source, indices)
-    files = write_job_files(partial, video, ["mp4", "mov", "webm", "png"], manifest)
+    files = write_job_files(partial, video, FORMATS, manifest)
     partial.rename(worker.jobs_dir / job_id)
     store.finish(job_id, files, source.model_version)
     return store.get(job_id)
