@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hmac
 import math
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,12 +143,18 @@ def create_app(source, settings: Settings) -> FastAPI:
             raise HTTPException(409, f"job {job_id} is {job.state}, not finished")
         return job
 
+    admitting = threading.Lock()  # count and add as one step: requests run on a thread pool
+
     def admit(kind: str, request: dict[str, Any], steps: int) -> JSONResponse:
-        counts = store.counts()
-        if counts[QUEUED] + counts[RUNNING] >= settings.cfg.queue_max:
-            wait = math.ceil(worker.timing.mean() * (counts[QUEUED] + 1))
-            raise HTTPException(429, f"the queue is full ({settings.cfg.queue_max} jobs)", {"Retry-After": str(wait)})
-        job = store.get(store.add(kind, request, steps=steps))
+        """Accept a job into the database, or 429 with an estimated wait when `serve.queue_max` are unfinished."""
+        with admitting:
+            counts = store.counts()
+            if counts[QUEUED] + counts[RUNNING] >= settings.cfg.queue_max:
+                wait = math.ceil(worker.timing.mean() * (counts[QUEUED] + 1))
+                raise HTTPException(
+                    429, f"the queue is full ({settings.cfg.queue_max} jobs)", {"Retry-After": str(wait)}
+                )
+            job = store.get(store.add(kind, request, steps=steps))
         return JSONResponse(job_view(job), status_code=202, headers={"Location": f"/v1/generations/{job.id}"})
 
     def model_checked(body: GenerationIn, frames: int, height: int, width: int, where: str = "") -> None:
