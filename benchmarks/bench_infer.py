@@ -1,11 +1,13 @@
-"""Inference: one denoising step in PyTorch eager vs onnxruntime CPU, and end-to-end `generate` per backend.
+"""Inference: one denoising step in PyTorch eager, `torch.compile`, bf16 autocast and onnxruntime CPU, and
+end-to-end `generate` per backend.
 
 Run: `.venv/bin/python benchmarks/bench_infer.py [--preset small] [--repeats 7] [--model DIR]`.
 Without `--model`, a randomly initialised `preset` pipeline is used (latency does not depend on the weights).
 The ONNX graphs (fp32, every K, with their parity figures) are exported into a temp folder first. Every measurement runs in its own
 subprocess, so each backend's peak RSS is its own; both get the same thread count.
 
-- step: median seconds of `repeats` calls after two warm-ups, batch 2 (both guidance branches), per K;
+- step: median seconds of `repeats` calls after two warm-ups (a compile happens in the first), batch 2 (both
+  guidance branches), per K, with each path's max abs difference to fp32 eager on the same inputs;
 - generate: median of 3 runs of 64x64, 9 frames, `--steps` sampler steps, with the share of the time spent
   in text encoding, the denoiser and VAE decoding (the final decode and, with compositing guidance, the alpha
   decodes of every step), and the worker's peak RSS; torch also without compositing guidance, for its cost.
@@ -69,14 +71,11 @@ def prepare(preset: str, model: Path | None, folder: Path) -> Path:
 
 def worker(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
-    pipe = LayerT2VPipeline.from_folder(args.model, backend=args.backend, onnx=args.onnx)
+    backend = args.backend if args.backend in ("torch", "onnxruntime", "tensorrt") else "torch"
+    pipe = LayerT2VPipeline.from_folder(args.model, backend=backend, onnx=args.onnx)
     denoiser = pipe.denoiser or pipe.dit
     if args.what == "step":
-        inputs = step_inputs(pipe.cfg, Layout(args.k), SHAPE, batch=2, seed=0)
-        with torch.no_grad():
-            call = (lambda: denoiser.run(args.k, inputs)) if pipe.denoiser else (lambda: pipe.dit(*inputs.values()))
-            call(), call()
-            return {"seconds": median_seconds(call, args.repeats)}
+        return step_worker(args, pipe)
     parts = {"text": Timed(pipe.encode_prompts), "denoiser": Timed(denoiser.forward_layout)}
     parts["vae"] = Timed(pipe.vae._decode)  # the final decode and the alpha decodes of guidance
     pipe.encode_prompts, denoiser.forward_layout, pipe.vae._decode = parts.values()
@@ -97,6 +96,31 @@ def worker(args: argparse.Namespace) -> dict:
         "share": {name: part.total / whole for name, part in parts.items()},
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def step_worker(args: argparse.Namespace, pipe: LayerT2VPipeline) -> dict:
+    """One denoising step on the path `args.backend` (torch, compile, bf16, onnxruntime): median seconds and the max
+    abs difference of its output to fp32 eager."""
+    inputs = step_inputs(pipe.cfg, Layout(args.k), SHAPE, batch=2, seed=0)
+    with torch.no_grad():
+        reference = pipe.dit(*inputs.values())
+        if pipe.denoiser is not None:
+            call = lambda: torch.as_tensor(pipe.denoiser.run(args.k, inputs))  # noqa: E731
+        elif args.backend == "compile":
+            compiled = torch.compile(pipe.dit)
+            call = lambda: compiled(*inputs.values())  # noqa: E731
+        elif args.backend == "bf16":
+
+            def call() -> torch.Tensor:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return pipe.dit(*inputs.values()).float()
+
+        else:
+            call = lambda: pipe.dit(*inputs.values())  # noqa: E731
+        out = call()
+        call()
+        seconds = median_seconds(call, args.repeats)
+    return {"seconds": seconds, "max_abs": float((torch.as_tensor(out) - reference).abs().max())}
 
 
 def run_worker(what: str, backend: str, k: int, base: list[str], composite: float = 0.5) -> dict:
@@ -131,10 +155,14 @@ def main() -> None:
         print(f"preset {args.preset}, {args.threads} threads, clips {SHAPE.frames}x{SHAPE.height}x{SHAPE.width}")
         worst = {k: v for k, v in parity.items() if k.endswith("fp32_max_abs")}
         print("fp32 parity, max abs: " + ", ".join(f"{k}: {v:.2e}" for k, v in worst.items()))
-        print("\ndenoising step, batch 2 (median s)   torch eager   onnxruntime   speed-up")
+        print("\ndenoising step, batch 2: median s (speed-up over eager; max abs difference to fp32 eager)")
+        paths = ("torch", "compile", "bf16", "onnxruntime")
+        print("| K | " + " | ".join(paths) + " |\n|---|" + "---|" * len(paths))
         for k in (1, 3):
-            eager, ort = (run_worker("step", b, k, base)["seconds"] for b in ("torch", "onnxruntime"))
-            print(f"  K = {k}                               {eager:10.4f}   {ort:11.4f}   {eager / ort:7.2f}x")
+            runs = {path: run_worker("step", path, k, base) for path in paths}
+            eager = runs["torch"]["seconds"]
+            cells = [f"{r['seconds']:.4f} ({eager / r['seconds']:.2f}x; {r['max_abs']:.1e})" for r in runs.values()]
+            print(f"| {k} | " + " | ".join(cells) + " |")
         print(f"\ngenerate, {args.steps} steps (median of 3)        seconds   text   denoiser   vae   peak RSS MiB")
         for k in (1, 3):
             for backend, composite in (("torch", 0.0), ("torch", 0.5), ("onnxruntime", 0.5)):
