@@ -446,3 +446,21 @@ def test_retention_deletes_old_jobs_then_the_oldest_over_the_disk_budget(tmp_pat
     assert [store.get(j) is None for j in made] == [True, True, True, False, False]
     assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == sorted(made[3:])
     assert store.get(queued).state == "queued"  # unfinished work is never cleaned
+
+
+def test_replicas_on_one_database_never_share_a_job_and_take_over_a_dead_ones(tmp_path: Path) -> None:
+    from sqlalchemy import update
+
+    from layert2v.serving.jobs import JobStore, jobs
+
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    first, second = JobStore(url, "replica-a"), JobStore(url, "replica-b")
+    ids = [first.add("generation", {"n": i}) for i in range(3)]
+    claimed = [first.claim(), second.claim(), first.claim()]
+    assert sorted(job.id for job in claimed) == sorted(ids) and second.claim() is None
+    assert second.requeue_stale(lease_s=60) == 0  # every worker reported just now
+    with first.engine.begin() as db:
+        db.execute(update(jobs).where(jobs.c.worker == "replica-a").values(heartbeat=time.time() - 600))
+    assert second.requeue_stale(lease_s=60) == 2  # replica-a went silent: its two jobs go back to the queue
+    assert {second.claim().id, second.claim().id} == {claimed[0].id, claimed[2].id}
+    assert first.requeue_mine() == 0 and second.requeue_mine() == 3  # a restarted replica-b takes back its own
