@@ -14,7 +14,6 @@ Overhead = service latency at one client / direct generate + write - 1. Prints a
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from layert2v.export.probe import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 REQUEST = {
     "prompt": "a red circle moving right on green grass",
@@ -36,13 +37,6 @@ REQUEST = {
     "width": 64,
     "steps": 20,
 }
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def direct(model: Path, repeats: int) -> tuple[float, float]:

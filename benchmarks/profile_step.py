@@ -20,10 +20,10 @@ from collections import defaultdict
 
 import torch
 from bench_dit import batch, step_fn
-from bench_serve import cpu_model
 from torch.profiler import ProfilerActivity, profile
 
 from layert2v.config import model_preset
+from layert2v.export.probe import cpu_model
 from layert2v.models.dit import LayerDiT
 
 CLASSES = {

@@ -15,7 +15,14 @@ from pathlib import Path
 import yaml
 
 from layert2v.config import Params, Request, RequestLimits, load_params, read_params_file, resolve_profile
-from layert2v.editing_cli import add_parsers, add_sampling_options, given_from_files, sampling_options, write_layered
+from layert2v.editing_cli import (
+    add_parsers,
+    add_sampling_options,
+    given_from_files,
+    load_pipeline,
+    sampling_options,
+    write_layered,
+)
 from layert2v.serving import cli as serve
 
 
@@ -231,7 +238,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from layert2v.compose import OUTPUT_KIND
     from layert2v.models.checkpoint import model_config
     from layert2v.outputs import check_output
-    from layert2v.pipeline import LayerT2VPipeline, check_request
+    from layert2v.pipeline import check_request
 
     limits = RequestLimits(max_frames=args.max_frames, max_side=args.max_side)
     prompts = [args.prompt, args.background, *args.foreground]
@@ -252,7 +259,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     given = given.resolved(args.frames, args.height, args.width, len(args.foreground))
     out = Path(args.out)
     check_output(out, OUTPUT_KIND, replace=args.overwrite)
-    pipeline = LayerT2VPipeline.from_folder(args.model, backend=args.backend, onnx=args.onnx, precision=args.precision)
+    pipeline = load_pipeline(args)
     pipeline.limits = limits
     options = {"frames": args.frames, "height": args.height, "width": args.width, "given": given}
     video = pipeline.generate(args.prompt, args.background, args.foreground, **options, **sampling_options(args))

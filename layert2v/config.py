@@ -486,8 +486,8 @@ class ServeConfig(FromDict):
     keeps what it made."""
 
     alias: str = "champion"  # registry alias the service follows (the model is registry.model_name)
-    backend: str = "auto"  # auto: tensorrt with a GPU and TensorRT, else onnxruntime when the model carries its
-    # ONNX graphs, else torch
+    backend: str = "auto"  # auto: tensorrt with a GPU and TensorRT, else the faster of onnxruntime and torch on
+    # this CPU when the model carries its ONNX graphs (a probe cached per CPU model, export/probe.py), else torch
     poll_seconds: float = 10.0  # how often the alias is looked up; a moved alias loads in the background
     queue_max: int = 16  # accepted, unfinished jobs; beyond it a request gets 429 with Retry-After
     job_timeout_s: float = 600.0  # a job still sampling after this fails with a timeout

@@ -50,10 +50,14 @@ def write_layered(
     return write_output(out, OUTPUT_KIND, write, replace=replace_old)
 
 
-def _pipeline(args: argparse.Namespace):
+def load_pipeline(args: argparse.Namespace):
+    """The model of `--model` on `--backend` (`auto` resolved by `export.probe.pick_backend`)."""
+    from layert2v.export.probe import pick_backend
     from layert2v.pipeline import LayerT2VPipeline
 
-    return LayerT2VPipeline.from_folder(args.model, backend=args.backend, onnx=args.onnx, precision=args.precision)
+    onnx = Path(args.onnx) if args.onnx else Path(args.model) / "onnx"
+    backend = pick_backend(args.backend, Path(args.model), onnx)
+    return LayerT2VPipeline.from_folder(args.model, backend=backend, onnx=args.onnx, precision=args.precision)
 
 
 def sampling_options(args: argparse.Namespace) -> dict:
@@ -85,7 +89,9 @@ def cmd_decompose(args: argparse.Namespace) -> int:
             args.prompt, args.background, args.foreground, frames, height, width, args.steps, args.guidance
         )
         check_request(model_config(args.model), request, RequestLimits())
-        video = _pipeline(args).decompose(full, args.prompt, args.background, args.foreground, **sampling_options(args))
+        video = load_pipeline(args).decompose(
+            full, args.prompt, args.background, args.foreground, **sampling_options(args)
+        )
     names = write_layered(out, video, prompts, args.overwrite)
     print(f"decomposed {args.video} ({args.method}) into {len(video.foregrounds)} layer(s): {out} ({len(names)} files)")
     return 0
@@ -104,7 +110,7 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
     prompts[slot] = args.prompt or prompts[slot]
     out = Path(args.out)
     check_output(out, OUTPUT_KIND, protect=(source,), replace=args.overwrite)
-    new = _pipeline(args).regenerate(video, args.layer, prompts, **sampling_options(args))
+    new = load_pipeline(args).regenerate(video, args.layer, prompts, **sampling_options(args))
     kept = {
         name: source / name for layer, names in files.items() if layer not in (args.layer, "full") for name in names
     }
@@ -151,7 +157,10 @@ def cmd_recompose(args: argparse.Namespace) -> int:
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     """The model, backend and sampler options every sampling command takes, with `generate`'s defaults."""
     parser.add_argument("--model", default="artifacts/train/stage3/model", help="pipeline model folder")
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
+    parser.add_argument(
+        "--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
+        help="auto: TensorRT on a GPU, else the faster of onnxruntime and torch on this CPU when ONNX graphs are there",
+    )  # fmt: skip
     parser.add_argument("--onnx", default=None, help="export folder (default: <model>/onnx)")
     parser.add_argument("--precision", default=None, choices=["fp32", "fp16"], help="graph precision of the backend")
     parser.add_argument("--steps", type=int, default=Request.steps)

@@ -161,3 +161,24 @@ def test_registered_version_carries_the_graphs_and_serves_on_onnxruntime(
     request = {"prompt": ARGS[0], "background_prompt": ARGS[1], "foreground_prompts": ["a red circle", "a blue star"]}
     [clip] = served.predict([request | {"frames": 5, "height": 32, "width": 32, "steps": 2}])
     assert clip["full"].shape == (5, 32, 32, 3) and len(clip["alphas"]) == 2
+
+
+def test_auto_backend_probes_the_faster_cpu_path_once_per_host_and_model(
+    exported: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from layert2v.export import probe
+
+    model, onnx = exported
+    cache = tmp_path / "backends.json"
+    chosen, seconds = probe.fastest(model, onnx, cache)
+    assert set(seconds) == {"torch", "onnxruntime"} and chosen == min(seconds, key=seconds.get)
+    [entry] = json.loads(cache.read_text()).values()
+    assert entry["cpu"] == probe.cpu_model() and entry["fastest"] == chosen
+
+    def no_second_probe(*args, **kwargs):
+        raise AssertionError("the verdict is cached")
+
+    monkeypatch.setattr(probe, "probe", no_second_probe)
+    assert probe.pick_backend("auto", model, onnx, cache) == chosen
+    assert probe.pick_backend("auto", model, None, cache) == "torch"  # no graphs: torch
+    assert probe.pick_backend("onnxruntime", model, None, cache) == "onnxruntime"  # explicit wins

@@ -8,7 +8,6 @@ the alias, the service loads the new version beside the old one and switches bet
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from layert2v.config import RequestLimits
+from layert2v.export.probe import pick_backend
 from layert2v.pipeline import LayerT2VPipeline
 
 
@@ -29,22 +29,8 @@ class Loaded:
     backend: str
 
 
-def pick_backend(configured: str, onnx: Path | None) -> str:
-    """`configured`, or for `auto` the best this host can run: TensorRT on a CUDA GPU with TensorRT installed,
-    then onnxruntime when the model carries its ONNX graphs, then torch."""
-    if configured != "auto":
-        return configured
-    if onnx is None or not onnx.is_dir():
-        return "torch"
-    import torch
-
-    if torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None:
-        return "tensorrt"
-    return "onnxruntime"
-
-
 def load(folder: Path, onnx: Path | None, backend: str, limits: RequestLimits, version: str, uri: str) -> Loaded:
-    chosen = pick_backend(backend, onnx)
+    chosen = pick_backend(backend, folder, onnx)
     pipeline = LayerT2VPipeline.from_folder(folder, backend=chosen, onnx=onnx if chosen != "torch" else None)
     pipeline.limits = limits
     return Loaded(pipeline, version, uri, chosen)
