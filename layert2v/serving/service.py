@@ -104,62 +104,69 @@ def job_view(job: Job) -> dict[str, Any]:
     }
 
 
-def create_app(source, settings: Settings) -> FastAPI:
-    """The app over a model source (`serving.source`); the worker starts and stops with the app's lifespan."""
-    out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
-    store = JobStore(settings.db_url or f"sqlite:///{out.resolve() / 'jobs.db'}", settings.worker_name)
-    handlers = {
-        "generation": _generate,
-        "regeneration": _regenerate,
-        "foregrounds": _foregrounds,
-        "decomposition": _decompose,
-    }
-    worker = Worker(store, source, settings.cfg, out, handlers)
-    metrics = Metrics(store, worker)
-    worker.on_job_done = metrics.job_done
+class Api:
+    """The routes, over one job store and one worker; `create_app` binds them."""
 
-    async def lifespan(app: FastAPI):
-        worker.start()
-        yield
-        await run_in_threadpool(worker.stop)
+    def __init__(self, source, settings: Settings) -> None:
+        self.settings, self.cfg = settings, settings.cfg
+        self.out = Path(settings.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.store = JobStore(settings.db_url or f"sqlite:///{self.out.resolve() / 'jobs.db'}", settings.worker_name)
+        handlers = {
+            "generation": _generate,
+            "regeneration": _regenerate,
+            "foregrounds": _foregrounds,
+            "decomposition": _decompose,
+        }
+        self.worker = Worker(self.store, source, self.cfg, self.out, handlers)
+        self.metrics = Metrics(self.store, self.worker)
+        self.worker.on_job_done = self.metrics.job_done
+        self.admitting = threading.Lock()  # count and add as one step: requests run on a thread pool
 
-    app = FastAPI(title="LayerT2V", version="1", lifespan=lifespan)
-    app.state.store, app.state.worker, app.state.metrics = store, worker, metrics
-    app.middleware("http")(metrics.middleware)
+    # ------------------------------------------------------------ helpers
 
-    def auth(request: Request) -> None:
-        if settings.token is None:
+    def auth(self, request: Request) -> None:
+        if self.settings.token is None:
             return
         header = request.headers.get("authorization", "")
-        if not hmac.compare_digest(header.encode(), f"Bearer {settings.token}".encode()):
+        if not hmac.compare_digest(header.encode(), f"Bearer {self.settings.token}".encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    def finished_job(job_id: str) -> Job:
-        job = store.get(job_id)
+    def job(self, job_id: str) -> Job:
+        job = self.store.get(job_id)
         if job is None:
             raise HTTPException(404, f"no job {job_id}")
+        return job
+
+    def finished_job(self, job_id: str) -> Job:
+        job = self.job(job_id)
         if job.state != FINISHED:
             raise HTTPException(409, f"job {job_id} is {job.state}, not finished")
         return job
 
-    admitting = threading.Lock()  # count and add as one step: requests run on a thread pool
-
-    def admit(kind: str, request: dict[str, Any], steps: int) -> JSONResponse:
+    def admit(self, kind: str, request: dict[str, Any], steps: int) -> JSONResponse:
         """Accept a job into the database, or 429 with an estimated wait when `serve.queue_max` are unfinished."""
-        with admitting:
-            counts = store.counts()
-            if counts[QUEUED] + counts[RUNNING] >= settings.cfg.queue_max:
-                wait = math.ceil(worker.timing.mean() * (counts[QUEUED] + 1))
-                raise HTTPException(
-                    429, f"the queue is full ({settings.cfg.queue_max} jobs)", {"Retry-After": str(wait)}
-                )
-            job = store.get(store.add(kind, request, steps=steps))
+        with self.admitting:
+            counts = self.store.counts()
+            if counts[QUEUED] + counts[RUNNING] >= self.cfg.queue_max:
+                wait = math.ceil(self.worker.timing.mean() * (counts[QUEUED] + 1))
+                raise HTTPException(429, f"the queue is full ({self.cfg.queue_max} jobs)", {"Retry-After": str(wait)})
+            job = self.store.get(self.store.add(kind, request, steps=steps))
         return JSONResponse(job_view(job), status_code=202, headers={"Location": f"/v1/generations/{job.id}"})
 
-    def model_checked(body: GenerationIn, frames: int, height: int, width: int, where: str = "") -> None:
+    def admit_with_frames(self, kind: str, body: GenerationIn, frames: np.ndarray) -> JSONResponse:
+        """`admit` a job whose input frames were uploaded: kept as `<out>/uploads/<name>.npy` until it ends."""
+        name = f"{uuid.uuid4().hex}.npy"
+        np.save(self.out / "uploads" / name, frames)
+        try:
+            return self.admit(kind, body.model_dump() | {"upload": name}, body.steps)
+        except HTTPException:
+            (self.out / "uploads" / name).unlink()
+            raise
+
+    def model_checked(self, body: GenerationIn, frames: int, height: int, width: int, where: str = "") -> None:
         """`check_request` against the serving model; a 422 names the field (`where`: `request.` in a form)."""
-        loaded = worker.loaded
+        loaded = self.worker.loaded
         if loaded is None:
             raise HTTPException(503, "no model is loaded yet", {"Retry-After": "5"})
         request = GenerationDefaults(
@@ -167,137 +174,146 @@ def create_app(source, settings: Settings) -> FastAPI:
             body.guidance, body.composite_guidance, body.seed,
         )  # fmt: skip
         try:
-            check_request(loaded.pipeline.cfg, request, settings.cfg.limits())
+            check_request(loaded.pipeline.cfg, request, self.cfg.limits())
         except RequestError as err:
             raise unprocessable(where + err.field, str(err)) from err
 
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    # ------------------------------------------------------------ health, model, metrics
+
+    def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
-    def readyz() -> JSONResponse:
-        loaded = worker.loaded
+    def readyz(self) -> JSONResponse:
+        loaded = self.worker.loaded
         if loaded is None:
-            return JSONResponse({"ready": False, "error": worker.load_error}, status_code=503)
+            return JSONResponse({"ready": False, "error": self.worker.load_error}, status_code=503)
         return JSONResponse({"ready": True, "model_version": loaded.version})
 
-    @app.get("/metrics", dependencies=[Depends(auth)])
-    def prometheus():
-        return metrics.response()
+    def prometheus(self):
+        return self.metrics.response()
 
-    @app.get("/v1/model", dependencies=[Depends(auth)])
-    def model() -> dict[str, Any]:
-        loaded, pending = worker.loaded, worker.pending
+    def model(self) -> dict[str, Any]:
+        loaded, pending = self.worker.loaded, self.worker.pending
         if loaded is None:
-            raise HTTPException(503, f"no model is loaded yet ({worker.load_error or 'loading'})")
-        cfg = loaded.pipeline.cfg
+            raise HTTPException(503, f"no model is loaded yet ({self.worker.load_error or 'loading'})")
         return {
             "version": loaded.version,
             "uri": loaded.uri,
             "backend": loaded.backend,
             "loading": pending.version if pending else None,
-            "preset": cfg.name,
-            "max_foregrounds": cfg.max_fg,
-            "limits": vars(settings.cfg.limits()),
+            "preset": loaded.pipeline.cfg.name,
+            "max_foregrounds": loaded.pipeline.cfg.max_fg,
+            "limits": vars(self.cfg.limits()),
         }
 
-    @app.post("/v1/generations", status_code=202, dependencies=[Depends(auth)])
-    def create_generation(body: GenerationIn) -> JSONResponse:
-        model_checked(body, body.frames, body.height, body.width)
-        return admit("generation", body.model_dump(), body.steps)
+    # ------------------------------------------------------------ jobs
 
-    @app.post("/v1/regenerations", status_code=202, dependencies=[Depends(auth)])
-    def create_regeneration(body: RegenerationIn) -> JSONResponse:
-        source = finished_job(body.generation_id)
-        layers = load_layers(worker.folder(source))
-        frames, height, width = layers.full.shape[:3]
-        model_checked(body, frames, height, width)
-        if body.layer != "background" and int(body.layer.split("_")[1]) > len(layers.foregrounds):
-            raise unprocessable("layer", f"layer {body.layer} does not exist: the generation has "
-                                 f"{len(layers.foregrounds)} foreground(s)")  # fmt: skip
-        if len(body.foreground_prompts) != len(layers.foregrounds):
-            raise unprocessable(
-                "foreground_prompts",
-                f"the generation has {len(layers.foregrounds)} foreground(s); give one prompt each",
-            )
-        return admit("regeneration", body.model_dump(), body.steps)
+    def create_generation(self, body: GenerationIn) -> JSONResponse:
+        self.model_checked(body, body.frames, body.height, body.width)
+        return self.admit("generation", body.model_dump(), body.steps)
 
-    def form_body(request: str) -> GenerationIn:
-        """The generation fields of a multipart request, sent as one JSON form field `request`."""
-        try:
-            return GenerationIn.model_validate_json(request)
-        except ValidationError as err:
-            raise RequestValidationError(
-                [e | {"loc": ("body", "request", *e["loc"])} for e in err.errors(include_url=False)]
-            ) from err
+    def create_regeneration(self, body: RegenerationIn) -> JSONResponse:
+        layers = load_layers(self.worker.folder(self.finished_job(body.generation_id)))
+        count = len(layers.foregrounds)
+        self.model_checked(body, *layers.full.shape[:3])
+        if body.layer != "background" and int(body.layer.split("_")[1]) > count:
+            raise unprocessable("layer", f"layer {body.layer} does not exist: the generation has {count} foreground(s)")
+        if len(body.foreground_prompts) != count:
+            raise unprocessable("foreground_prompts", f"the generation has {count} foreground(s); give one prompt each")
+        return self.admit("regeneration", body.model_dump(), body.steps)
 
-    def admit_with_frames(kind: str, body: GenerationIn, frames: np.ndarray, steps: int) -> JSONResponse:
-        """`admit` a job whose input frames were uploaded: kept as `<out>/uploads/<name>.npy` until it ends."""
-        name = f"{uuid.uuid4().hex}.npy"
-        np.save(out / "uploads" / name, frames)
-        try:
-            return admit(kind, body.model_dump() | {"upload": name}, steps)
-        except HTTPException:
-            (out / "uploads" / name).unlink()
-            raise
-
-    @app.post("/v1/foregrounds", status_code=202, dependencies=[Depends(auth)])
     async def create_foregrounds(
-        request: Annotated[str, Form(max_length=20_000)], background: Annotated[UploadFile, File()]
+        self, request: Annotated[str, Form(max_length=20_000)], background: Annotated[UploadFile, File()]
     ) -> JSONResponse:
         """New foreground layer(s) for an uploaded background (a still or a video of the request's size)."""
         body = form_body(request)
-        model_checked(body, body.frames, body.height, body.width, "request.")
-        async with uploads.saved(background, out, "background", settings.cfg) as path:
-            rgb = await run_in_threadpool(uploads.read_background, path, "background", body.frames, body.height,
-                                          body.width)  # fmt: skip
-        return admit_with_frames("foregrounds", body, to_uint8(rgb), body.steps)
+        self.model_checked(body, body.frames, body.height, body.width, "request.")
+        async with uploads.saved(background, self.out, "background", self.cfg) as path:
+            rgb = await run_in_threadpool(
+                uploads.read_background, path, "background", body.frames, body.height, body.width
+            )
+        return self.admit_with_frames("foregrounds", body, to_uint8(rgb))
 
-    @app.post("/v1/decompositions", status_code=202, dependencies=[Depends(auth)])
     async def create_decomposition(
-        request: Annotated[str, Form(max_length=20_000)], video: Annotated[UploadFile, File()]
+        self, request: Annotated[str, Form(max_length=20_000)], video: Annotated[UploadFile, File()]
     ) -> JSONResponse:
         """Background and foreground layers of an uploaded plain video (its own size and frame count)."""
         body = form_body(request)
-        async with uploads.saved(video, out, "video", settings.cfg) as path:
-            frames = await run_in_threadpool(uploads.read_clip, path, "video", settings.cfg)
-        model_checked(body, *frames.shape[:3], "request.")
-        return admit_with_frames("decomposition", body, frames, body.steps)
+        async with uploads.saved(video, self.out, "video", self.cfg) as path:
+            frames = await run_in_threadpool(uploads.read_clip, path, "video", self.cfg)
+        self.model_checked(body, *frames.shape[:3], "request.")
+        return self.admit_with_frames("decomposition", body, frames)
 
-    @app.get("/v1/generations/{job_id}", dependencies=[Depends(auth)])
-    def get_generation(job_id: str) -> dict[str, Any]:
-        job = store.get(job_id)
-        if job is None:
-            raise HTTPException(404, f"no job {job_id}")
-        return job_view(job)
-
-    @app.get("/v1/generations/{job_id}/files/{name}", dependencies=[Depends(auth)])
-    def get_file(job_id: str, name: str) -> FileResponse:
-        job = finished_job(job_id)
-        if name not in (job.files or {}):
-            raise HTTPException(404, f"job {job_id} has no file {name!r}; it has {sorted(job.files or {})}")
-        return FileResponse(worker.folder(job) / job.files[name], filename=name)
-
-    @app.get("/v1/generations/{job_id}/bundle", dependencies=[Depends(auth)])
-    def get_bundle(job_id: str) -> FileResponse:
-        job = finished_job(job_id)
-        return FileResponse(worker.folder(job) / BUNDLE, filename=f"layert2v-{job.id}.zip")
-
-    @app.post("/v1/recompositions", status_code=201, dependencies=[Depends(auth)])
     async def create_recomposition(
+        self,
         generation_id: Annotated[str, Form(pattern=JOB_ID)],
         order: Annotated[str | None, Form(max_length=64)] = None,
         background: Annotated[UploadFile | None, File()] = None,
     ) -> JSONResponse:
-        source = finished_job(generation_id)
+        source = self.finished_job(generation_id)
         if background is None:
-            job = await run_in_threadpool(_recompose, store, worker, source, order, None)
+            job = await run_in_threadpool(_recompose, self.store, self.worker, source, order, None)
         else:
-            async with uploads.saved(background, out, "background", settings.cfg) as path:
-                job = await run_in_threadpool(_recompose, store, worker, source, order, path)
+            async with uploads.saved(background, self.out, "background", self.cfg) as path:
+                job = await run_in_threadpool(_recompose, self.store, self.worker, source, order, path)
         return JSONResponse(job_view(job), status_code=201, headers={"Location": f"/v1/generations/{job.id}"})
 
+    def get_generation(self, job_id: str) -> dict[str, Any]:
+        return job_view(self.job(job_id))
+
+    def get_file(self, job_id: str, name: str) -> FileResponse:
+        job = self.finished_job(job_id)
+        if name not in (job.files or {}):
+            raise HTTPException(404, f"job {job_id} has no file {name!r}; it has {sorted(job.files or {})}")
+        return FileResponse(self.worker.folder(job) / job.files[name], filename=name)
+
+    def get_bundle(self, job_id: str) -> FileResponse:
+        job = self.finished_job(job_id)
+        return FileResponse(self.worker.folder(job) / BUNDLE, filename=f"layert2v-{job.id}.zip")
+
+
+def form_body(request: str) -> GenerationIn:
+    """The generation fields of a multipart request, sent as one JSON form field `request`."""
+    try:
+        return GenerationIn.model_validate_json(request)
+    except ValidationError as err:
+        raise RequestValidationError(
+            [e | {"loc": ("body", "request", *e["loc"])} for e in err.errors(include_url=False)]
+        ) from err
+
+
+ROUTES = [  # path, method, Api method, status; every route but the probes needs the token when one is set
+    ("/healthz", "GET", "healthz", 200),
+    ("/readyz", "GET", "readyz", 200),
+    ("/metrics", "GET", "prometheus", 200),
+    ("/v1/model", "GET", "model", 200),
+    ("/v1/generations", "POST", "create_generation", 202),
+    ("/v1/regenerations", "POST", "create_regeneration", 202),
+    ("/v1/foregrounds", "POST", "create_foregrounds", 202),
+    ("/v1/decompositions", "POST", "create_decomposition", 202),
+    ("/v1/recompositions", "POST", "create_recomposition", 201),
+    ("/v1/generations/{job_id}", "GET", "get_generation", 200),
+    ("/v1/generations/{job_id}/files/{name}", "GET", "get_file", 200),
+    ("/v1/generations/{job_id}/bundle", "GET", "get_bundle", 200),
+]
+OPEN = ("/healthz", "/readyz")  # probes answer without a token
+
+
+def create_app(source, settings: Settings) -> FastAPI:
+    """The app over a model source (`serving.source`); the worker starts and stops with the app's lifespan."""
+    api = Api(source, settings)
+
+    async def lifespan(app: FastAPI):
+        api.worker.start()
+        yield
+        await run_in_threadpool(api.worker.stop)
+
+    app = FastAPI(title="LayerT2V", version="1", lifespan=lifespan)
+    app.state.store, app.state.worker, app.state.metrics = api.store, api.worker, api.metrics
+    app.middleware("http")(api.metrics.middleware)
+    for path, method, name, status in ROUTES:
+        dependencies = [] if path in OPEN else [Depends(api.auth)]
+        app.add_api_route(path, getattr(api, name), methods=[method], status_code=status, dependencies=dependencies)
     return app
 
 
