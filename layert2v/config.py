@@ -225,8 +225,7 @@ PRESETS: dict[str, ModelConfig] = {
         name="tiny", vae_width=32, vae_num_res_blocks=1, vae_base_dim=8, dim=48, depth=2, heads=2, ffn_dim=96,
         freq_dim=64, text_len=16, max_fg=3,
     ),
-    "small": ModelConfig(name="small", vae_cell=4, vae_width=64, vae_refine=32, patch=(1, 4, 4)),  # 4-pixel
-    # cells with the same DiT tokens as 8-pixel ones and a (1, 2, 2) patch: docs/results.md, the autoencoder
+    "small": ModelConfig(name="small"),  # profiles.finevae: 4-pixel cells (docs/results.md, the autoencoder)
     "paper": ModelConfig(
         name="paper", vae_arch="wan", vae_base_dim=96, vae_dim_mult=(1, 2, 4, 4), vae_num_res_blocks=2,
         dim=1536, depth=30, heads=12, ffn_dim=8960, text_dim=4096, text_len=512, max_fg=3,
