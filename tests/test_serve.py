@@ -314,7 +314,7 @@ def test_sigkill_and_sigterm_lose_no_accepted_job(tmp_path: Path, tiny_model: Pa
         assert client.get(f"/v1/generations/{done['id']}/bundle").status_code == 200
         _wait(client, queued[0], states=("running", "finished"))
         started["process"].send_signal(signal.SIGTERM)
-        assert started["process"].wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once shut down
+        assert started["process"].wait(60) == 0
         assert "Application shutdown complete" in started["log"].read_text()
         states = [client_state(tmp_path, job) for job in queued]
         assert set(states) <= {"queued", "finished"}, states  # a job running at SIGTERM went back to the queue

@@ -59,5 +59,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         source = RegistrySource(uri, params.registry.model_name, params.serve.alias, out / "models")
     settings = Settings(out=out, cfg=params.serve, db_url=args.db, token=token, worker_name=args.name)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(source, settings), host=args.host, port=args.port, log_level="info")
-    return 0
+    app = create_app(source, settings, work_thread=False)
+    started = serve_on_main_thread(app, uvicorn.Config(app, host=args.host, port=args.port, log_level="info"))
+    return 0 if started else 1
+
+
+def serve_on_main_thread(app, config) -> bool:
+    """uvicorn on a thread, the jobs on the main thread (where torch runs fastest); SIGTERM or Ctrl-C stops the
+    worker at its next sampler step (the job goes back to the queue), then the server."""
+    import signal
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="layert2v-http")
+    thread.start()
+    worker = app.state.worker
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stopping.set())
+    while not server.started and thread.is_alive():
+        worker.stopping.wait(0.1)
+    started = server.started
+    if started:
+        worker.work()
+    server.should_exit = True
+    thread.join()
+    return started

@@ -99,6 +99,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "model_version": job.model_version,
         "error": job.error,
         "created": job.created,
+        "started": job.started,
         "finished": job.finished,
         "links": _links(job),
     }
@@ -152,6 +153,7 @@ class Api:
                 wait = math.ceil(self.worker.timing.mean() * (counts[QUEUED] + 1))
                 raise HTTPException(429, f"the queue is full ({self.cfg.queue_max} jobs)", {"Retry-After": str(wait)})
             job = self.store.get(self.store.add(kind, request, steps=steps))
+        self.worker.wake.set()
         return JSONResponse(job_view(job), status_code=202, headers={"Location": f"/v1/generations/{job.id}"})
 
     def admit_with_frames(self, kind: str, body: GenerationIn, frames: np.ndarray) -> JSONResponse:
@@ -299,12 +301,13 @@ ROUTES = [  # path, method, Api method, status; every route but the probes needs
 OPEN = ("/healthz", "/readyz")  # probes answer without a token
 
 
-def create_app(source, settings: Settings) -> FastAPI:
-    """The app over a model source (`serving.source`); the worker starts and stops with the app's lifespan."""
+def create_app(source, settings: Settings, work_thread: bool = True) -> FastAPI:
+    """The app over a model source (`serving.source`); the worker starts and stops with the app's lifespan, and runs
+    jobs on a thread of its own, or with `work_thread=False` wherever `app.state.worker.work()` is called."""
     api = Api(source, settings)
 
     async def lifespan(app: FastAPI):
-        api.worker.start()
+        api.worker.start(work_thread)
         yield
         await run_in_threadpool(api.worker.stop)
 

@@ -31,6 +31,7 @@ log = logging.getLogger("layert2v.serve")
 LAYERS = "layers.npz"  # every job's layers, uint8 and lossless: what recompositions and edits start from
 BUNDLE = "bundle.zip"
 LEASE_S = 120.0  # a running job whose worker has not reported for this long is put back in the queue
+PROGRESS_S = 0.25  # progress (and the heartbeat) is written at most this often
 
 
 class Requeue(Exception):
@@ -113,21 +114,25 @@ class Worker:
         self.load_error: str | None = None
         self.timing = Timing([])
         self.stopping = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._follow, name="layert2v-follow", daemon=True),
-            threading.Thread(target=self._work, name="layert2v-work", daemon=True),
-        ]
+        self.wake = threading.Event()  # set when a job is accepted: an idle worker claims it at once
+        self._threads: list[threading.Thread] = []
         self.on_job_done: Callable[[str, str, float, str], None] = lambda kind, state, seconds, version: None
 
-    def start(self) -> None:
+    def start(self, work_thread: bool = True) -> None:
+        """Put back what this worker left running, follow the model source, and run jobs on a thread of their own
+        or (`work_thread=False`) on whichever thread then calls `work`."""
         requeued = self.store.requeue_mine()
         if requeued:
             log.info("requeued %d job(s) this service left running", requeued)
+        self._threads = [threading.Thread(target=self._follow, name="layert2v-follow", daemon=True)]
+        if work_thread:
+            self._threads.append(threading.Thread(target=self.work, name="layert2v-work", daemon=True))
         for thread in self._threads:
             thread.start()
 
     def stop(self, timeout: float = 60.0) -> None:
         self.stopping.set()
+        self.wake.set()
         for thread in self._threads:
             thread.join(timeout)
 
@@ -141,7 +146,7 @@ class Worker:
                 known = {m.version for m in (self.loaded, self.pending) if m is not None}
                 if version not in known:
                     log.info("loading model version %s", version)
-                    loaded = self.source.load(version, self.cfg.backend, self.cfg.limits())
+                    loaded = self._load(version)
                     if self.loaded is None:
                         self.loaded = loaded
                     else:
@@ -152,6 +157,24 @@ class Worker:
                 log.warning("model source: %s", self.load_error)
             self.stopping.wait(self.cfg.poll_seconds)
 
+    def _load(self, version: str) -> Loaded:
+        """The source's `version`, loaded on a thread that ends with the load: a live thread that once ran torch keeps
+        an OpenMP team that made every other thread's torch 1.7x slower here (2 cores; benchmarks/bench_serve.py)."""
+        result: dict[str, Any] = {}
+
+        def load() -> None:
+            try:
+                result["loaded"] = self.source.load(version, self.cfg.backend, self.cfg.limits())
+            except Exception as err:  # raised again on the following thread
+                result["error"] = err
+
+        thread = threading.Thread(target=load, name=f"layert2v-load-{version}")
+        thread.start()
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        return result["loaded"]
+
     def _switch(self) -> None:
         """Between jobs only: the loaded version replaces the serving one."""
         if self.pending is not None:
@@ -160,7 +183,9 @@ class Worker:
 
     # ------------------------------------------------------------ the jobs
 
-    def _work(self) -> None:
+    def work(self) -> None:
+        """Run queued jobs until `stop` (`layert2v serve` calls it on the main thread: only one thread ever runs
+        torch for long, see `_load`)."""
         last_cleanup = 0.0
         while not self.stopping.is_set():
             self._switch()
@@ -170,7 +195,8 @@ class Worker:
                     self.store.requeue_stale(LEASE_S)
                     self.cleanup()
                     last_cleanup = time.monotonic()
-                self.stopping.wait(0.2)
+                self.wake.wait(0.2)
+                self.wake.clear()
                 continue
             self._run(job)
 
@@ -180,12 +206,17 @@ class Worker:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
 
+        reported = [0.0]
+
         def on_step(step: int, steps: int) -> None:
+            now = time.monotonic()
             if self.stopping.is_set():
                 raise Requeue
-            if time.monotonic() - started > self.cfg.job_timeout_s:
+            if now - started > self.cfg.job_timeout_s:
                 raise TimeoutError(f"the job ran past serve.job_timeout_s = {self.cfg.job_timeout_s:g} s")
-            self.store.progress(job.id, step, steps, loaded.version)
+            if now - reported[0] >= PROGRESS_S or step == steps:  # a database commit per step cost ~8% of a job
+                self.store.progress(job.id, step, steps, loaded.version)
+                reported[0] = now
 
         try:
             video, manifest = self.handlers[job.kind](loaded.pipeline, job, self.jobs_dir, on_step)
