@@ -1,4 +1,5 @@
-"""The service's work: one model (switched between jobs when the alias moves) and one worker thread.
+"""The service's work: one model (switched between jobs when the alias moves) and one worker (on the main thread
+under `layert2v serve`).
 
 Jobs run one at a time (a CPU host has no cores to spare for two; a GPU replica is scaled out instead, on one job
 database). Each job writes into `<out>/jobs/<id>.partial` and is renamed to `<out>/jobs/<id>` when complete, so a
