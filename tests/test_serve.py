@@ -60,19 +60,23 @@ def serving(
                *(["--db", db] if db else [])]  # fmt: skip
     environ = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | (env or {})
     started = {"command": command, "env": environ, "log": tmp_path / f"serve-{port}.log"}
-    process = _start(started)
+    _start(started)
     try:
-        yield f"http://127.0.0.1:{port}", started | {"process": process}
+        yield f"http://127.0.0.1:{port}", started
     finally:
-        _stop(started.get("process", process))
+        _stop(started["process"])  # the latest process: a test may have started it again
 
 
 def _start(started: dict) -> subprocess.Popen:
     log = started["log"].open("ab")
     process = subprocess.Popen(started["command"], cwd=ROOT, env=started["env"], stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{started['command'][started['command'].index('--port') + 1]}"
-    wait_healthy(f"{url}/readyz", timeout=120)
     started["process"] = process
+    url = f"http://127.0.0.1:{started['command'][started['command'].index('--port') + 1]}"
+    try:
+        wait_healthy(f"{url}/readyz", timeout=120)
+    except TimeoutError:
+        _stop(process)
+        raise
     return process
 
 
