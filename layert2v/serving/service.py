@@ -42,7 +42,7 @@ from layert2v.serving import uploads
 from layert2v.serving.jobs import FINISHED, QUEUED, RUNNING, Job, JobStore
 from layert2v.serving.metrics import Metrics
 from layert2v.serving.uploads import unprocessable
-from layert2v.serving.worker import BUNDLE, Worker, load_layers, write_job_files
+from layert2v.serving.worker import BUNDLE, Worker, load_layers
 
 JOB_ID = r"^[0-9a-f]{32}$"
 Prompt = Annotated[str, Field(min_length=1, max_length=2000)]
@@ -323,23 +323,27 @@ def create_app(source, settings: Settings, work_thread: bool = True) -> FastAPI:
 # ---------------------------------------------------------------- job handlers (run on the worker thread)
 
 
+def _prompts(r: dict[str, Any]) -> list[str]:
+    """Overall, background and foreground prompts of a job's request, in slot order."""
+    return [r["prompt"], r["background_prompt"], *r["foreground_prompts"]]
+
+
+def _sampling(r: dict[str, Any], on_step, sized: bool = True) -> dict[str, Any]:
+    """The sampler options of a job's request (and its size, unless the job's input fixes it)."""
+    size = {key: r[key] for key in ("frames", "height", "width")} if sized else {}
+    sampler = {key: r[key] for key in ("steps", "guidance", "composite_guidance", "seed")}
+    return size | sampler | {"on_step": on_step}
+
+
 def _generate(pipeline, job: Job, jobs_dir: Path, on_step) -> tuple[LayeredVideo, dict[str, Any]]:
-    r = job.request
-    video = pipeline.generate(
-        r["prompt"], r["background_prompt"], r["foreground_prompts"], frames=r["frames"], height=r["height"],
-        width=r["width"], steps=r["steps"], guidance=r["guidance"], composite_guidance=r["composite_guidance"],
-        seed=r["seed"], on_step=on_step,
-    )  # fmt: skip
-    return video, {"prompts": [r["prompt"], r["background_prompt"], *r["foreground_prompts"]]}
+    prompts = _prompts(job.request)
+    return pipeline.generate(*prompts[:2], prompts[2:], **_sampling(job.request, on_step)), {"prompts": prompts}
 
 
 def _regenerate(pipeline, job: Job, jobs_dir: Path, on_step) -> tuple[LayeredVideo, dict[str, Any]]:
-    r = job.request
-    prompts = [r["prompt"], r["background_prompt"], *r["foreground_prompts"]]
-    video = pipeline.regenerate(
-        load_layers(jobs_dir / r["generation_id"]), r["layer"], prompts, steps=r["steps"], guidance=r["guidance"],
-        composite_guidance=r["composite_guidance"], seed=r["seed"], on_step=on_step,
-    )  # fmt: skip
+    r, prompts = job.request, _prompts(job.request)
+    layers = load_layers(jobs_dir / r["generation_id"])
+    video = pipeline.regenerate(layers, r["layer"], prompts, **_sampling(r, on_step, sized=False))
     return video, {"prompts": prompts, "regenerated": r["layer"], "from_generation": r["generation_id"]}
 
 
@@ -348,22 +352,17 @@ def _uploaded(job: Job, jobs_dir: Path) -> np.ndarray:
 
 
 def _foregrounds(pipeline, job: Job, jobs_dir: Path, on_step) -> tuple[LayeredVideo, dict[str, Any]]:
-    r = job.request
-    video = pipeline.generate(
-        r["prompt"], r["background_prompt"], r["foreground_prompts"], frames=r["frames"], height=r["height"],
-        width=r["width"], steps=r["steps"], guidance=r["guidance"], composite_guidance=r["composite_guidance"],
-        seed=r["seed"], on_step=on_step, given=Given(background=_uploaded(job, jobs_dir)),
-    )  # fmt: skip
-    return video, {"prompts": [r["prompt"], r["background_prompt"], *r["foreground_prompts"]], "given": "background"}
+    prompts, given = _prompts(job.request), Given(background=_uploaded(job, jobs_dir))
+    video = pipeline.generate(*prompts[:2], prompts[2:], **_sampling(job.request, on_step), given=given)
+    return video, {"prompts": prompts, "given": "background"}
 
 
 def _decompose(pipeline, job: Job, jobs_dir: Path, on_step) -> tuple[LayeredVideo, dict[str, Any]]:
-    r = job.request
+    prompts = _prompts(job.request)
     video = pipeline.decompose(
-        _uploaded(job, jobs_dir), r["prompt"], r["background_prompt"], r["foreground_prompts"], steps=r["steps"],
-        guidance=r["guidance"], composite_guidance=r["composite_guidance"], seed=r["seed"], on_step=on_step,
-    )  # fmt: skip
-    return video, {"prompts": [r["prompt"], r["background_prompt"], *r["foreground_prompts"]], "given": "full"}
+        _uploaded(job, jobs_dir), *prompts[:2], prompts[2:], **_sampling(job.request, on_step, sized=False)
+    )
+    return video, {"prompts": prompts, "given": "full"}
 
 
 # ---------------------------------------------------------------- recomposition and uploads
@@ -398,11 +397,7 @@ def _recompose(store: JobStore, worker: Worker, source: Job, order: str | None, 
     )
     request = {"generation_id": source.id, "order": order, "background": upload is not None}
     job_id = store.add("recomposition", request, state=RUNNING)
-    partial = worker.jobs_dir / f"{job_id}.partial"
-    partial.mkdir()
-    manifest = json_manifest(source, indices)
-    files = write_job_files(partial, video, FORMATS, manifest)
-    partial.rename(worker.jobs_dir / job_id)
+    files = worker.publish(job_id, video, FORMATS, json_manifest(source, indices))
     store.finish(job_id, files, source.model_version)
     return store.get(job_id)
 

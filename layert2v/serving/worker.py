@@ -203,10 +203,6 @@ class Worker:
 
     def _run(self, job: Job) -> None:
         loaded, started = self.loaded, time.monotonic()
-        partial = self.jobs_dir / f"{job.id}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir()
-
         reported = [0.0]
 
         def on_step(step: int, steps: int) -> None:
@@ -221,20 +217,16 @@ class Worker:
 
         try:
             video, manifest = self.handlers[job.kind](loaded.pipeline, job, self.jobs_dir, on_step)
-            files = write_job_files(partial, video, job.request.get("formats", []), manifest | {
+            files = self.publish(job.id, video, job.request.get("formats", []), manifest | {
                 "model_version": loaded.version, "model_uri": loaded.uri, "job": job.id,
             })  # fmt: skip
-            shutil.rmtree(self.jobs_dir / job.id, ignore_errors=True)
-            partial.rename(self.jobs_dir / job.id)
             self.store.finish(job.id, files, loaded.version)
             state = "finished"
         except Requeue:
-            shutil.rmtree(partial, ignore_errors=True)
             self.store.requeue_mine()
             log.info("job %s requeued: the service is stopping", job.id)
             return
         except Exception as err:  # one job fails alone; the service stays up
-            shutil.rmtree(partial, ignore_errors=True)
             self.store.fail(job.id, f"{type(err).__name__}: {err}")
             log.warning("job %s failed: %s", job.id, err)
             state = "failed"
@@ -243,6 +235,20 @@ class Worker:
         seconds = time.monotonic() - started
         self.timing.add(seconds)
         self.on_job_done(job.kind, state, seconds, loaded.version)
+
+    def publish(self, job_id: str, video: LayeredVideo, formats, manifest: dict[str, Any]) -> dict[str, str]:
+        """Write a job's files into `<id>.partial` and rename it to `<id>` once whole (`write_job_files`)."""
+        partial = self.jobs_dir / f"{job_id}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        try:
+            files = write_job_files(partial, video, formats, manifest)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+        partial.rename(self.jobs_dir / job_id)
+        return files
 
     def folder(self, job: Job) -> Path:
         return self.jobs_dir / job.id
