@@ -1,7 +1,7 @@
 """The four editing tasks on held-out ground truth, side by side with free generation and the classical baseline.
 
 Run: `.venv/bin/python benchmarks/eval_editing.py --model artifacts/train/stage3/model --clips 32
-[--backend onnxruntime --onnx artifacts/export/onnx]`.
+[--conditioning replace|clean] [--backend onnxruntime --onnx artifacts/export/onnx]`.
 On the first `clips` clips of the `test` split (held-out colour-shape combinations; their layers are known), with
 the clip's own captions and one seed:
 - free:        plain generation (the unconditional reference for coherence and adherence);
@@ -9,9 +9,11 @@ the clip's own captions and one seed:
 - bg_for_fgs:  the true foregrounds given, background and full video sampled;
 - regenerate:  every layer but the last foreground given, that one sampled from its caption;
 - decompose:   the true full video given (model), and `editing.classical_decompose` on the same video.
-Per task: coherence (median dB), colour / shape adherence of the *sampled* foregrounds, whether the given layers
-came back exactly, seconds per clip; for decomposition: PSNR of the recovered background and IoU of the union of
-the recovered mattes against the truth, for still and moving cameras apart.
+Per task: coherence (median dB), colour / shape adherence of the *sampled* foregrounds, colour adherence of a
+sampled background (`metrics.background_adherence`), seconds per clip; for decomposition: PSNR of the recovered
+background, IoU and the matting errors (MAD, MSE, Grad, Conn, dtSSD; `metrics.matting_errors`) of the union of the
+recovered mattes against the truth, for still and moving cameras apart. `--conditioning` picks how given layers
+condition the model (default: what its folder says, `clean` for a model trained with `condition_dropout`).
 """
 
 from __future__ import annotations
@@ -28,19 +30,21 @@ import pandas as pd
 from layert2v.ceiling import alpha_iou, true_clips
 from layert2v.compose import LayeredVideo
 from layert2v.editing import Given, classical_decompose
-from layert2v.metrics import adherence, coherence, psnr
+from layert2v.metrics import adherence, background_adherence, coherence, matting_errors, psnr
 from layert2v.pipeline import LayerT2VPipeline
 
 
-def captions(prepared: Path, count: int) -> list[tuple[list[str], bool]]:
-    """Prompts (overall, background, foregrounds) and whether the camera is still, in `true_clips` order."""
+def captions(prepared: Path, count: int) -> list[tuple[list[str], bool, dict]]:
+    """Prompts (overall, background, foregrounds), whether the camera is still and the background's attributes,
+    in `true_clips` order."""
     manifest = pd.read_parquet(prepared / "manifest.parquet")
     rows = manifest[manifest["split"] == "test"].sort_values("clip_id").head(count)
     out = []
     for row in rows.itertuples():
         fgs = json.loads(row.captions_foreground)[: int(row.num_fg)]
-        still = json.loads(row.attributes).get("camera", {}).get("kind") == "still"
-        out.append(([row.caption_full, row.caption_background, *fgs], still))
+        attributes = json.loads(row.attributes)
+        still = attributes.get("camera", {}).get("kind") == "still"
+        out.append(([row.caption_full, row.caption_background, *fgs], still, attributes["background"]))
     return out
 
 
@@ -48,9 +52,11 @@ def union(alphas: list[np.ndarray]) -> np.ndarray:
     return np.max(np.stack(alphas), axis=0)
 
 
-def run_task(pipeline: LayerT2VPipeline, task: str, truth: LayeredVideo, prompts: list[str], seed: int) -> dict:
+def run_task(
+    pipeline: LayerT2VPipeline, task: str, truth: LayeredVideo, prompts: list[str], seed: int, conditioning: str | None
+) -> dict:
     frames, height, width = truth.full.shape[:3]
-    options = {"frames": frames, "height": height, "width": width, "seed": seed}
+    options = {"frames": frames, "height": height, "width": width, "seed": seed, "conditioning": conditioning}
     k = len(truth.alphas)
     given = {
         "free": Given(),
@@ -66,7 +72,7 @@ def run_task(pipeline: LayerT2VPipeline, task: str, truth: LayeredVideo, prompts
     video = pipeline.generate(prompts[0], prompts[1], prompts[2:], given=given, **options)
     seconds = time.perf_counter() - start
     sampled = [i for i in range(k) if i not in given.foregrounds]
-    return {"video": video, "sampled": sampled, "seconds": seconds}
+    return {"video": video, "sampled": sampled, "seconds": seconds, "background_sampled": given.background is None}
 
 
 def layer_figures(video: LayeredVideo, sampled: list[int], attributes: list[dict]) -> dict[str, float]:
@@ -86,7 +92,7 @@ def decomposition_figures(video: LayeredVideo, truth: LayeredVideo) -> dict[str,
     return {
         "background_psnr": psnr(video.background, truth.background),
         "matte_iou": alpha_iou([union(video.alphas)], [union(truth.alphas)]),
-    }
+    } | matting_errors(union(video.alphas), union(truth.alphas))
 
 
 def main() -> None:
@@ -97,15 +103,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
     parser.add_argument("--onnx", default=None, help="export folder (default: <model>/onnx)")
+    parser.add_argument("--conditioning", default=None, choices=["replace", "clean"], help="default: the model's")
     args = parser.parse_args()
     pipeline = LayerT2VPipeline.from_folder(args.model, backend=args.backend, onnx=args.onnx)
     clips, texts = true_clips(args.prepared, args.clips, "test"), captions(args.prepared, args.clips)
     rows = []
-    for (truth, attributes), (prompts, still) in zip(clips, texts, strict=True):
+    print(f"conditioning: {args.conditioning or pipeline.known_segments}")
+    for (truth, attributes), (prompts, still, background) in zip(clips, texts, strict=True):
         for task in ("free", "fg_for_bg", "bg_for_fgs", "regenerate", "decompose"):
-            result = run_task(pipeline, task, truth, prompts, args.seed)
+            result = run_task(pipeline, task, truth, prompts, args.seed, args.conditioning)
             row = {"task": task, "still": still, "k": len(truth.alphas), "seconds": result["seconds"]}
             row |= layer_figures(result["video"], result["sampled"], attributes)
+            if result["background_sampled"]:
+                row["background_adherence"] = float(background_adherence(result["video"].background, background))
             if task == "decompose":
                 row |= decomposition_figures(result["video"], truth)
             rows.append(row)
@@ -117,18 +127,22 @@ def main() -> None:
 
 def report(frame: pd.DataFrame) -> None:
     print(f"{len(frame[frame.task == 'free'])} test clips (K = {sorted(int(k) for k in frame.k.unique())})")
-    print(f"{'task':12s} {'coherence dB':>13s} {'colour':>7s} {'shape':>6s} {'s/clip':>7s}")
+    print(f"{'task':12s} {'coherence dB':>13s} {'colour':>7s} {'shape':>6s} {'bg colour':>10s} {'s/clip':>7s}")
+    mean = lambda group, name: group[name].mean() if name in group else float("nan")  # noqa: E731
     for task, group in frame[frame.task != "classical"].groupby("task", sort=False):
-        colour = group["colour_adherence"].mean() if "colour_adherence" in group else float("nan")
-        shape = group["shape_adherence"].mean() if "shape_adherence" in group else float("nan")
+        colour, shape, bg = (mean(group, n) for n in ("colour_adherence", "shape_adherence", "background_adherence"))
         seconds = statistics.median(group["seconds"])
-        print(f"{task:12s} {group['coherence_db'].median():13.1f} {colour:7.0%} {shape:6.0%} {seconds:7.2f}")
-    print(f"\n{'decomposition':16s} {'camera':8s} {'clips':>5s} {'bg PSNR dB':>11s} {'matte IoU':>10s}")
+        print(f"{task:12s} {group['coherence_db'].median():13.1f} {colour:7.0%} {shape:6.0%} {bg:10.0%} {seconds:7.2f}")
+    errors = ("mad", "mse", "grad", "conn", "dtssd")
+    print(
+        f"\n{'decomposition':14s} {'camera':7s} {'clips':>5s} {'bg dB':>6s} {'IoU':>5s}"
+        + "".join(f"{e:>7s}" for e in errors)
+    )
     for (task, still), group in frame[frame.task.isin(["decompose", "classical"])].groupby(["task", "still"]):
         camera = "still" if still else "moving"
         print(
-            f"{task:16s} {camera:8s} {len(group):5d} {group['background_psnr'].median():11.1f}"
-            f" {group['matte_iou'].mean():10.2f}"
+            f"{task:14s} {camera:7s} {len(group):5d} {group['background_psnr'].median():6.1f}"
+            f" {group['matte_iou'].mean():5.2f}" + "".join(f"{group[e].mean():7.2f}" for e in errors)
         )
 
 

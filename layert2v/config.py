@@ -337,6 +337,7 @@ class DiTStageConfig(StageConfig):
     k_weights: list[float] | None = None  # how often batches of K = 1.. are drawn, against the data's mix
     ema_decay: float = 0.999  # of the EMA weights that are saved (warmed up, see `ema_decay_at`)
     prompt_dropout: float = 0.1  # probability that a sample's prompts are dropped to the null prompt (for CFG)
+    condition_dropout: float = 0.0  # probability that a sample gets one editing task's segments clean and given
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -349,6 +350,7 @@ class DiTStageConfig(StageConfig):
         )
         _require(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
         _require(0 <= self.prompt_dropout < 1, f"prompt_dropout must be in [0, 1), got {self.prompt_dropout}")
+        _require(0 <= self.condition_dropout < 1, f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
 
 
 STAGE_CONFIGS: dict[str, type[StageConfig]] = {

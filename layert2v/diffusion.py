@@ -2,7 +2,8 @@
 
 Rectified flow (Liu et al. 2022; Esser et al. 2024): `x_t = (1 - t) x0 + t eps`, the model predicts the
 velocity `v = eps - x0`. One logit-normal `t` per sample is shared by every segment, so all layers of a
-sample move along one trajectory. LayerT2V adds two terms (weights 0.1 each by default):
+sample move along one trajectory; only segments given clean (`segment_timesteps`, trained conditioning on kept
+layers) sit at `t = 0` and carry no loss. LayerT2V adds two terms (weights 0.1 each by default):
 
 - latent compositing consistency: the predicted x0 of the foreground and background segments,
   composited with the ground-truth alpha downsampled to latent resolution, must match the full segment.
@@ -39,7 +40,18 @@ def logit_normal_t(
 
 
 def bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`t` `[B]` (one per sample) or `[B, L]` (one per segment of packed latents, which split dim 2 evenly)
+    shaped to broadcast against `like` `[B, C, L*T, H, W]`."""
+    if t.ndim == 2:
+        t = t.repeat_interleave(like.shape[2] // t.shape[1], dim=1)[:, None, :, None, None]
+        return t.to(like.dtype)
     return t.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+
+def segment_timesteps(t: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """`[B, L]` timesteps: each sample's `t` `[B]` on every segment, 0 where `known` `[B, L]` (a clean, given
+    segment: the trained way to condition on layers a user keeps)."""
+    return torch.where(known, torch.zeros_like(t)[:, None], t[:, None]).to(t.dtype)
 
 
 def noisy(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -93,8 +105,11 @@ def layered_loss(
     clear_latent: torch.Tensor | None = None,
     decode_alpha: Callable[[torch.Tensor], torch.Tensor] | None = None,
     alpha_pixels: list[torch.Tensor] | None = None,
+    known: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """All loss terms for packed latents `[B, C, L*T, H, W]`; `loss` is the weighted total.
+    """All loss terms for packed latents `[B, C, L*T, H, W]`; `loss` is the weighted total. `t` is `[B]` or
+    `[B, L]` (`segment_timesteps`); `known` bool `[B, L]` marks clean given segments, which carry no
+    flow-matching loss (their x0 is exact, so they add nothing to the other terms either).
 
     `alpha_grid`: true alpha per foreground at latent resolution `[B, 1, T, H, W]` and `clear_latent`, the
     latent of an all-black clip `[B or 1, C, T, H, W]` (consistency term, see `latent_composite`; the alphas also
@@ -104,9 +119,11 @@ def layered_loss(
     error = (velocity - (noise - x0)).pow(2)
     if alpha_grid is not None and weights.foreground:
         error = error * foreground_cell_weights(alpha_grid, weights.foreground, layout.num_segments)
-    per_segment = error.mean(dim=(0, 1, 3, 4)).unflatten(0, (layout.num_segments, -1)).mean(1)
+    per_sample = error.mean(dim=(1, 3, 4)).unflatten(1, (layout.num_segments, -1)).mean(2)  # [B, L]
+    counted = torch.ones_like(per_sample) if known is None else (~known).to(per_sample)
+    per_segment = (per_sample * counted).sum(0) / counted.sum(0).clamp_min(1)
     losses = {f"fm_{name}": value for name, value in zip(layout.segment_names(), per_segment, strict=True)}
-    losses["fm"] = per_segment.mean()
+    losses["fm"] = (per_sample * counted).sum() / counted.sum().clamp_min(1)
     total = losses["fm"]
     x0_hat = layout.split(predicted_x0(noisy(x0, noise, t), velocity, t))
     types = layout.segment_types()

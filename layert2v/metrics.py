@@ -6,17 +6,21 @@
 - background stability: mean absolute frame-to-frame change of the background;
 - blockiness: how much more the image steps across the autoencoder's cell boundaries than inside them;
 - prompt adherence on the synthetic vocabulary: the dominant colour inside a foreground's alpha and the
-  best-matching template shape, compared with the attributes its caption names.
+  best-matching template shape, compared with the attributes its caption names; a background's colour pair;
+- matting errors of a matte against the true one (MAD, MSE, Grad, Conn, dtSSD), as RobustVideoMatting's
+  evaluation defines them (Lin et al. 2021, `evaluation/evaluate_hr.py`), averaged over frames.
 """
 
 from __future__ import annotations
 
 import itertools
+from functools import cache
 
 import numpy as np
+from scipy import ndimage
 
 from layert2v.compose import LayeredVideo, over
-from layert2v.data.synthetic import COLOURS, SHAPES, shape_sdf
+from layert2v.data.synthetic import BG_COLOURS, COLOURS, SHAPES, shape_sdf
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
@@ -104,6 +108,33 @@ def shape_of(alpha: np.ndarray, rotations: int = 12) -> str | None:
     return best
 
 
+def background_colours(rgb: np.ndarray) -> set[str]:
+    """The two background palette colours whose blend explains a frame `[H, W, 3]` best: every pixel is
+    projected onto the segment between the two colours and the pair with the least mean squared residual wins.
+    Every synthetic pattern (gradient, stripes, checkers, noise) blends its two colours, and a textured solid lies
+    on every segment that ends at its colour; on 200 true validation backgrounds the right pair (or, for a solid,
+    a pair holding its colour) wins every time."""
+    pixels = np.asarray(rgb, np.float64).reshape(-1, 3)
+    names = list(BG_COLOURS)
+    palette = np.array([BG_COLOURS[n] for n in names])
+    best, best_error = (0, 1), np.inf
+    for i, j in itertools.combinations(range(len(names)), 2):
+        start, step = palette[i], palette[j] - palette[i]
+        weight = np.clip((pixels - start) @ step / (step @ step), 0, 1)
+        error = float(np.mean(np.sum((pixels - start - weight[:, None] * step) ** 2, axis=1)))
+        if error < best_error:
+            best, best_error = (i, j), error
+    return {names[i] for i in best}
+
+
+def background_adherence(background: np.ndarray, attributes: dict) -> bool:
+    """Whether the background's middle frame shows the colours its prompt names (`attributes["background"]`'s
+    `colours`; a `textured` solid names only its first)."""
+    found = background_colours(background[len(background) // 2])
+    named = attributes["colours"]
+    return named[0] in found if attributes["kind"] == "textured" else found == set(named)
+
+
 def adherence(video: LayeredVideo, attributes: list[dict]) -> dict[str, float]:
     """Share of foregrounds whose dominant colour / shape (middle frame) matches the recorded attributes."""
     middle = len(video.full) // 2
@@ -124,4 +155,60 @@ def layered_metrics(video: LayeredVideo, cell: int) -> dict[str, float]:
         "alpha_temporal_iou": float(np.mean([temporal_iou(a) for a in video.alphas])),
         "background_change": background_change(video.background),
         "blockiness": blockiness(video.full, cell),
+    }
+
+
+# ---------------------------------------------------------------- matting errors (RobustVideoMatting's definitions)
+
+
+@cache
+def _gradient_filters(sigma: float = 1.4, epsilon: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
+    """The first-derivative-of-Gaussian filters of the Grad error (x, then y), normalised to unit energy."""
+    half = np.ceil(sigma * np.sqrt(-2 * np.log(np.sqrt(2 * np.pi) * sigma * epsilon)))
+    offsets = np.arange(-half, half + 1)
+    gauss = np.exp(-(offsets**2) / (2 * sigma**2)) / (sigma * np.sqrt(2 * np.pi))
+    filter_x = gauss[:, None] * (-offsets * gauss / sigma**2)[None, :]
+    filter_x /= np.sqrt((filter_x**2).sum())
+    return filter_x, filter_x.T
+
+
+def _gradient_magnitude(alpha: np.ndarray) -> np.ndarray:
+    low, high = alpha.min(), alpha.max()
+    normed = (alpha - low) / (high - low) if high > low else np.zeros_like(alpha)
+    gx, gy = (ndimage.correlate(normed, f, mode="nearest") for f in _gradient_filters())
+    return np.sqrt(gx**2 + gy**2)
+
+
+def _connectivity_error(pred: np.ndarray, true: np.ndarray, step: float = 0.1) -> float:
+    """Conn: how far each pixel's alpha lies above the level at which it leaves the largest region both mattes
+    share (4-connected), compared between the mattes."""
+    levels = np.arange(0, 1 + step, step)
+    round_down = -np.ones_like(true)
+    for previous, level in itertools.pairwise(levels):
+        labels, count = ndimage.label((true >= level) & (pred >= level))
+        largest = np.zeros_like(true, dtype=bool)
+        if count:
+            largest = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+        round_down[(round_down == -1) & ~largest] = previous
+    round_down[round_down == -1] = 1
+    phi = lambda a: 1 - (a - round_down) * ((a - round_down) >= 0.15)  # noqa: E731
+    return float(np.abs(phi(true) - phi(pred)).sum() / 1000)
+
+
+def matting_errors(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """MAD and MSE (x 1e3), Grad and Conn (/ 1e3, summed over a frame), dtSSD (x 1e2, the temporal gradient's
+    error) of a matte `[T, H, W]` in [0, 1] against the true one, each averaged over frames: lower is better."""
+    pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    if pred.shape != true.shape:
+        raise ValueError(f"mattes differ in shape: {pred.shape} against {true.shape}")
+    grad = [
+        ((_gradient_magnitude(p) - _gradient_magnitude(t)) ** 2).sum() / 1000 for p, t in zip(pred, true, strict=True)
+    ]
+    dt = np.diff(pred, axis=0) - np.diff(true, axis=0)
+    return {
+        "mad": float(np.abs(pred - true).mean() * 1e3),
+        "mse": float(((pred - true) ** 2).mean() * 1e3),
+        "grad": float(np.mean(grad)),
+        "conn": float(np.mean([_connectivity_error(p, t) for p, t in zip(pred, true, strict=True)])),
+        "dtssd": float(np.sqrt((dt**2).sum(axis=(1, 2)) / dt[0].size).mean() * 1e2) if len(dt) else 0.0,
     }

@@ -27,12 +27,27 @@ from layert2v.compose import LayeredVideo
 from layert2v.config import ModelConfig, Request, RequestLimits
 from layert2v.editing import Given
 from layert2v.export.runtime import Backend, GraphDenoiser, make_denoiser
-from layert2v.models.checkpoint import load_dit, load_vae, save_pipeline, text_encoder_path
+from layert2v.models.checkpoint import (
+    KNOWN_SEGMENTS,
+    known_segments,
+    load_dit,
+    load_vae,
+    save_pipeline,
+    text_encoder_path,
+)
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import ALPHA, Layout, latent_shape
 from layert2v.models.text import TextEncoder, load_text_encoder, null_prompts
 from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
-from layert2v.sampling import composite_guided, guided, replace_known, reporting, sample, with_known
+from layert2v.sampling import (
+    composite_guided,
+    guided,
+    replace_known,
+    reporting,
+    sample,
+    with_clean_known,
+    with_known,
+)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -110,6 +125,7 @@ class LayerT2VPipeline:
         backend: Backend = "torch",
         denoiser: GraphDenoiser | None = None,
         limits: RequestLimits | None = None,
+        known_segments: str = "replace",
     ) -> None:
         _check(
             (backend == "torch") == (denoiser is None),
@@ -124,12 +140,13 @@ class LayerT2VPipeline:
         self.denoiser = denoiser
         self.cfg = dit.cfg
         self.limits = limits or RequestLimits()
+        self.known_segments = known_segments
 
     # ------------------------------------------------------------ files
 
     def save(self, folder: Path | str) -> Path:
         """Write the model folder (`models.checkpoint`): config.json, dit.safetensors and vae.safetensors."""
-        return save_pipeline(Path(folder), self.dit, self.vae, self.text_encoder.path)
+        return save_pipeline(Path(folder), self.dit, self.vae, self.text_encoder.path, self.known_segments)
 
     @classmethod
     def from_folder(
@@ -153,6 +170,7 @@ class LayerT2VPipeline:
             load_text_encoder(encoder_path, dit.cfg.text_len),
             backend,
             make_denoiser(backend, graphs, dit.cfg, precision),
+            known_segments=known_segments(folder),
         )
 
     # ------------------------------------------------------------ generation
@@ -193,12 +211,15 @@ class LayerT2VPipeline:
         composite_guidance: float = Request.composite_guidance,
         fps: int = 8,
         given: Given | None = None,
+        conditioning: Literal["replace", "clean"] | None = None,
         on_step: Callable[[int, int], None] | None = None,
     ) -> LayeredVideo:
         """One layered clip; the same arguments and seed give the same output.
 
         `given` holds layers the user keeps (`editing.py`): they are held on the sampling trajectory while the
-        others are sampled, and come back as given. `on_step(i, steps)` is called after each sampler step.
+        others are sampled, and come back as given: by `conditioning` "clean" (the model was trained on clean given
+        segments, `sampling.with_clean_known`) or "replace" (sampling-only, `sampling.with_known`); None takes the
+        model folder's `known_segments`. `on_step(i, steps)` is called after each sampler step.
 
         `negative_prompt` None guides against the null prompt: an encoded negative prompt, which training never
         showed as the unconditional branch, cost 1.1 dB coherence on 48 validation prompts (docs/results.md).
@@ -233,9 +254,13 @@ class LayerT2VPipeline:
             denoise = reporting(denoise, steps, on_step)
         given = (given or Given()).resolved(frames, height, width, layout.num_fg)
         known = given.known_latents(self.vae, layout)
-        latents = replace_known(
-            sample(with_known(denoise, layout, known, noise), noise, steps, shift, sampler), layout, known
-        )
+        mode = conditioning or self.known_segments
+        _check(mode in KNOWN_SEGMENTS, f"conditioning must be one of {KNOWN_SEGMENTS}, got {mode!r}")
+        if mode == "clean":
+            denoise = with_clean_known(denoise, layout, known)
+        else:
+            denoise = with_known(denoise, layout, known, noise)
+        latents = replace_known(sample(denoise, noise, steps, shift, sampler), layout, known)
         return given.apply(self._decode(layout.split(latents), layout, fps))
 
     def decompose(

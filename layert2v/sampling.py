@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from layert2v.diffusion import bcast, latent_composite, predicted_x0
+from layert2v.diffusion import bcast, latent_composite, predicted_x0, segment_timesteps
 from layert2v.models.layout import ALPHA, BACKGROUND, FOREGROUND, FULL, Layout
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t [B, ...], t [B] in [0, 1]) -> v
@@ -77,8 +77,9 @@ def composite_guided(
         alphas = [alpha_grid(z) for z, kind in zip(x0, types, strict=True) if kind == ALPHA]
         composite = latent_composite(fgs, alphas, x0[types.index(BACKGROUND)], clear)
         full = types.index(FULL)
-        pull = [weight * (z - composite) if i == full else torch.zeros_like(z) for i, z in enumerate(x0)]
-        return v + layout.pack(pull) / bcast(t, x).clamp_min(1e-8)
+        t_full = bcast(t if t.ndim == 1 else t[:, full], composite)  # a given (clean, t = 0) full video is not pulled
+        pull = weight * (x0[full] - composite) * (t_full > 0) / t_full.clamp_min(1e-8)
+        return v + layout.pack([pull if i == full else torch.zeros_like(z) for i, z in enumerate(x0)])
 
     return guided_velocity
 
@@ -128,6 +129,28 @@ def with_known(velocity: VelocityFn, layout: Layout, known: dict[int, torch.Tens
         v = layout.split(velocity(layout.pack(segments), t))
         for index, z in known.items():
             v[index] = eps[index] - z
+        return layout.pack(v)
+
+    return conditioned
+
+
+def with_clean_known(velocity: VelocityFn, layout: Layout, known: dict[int, torch.Tensor]) -> VelocityFn:
+    """Trained conditioning on known segments (a model trained with `condition_dropout`): every model call sees
+    the known segments clean, at their own timestep 0 (`t` becomes `[B, L]`, see `LayerDiT.forward`), while the
+    others carry the sampler's `t`. Their velocity is 0; whatever the sampler does with them is discarded by
+    `replace_known` at the end, and nothing mixes segments inside a sampler step."""
+    if not known:
+        return velocity
+    given = torch.zeros(layout.num_segments, dtype=torch.bool)
+    given[list(known)] = True
+
+    def conditioned(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        segments = layout.split(x)
+        for index, z in known.items():
+            segments[index] = z.expand_as(segments[index])
+        v = layout.split(velocity(layout.pack(segments), segment_timesteps(t, given.expand(len(t), -1))))
+        for index in known:
+            v[index] = torch.zeros_like(v[index])
         return layout.pack(v)
 
     return conditioned

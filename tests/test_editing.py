@@ -15,7 +15,7 @@ from layert2v.editing import Given, classical_decompose, read_layered
 from layert2v.metrics import psnr
 from layert2v.models.layout import Layout
 from layert2v.pipeline import LayerT2VPipeline
-from layert2v.sampling import replace_known, sample, with_known
+from layert2v.sampling import replace_known, sample, with_clean_known, with_known
 
 from .layered_fixtures import scene
 
@@ -54,6 +54,49 @@ def test_known_segments_stay_on_their_noise_path_at_every_step(sampler: str) -> 
             assert torch.allclose(layout.split(x)[index], expected, atol=1e-5)
     assert all(torch.equal(layout.split(out)[i], z) for i, z in known.items())
     assert not torch.allclose(layout.split(out)[0], eps[0])  # the others were sampled
+
+
+@pytest.mark.parametrize("sampler", ["euler", "unipc"])
+def test_trained_conditioning_shows_known_segments_clean_at_t_zero_at_every_step(sampler: str) -> None:
+    layout = Layout(2)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 4, 2 * layout.num_segments, 4, 4, generator=g)
+    known = {1: torch.randn(1, 4, 2, 4, 4, generator=g), 4: torch.randn(1, 4, 2, 4, 4, generator=g)}
+    seen = []
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append((x.clone(), t.clone()))
+        return torch.sin(x) - 0.3
+
+    out = replace_known(sample(with_clean_known(model, layout, known), noise, 6, 3.0, sampler), layout, known)
+    assert len(seen) == 6
+    for x, t in seen:
+        assert t.shape == (1, layout.num_segments)
+        assert all(t[0, i] == 0 for i in known) and (t[0, [0, 2, 3, 5]] > 0).all()
+        assert all(torch.equal(layout.split(x)[i], z) for i, z in known.items())
+    assert all(torch.equal(layout.split(out)[i], z) for i, z in known.items())
+    assert not torch.allclose(layout.split(out)[0], layout.split(noise)[0])
+
+
+def test_a_model_folder_trained_on_clean_segments_conditions_that_way(model: Path, tmp_path: Path) -> None:
+    replace = LayerT2VPipeline.from_folder(model)
+    assert replace.known_segments == "replace"
+    replace.known_segments = "clean"
+    clean = LayerT2VPipeline.from_folder(replace.save(tmp_path / "clean"))
+    assert clean.known_segments == "clean"
+    fg = _layers(3)
+    given = Given(foregrounds={0: (fg["rgb"], fg["alpha"])})
+    args = ("one object", "a gradient", ["a red circle"])
+    by_folder = clean.generate(*args, given=given, **SIZE)
+    assert np.array_equal(by_folder.foregrounds[0], fg["rgb"])
+    assert np.array_equal(
+        by_folder.background, clean.generate(*args, given=given, conditioning="clean", **SIZE).background
+    )
+    assert not np.array_equal(
+        by_folder.background, clean.generate(*args, given=given, conditioning="replace", **SIZE).background
+    )
+    with pytest.raises(ValueError, match="conditioning must be one of"):
+        clean.generate(*args, given=given, conditioning="noise", **SIZE)
 
 
 def _layers(seed: int, frames: int = 5) -> dict[str, np.ndarray]:

@@ -3,6 +3,7 @@ onnxruntime backend of the pipeline, the CLI, and the TensorRT backend's behavio
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 
 from layert2v.cli import main
 from layert2v.config import ExportConfig, model_preset
+from layert2v.editing import Given
 from layert2v.export.folder import ClipShape
 from layert2v.export.onnx import export_model, parity_gate
 from layert2v.export.runtime import session
@@ -77,6 +79,29 @@ def test_onnxruntime_backend_generates_what_torch_generates(exported: tuple[Path
         assert np.abs(got.alphas[-1] - want.alphas[-1]).max() < 1e-3
     half = LayerT2VPipeline.from_folder(model, backend="onnxruntime", onnx=out, precision="fp16")
     assert np.abs(half.generate(*ARGS, ["a red circle"], **request).full - expected[1].full).max() < 0.05
+
+
+def test_onnxruntime_backend_takes_given_layers_clean_as_torch_does(
+    exported: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, out = exported
+    assert json.loads((out / "manifest.json").read_text())["timestep"] == "per_segment"
+    assert [i.shape for i in session(out / "dit_k2.onnx").get_inputs() if i.name == "timestep"] == [["batch", 6]]
+    background = np.random.default_rng(0).random((5, 32, 32, 3), dtype=np.float32)
+    request = {"frames": 5, "height": 32, "width": 32, "steps": 3, "guidance": 3.0, "seed": 4, "conditioning": "clean"}
+    given = Given(background=background)
+    want = LayerT2VPipeline.from_folder(model).generate(*ARGS, ["a red circle", "a star"], given=given, **request)
+    ort = LayerT2VPipeline.from_folder(model, backend="onnxruntime", onnx=out)
+    got = ort.generate(*ARGS, ["a red circle", "a star"], given=given, **request)
+    assert np.abs(got.full - want.full).max() < 1e-3 and np.array_equal(got.background, background)
+    old = tmp_path / "old_export"
+    shutil.copytree(out, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["timestep"]  # an export from before per-segment timesteps
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    stale = LayerT2VPipeline.from_folder(model, backend="onnxruntime", onnx=old)
+    with pytest.raises(ValueError, match="one timestep per sample, not per segment: export again"):
+        stale.generate(*ARGS, ["a red circle"], given=given, **request)
 
 
 def test_onnxruntime_backend_refuses_a_size_it_was_not_exported_for(exported: tuple[Path, Path]) -> None:

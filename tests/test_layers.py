@@ -9,7 +9,7 @@ from layert2v.compose import LayeredVideo, over
 from layert2v.config import SynthConfig
 from layert2v.data.synthetic import make_clip
 from layert2v.io import read_png_sequence, read_rgba, read_video
-from layert2v.metrics import adherence, coherence, layered_metrics
+from layert2v.metrics import adherence, background_adherence, coherence, layered_metrics, matting_errors
 
 CFG = SynthConfig(clips=50, max_fg=3, size=32, frames=5)
 
@@ -80,3 +80,34 @@ def test_background_stability_follows_the_camera(camera: str) -> None:
             assert (change < 1e-6) if camera == "still" else (change > 1e-3)
             return
     pytest.fail(f"no {camera} clip among {CFG.clips}")
+
+
+def test_background_colour_adherence_reads_the_named_colours_and_refuses_others() -> None:
+    clips = [make_clip(CFG, i) for i in range(CFG.clips)]
+    truth = [(c["background"], c["metadata"]["attributes"]["background"]) for c in clips]
+    assert all(background_adherence(bg, attrs) for bg, attrs in truth)
+    swapped = [
+        background_adherence(bg, other) for (bg, _), (_, other) in zip(truth, truth[1:] + truth[:1], strict=True)
+    ]
+    assert np.mean(swapped) < 0.2
+    grey = np.full((5, 32, 32, 3), 0.45, np.float32)
+    assert not background_adherence(grey, {"kind": "stripes", "colours": ["navy", "cream"]})
+
+
+def test_matting_errors_are_zero_on_the_truth_and_follow_their_definitions() -> None:
+    true = np.zeros((4, 16, 16))
+    true[:, 4:10, 4:10] = 1.0
+    assert all(v == 0 for v in matting_errors(true, true).values())
+    half = matting_errors(np.full_like(true, 0.5), true)
+    assert half["mad"] == pytest.approx(500) and half["mse"] == pytest.approx(250)
+    assert half["dtssd"] == 0  # an error constant in time has no temporal error
+    assert half["grad"] > 0 and half["conn"] > 0
+    flicker = true.copy()
+    flicker[1::2] = 0.0  # the matte blinks: MAD of every other frame, and a temporal error every step
+    errors = matting_errors(flicker, true)
+    assert errors["mad"] == pytest.approx(0.5 * 36 / 256 * 1e3)
+    assert errors["dtssd"] == pytest.approx(np.sqrt(36 / 256) * 1e2)
+    shifted = np.roll(true, 1, axis=2)
+    assert 0 < matting_errors(shifted, true)["grad"] < matting_errors(np.roll(true, 4, axis=2), true)["grad"]
+    with pytest.raises(ValueError, match="mattes differ in shape"):
+        matting_errors(true[:2], true)

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from layert2v.config import model_preset
-from layert2v.diffusion import LossWeights, latent_composite, layered_loss, noisy
+from layert2v.diffusion import LossWeights, latent_composite, layered_loss, noisy, segment_timesteps
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import Layout, latent_shape
 from layert2v.sampling import composite_guided, euler_sample, guided, sample, shifted_sigmas
+from layert2v.training.stage2_joint import draw_known
 
 CFG = model_preset("tiny")
 
@@ -134,6 +135,55 @@ def test_loss_terms_vanish_for_a_perfect_prediction_and_train() -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_per_segment_timesteps_are_the_shared_one_when_equal_and_move_only_by_segment() -> None:
+    torch.manual_seed(0)
+    model = LayerDiT(CFG).eval()
+    torch.nn.init.normal_(model.head.head.weight, std=0.02)
+    x = inputs(2)
+    layout = x["layout"]
+    shared = model.forward_layout(**x)
+    per_segment = x | {"timestep": x["timestep"][:, None].repeat(1, layout.num_segments)}
+    assert torch.allclose(model.forward_layout(**per_segment), shared, atol=1e-5)
+    known = torch.zeros(2, layout.num_segments, dtype=torch.bool)
+    known[0, 1] = True
+    clean = model.forward_layout(**(x | {"timestep": segment_timesteps(x["timestep"], known)}))
+    assert torch.allclose(clean[1], shared[1], atol=1e-5)  # the other sample kept its t everywhere
+    assert not torch.allclose(clean[0], shared[0], atol=1e-3)  # t = 0 on one segment is seen by every token
+
+
+def test_a_clean_known_segment_carries_no_loss_and_no_gradient() -> None:
+    layout = Layout(2)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 16, 2 * layout.num_segments, 4, 4, generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    known = torch.zeros(2, layout.num_segments, dtype=torch.bool)
+    known[0, layout.editing_tasks()["background_for_foregrounds"]] = True
+    t = segment_timesteps(torch.tensor([0.4, 0.7]), known)
+    assert torch.equal(layout.split(noisy(x0, noise, t))[2][0], layout.split(x0)[2][0])  # clean: t = 0
+    velocity = (noise - x0 + 0.1 * torch.randn(x0.shape, generator=g)).requires_grad_()
+    loss = layered_loss(velocity, x0, noise, t, layout, LossWeights(), known=known)
+    loss["loss"].backward()
+    grad = layout.split(velocity.grad)
+    assert all(grad[i][0].abs().max() == 0 for i in (2, 3, 4, 5)) and grad[2][1].abs().max() > 0
+    off = known[:, :, None, None, None, None].float().movedim(1, 2)  # [B, 1, L, 1, 1, 1]: 1 on known segments
+    wrong = (velocity.detach().unflatten(2, (layout.num_segments, -1)) + 5.0 * off).flatten(2, 3)
+    again = layered_loss(wrong, x0, noise, t, layout, LossWeights(), known=known)
+    assert again["fm"].item() == pytest.approx(loss["fm"].item())
+    unmasked = layered_loss(velocity.detach(), x0, noise, t, layout, LossWeights())
+    assert loss["fm"].item() != pytest.approx(unmasked["fm"].item())
+
+
+def test_condition_dropout_gives_one_editing_task_to_that_share_of_samples() -> None:
+    layout = Layout(3)
+    known = draw_known(layout, 4000, 0.3, torch.Generator().manual_seed(0))
+    given = known.any(1)
+    assert given.float().mean() == pytest.approx(0.3, abs=0.03)
+    tasks = {tuple(segments) for segments in layout.editing_tasks().values()}
+    assert tasks == {(1,), (2, 3, 4, 5, 6, 7), (1, 2, 3, 4, 5), (0,)}
+    assert {tuple(row.nonzero().flatten().tolist()) for row in known[given]} == tasks
+    assert not draw_known(layout, 100, 0.0).any()
 
 
 def test_latent_consistency_composites_about_the_clear_latent() -> None:

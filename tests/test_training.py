@@ -21,7 +21,7 @@ import yaml
 from layert2v.config import StageConfig, model_preset
 from layert2v.data.datamodule import LatentClips, PreparedClips, SameKBatches, collate_clips
 from layert2v.evaluate import validation_prompts
-from layert2v.models.checkpoint import load_vae, save_vae
+from layert2v.models.checkpoint import known_segments, load_vae, save_vae
 from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
 from layert2v.pipeline import LayerT2VPipeline
 from layert2v.quality.report import GateFailed
@@ -72,6 +72,7 @@ def test_stages_0_1_encode_2_3_smoke_tracked_in_mlflow(tmp_path: Path, smoke, sm
         steps=2,
     )
     assert len(two.alphas) == 2
+    assert known_segments(config2.parent) == "replace" and known_segments(config3.parent) == "clean"  # smoke: 0 / 0.5
 
     client = mlflow.MlflowClient(tracking)
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("layert2v").experiment_id])}

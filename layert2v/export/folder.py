@@ -1,6 +1,6 @@
 """The export folder format, shared by the exporter (`onnx.py`) and the runtimes (`runtime.py`, `tensorrt.py`).
 
-manifest.json           {"opset", "max_batch", "shape": ClipShape, "inputs": INPUTS,
+manifest.json           {"opset", "max_batch", "shape": ClipShape, "inputs": INPUTS, "timestep": TIMESTEP,
                          "files": {K: {precision: graph file}}, "sha256": {file: hash}, "dit_sha256"}
 dit_k<K>.onnx           the fp32 denoising step for K foregrounds
 dit_k<K>_fp16.onnx      its 16-bit graph
@@ -18,6 +18,7 @@ from layert2v.models.layout import Layout
 
 INPUTS = ("latents", "timestep", "text", "cross_mask", "layer_ids", "instance_ids")
 BATCHED = ("latents", "timestep", "text", "cross_mask")
+TIMESTEP = "per_segment"  # graphs take `[B, L]` timesteps (0 on given layers); exports without this key take `[B]`
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ One graph per number of foregrounds K (1..max_fg): the token count and the layer
 batch does not (dynamic, 1..`max_batch`, so both guidance branches run in one call). Graph inputs are those
 of `LayerDiT.forward`:
 
-    latents [B, C, T, H, W]  timestep [B] (0..1000, fp32)  text [B, S, D_text]
+    latents [B, C, T, H, W]  timestep [B, L] (0..1000 per segment, fp32)  text [B, S, D_text]
     cross_mask bool [B, N, S]  layer_ids int64 [N]  instance_ids int64 [N]     ->  velocity [B, C, T, H, W]
 
 `models.dit.layout_inputs` builds the last three from a `Layout` and the prompts' text mask. The exporter is
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from layert2v.config import ExportConfig, ModelConfig
-from layert2v.export.folder import BATCHED, INPUTS, ClipShape, graph_name, read_manifest
+from layert2v.export.folder import BATCHED, INPUTS, TIMESTEP, ClipShape, graph_name, read_manifest
 from layert2v.export.runtime import GraphDenoiser, make_denoiser
 from layert2v.models.checkpoint import load_dit
 from layert2v.models.dit import LayerDiT, layout_inputs
@@ -39,11 +39,14 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 def step_inputs(cfg: ModelConfig, layout: Layout, shape: ClipShape, batch: int, seed: int) -> dict[str, torch.Tensor]:
-    """Seeded inputs of one denoising step: noise-like latents, a random timestep per sample, random text
-    states and prompts of random lengths (the first token always real, as the tokenizer guarantees)."""
+    """Seeded inputs of one denoising step: noise-like latents, a random timestep per sample on every segment but
+    those one editing task gives (0 there, in the first sample: the conditional input), random text states and
+    prompts of random lengths (the first token always real, as the tokenizer guarantees)."""
     generator = torch.Generator().manual_seed(seed)
     latents = torch.randn(shape.latents(cfg, layout, batch), generator=generator)
-    timestep = torch.rand(batch, generator=generator) * 1000
+    timestep = (torch.rand(batch, 1, generator=generator) * 1000).repeat(1, layout.num_segments)
+    tasks = list(layout.editing_tasks().values())
+    timestep[0, tasks[seed % len(tasks)]] = 0.0
     text = torch.randn(batch, layout.num_prompts * cfg.text_len, cfg.text_dim, generator=generator)
     lengths = torch.randint(1, cfg.text_len + 1, (batch, layout.num_prompts, 1), generator=generator)
     text_mask = torch.arange(cfg.text_len)[None, None] < lengths
@@ -121,6 +124,7 @@ def export_model(
         "max_batch": cfg.max_batch,
         "shape": asdict(shape),
         "inputs": list(INPUTS),
+        "timestep": TIMESTEP,
         "files": files,
         "sha256": {name: _sha256(out / name) for per_k in files.values() for name in per_k.values()},
         "dit_sha256": _sha256(Path(model_dir) / "dit.safetensors"),

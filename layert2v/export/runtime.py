@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from layert2v.config import ModelConfig
-from layert2v.export.folder import INPUTS, ClipShape, read_manifest
+from layert2v.export.folder import INPUTS, TIMESTEP, ClipShape, read_manifest
 from layert2v.export.tensorrt import build_engine, require_gpu
 from layert2v.models.dit import layout_inputs
 from layert2v.models.layout import Layout
@@ -55,10 +55,21 @@ class GraphDenoiser(ABC):
     def forward_layout(
         self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor, layout: Layout
     ) -> torch.Tensor:
-        """What `LayerDiT.forward_layout` computes, by the exported graph for `layout.num_fg`."""
+        """What `LayerDiT.forward_layout` computes, by the exported graph for `layout.num_fg`; `timestep` `[B]` or
+        `[B, L]` as there."""
         mask, layer_ids, instance_ids = layout_inputs(self.cfg, latents.shape, text_mask, layout)
-        inputs = (latents, timestep, text, mask, layer_ids, instance_ids)
+        inputs = (latents, self._timesteps(timestep, layout), text, mask, layer_ids, instance_ids)
         return self.run(layout.num_fg, dict(zip(INPUTS, inputs, strict=True)))
+
+    def _timesteps(self, timestep: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """The timestep input the graphs take: `[B, L]`, or `[B]` for an export that predates per-segment timesteps
+        (which then cannot take given layers clean)."""
+        per_segment = timestep.reshape(len(timestep), -1).expand(-1, layout.num_segments)
+        if self.manifest.get("timestep") == TIMESTEP:
+            return per_segment.contiguous()
+        if not (per_segment == per_segment[:, :1]).all():
+            raise ValueError(f"the graphs in {self.folder} take one timestep per sample, not per segment: export again")
+        return per_segment[:, 0].contiguous()
 
     @abstractmethod
     def run(self, num_fg: int, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

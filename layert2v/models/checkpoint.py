@@ -115,12 +115,20 @@ def load_vae(folder: Path) -> LayerVAE:
     return vae
 
 
-def save_pipeline(folder: Path, dit: LayerDiT, vae: LayerVAE, text_encoder: Path) -> Path:
-    """A pipeline folder: the VAE files, then the DiT's sizes and weights and the text encoder's path."""
+KNOWN_SEGMENTS = ("replace", "clean")  # how a model conditions on given layers (`sampling.with_known`)
+
+
+def save_pipeline(
+    folder: Path, dit: LayerDiT, vae: LayerVAE, text_encoder: Path, known_segments: str = "replace"
+) -> Path:
+    """A pipeline folder: the VAE files, then the DiT's sizes and weights, the text encoder's path and how the DiT
+    takes given layers (`known_segments`: "clean" when it was trained on clean given segments)."""
+    _require(known_segments in KNOWN_SEGMENTS, f"known_segments must be one of {KNOWN_SEGMENTS}")
     save_vae(vae, folder)
     config = read_config(folder) | {
         "model": dataclasses.asdict(dit.cfg),  # the DiT's sizes (its text length may differ from the VAE preset)
         "text_encoder": str(text_encoder),
+        "known_segments": known_segments,
     }
     (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     save_file({k: v.contiguous() for k, v in dit.state_dict().items()}, folder / DIT_WEIGHTS)
@@ -132,6 +140,14 @@ def load_dit(folder: Path | str) -> LayerDiT:
     dit = LayerDiT(model_config(folder))
     _load_into(dit, _weights(Path(folder) / DIT_WEIGHTS), Path(folder) / DIT_WEIGHTS)
     return dit
+
+
+def known_segments(folder: Path | str) -> str:
+    """How the folder's DiT takes given layers: "clean" (trained, per-segment timesteps) or "replace"
+    (sampling-only; folders from before trained conditioning)."""
+    mode = read_config(folder).get("known_segments", "replace")
+    _require(mode in KNOWN_SEGMENTS, f"{Path(folder) / CONFIG}: known_segments must be one of {KNOWN_SEGMENTS}")
+    return mode
 
 
 def text_encoder_path(folder: Path | str) -> Path | None:

@@ -149,8 +149,9 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
     def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
-        shift, scale = (self.modulation + t_emb[:, None]).unbind(1)
-        return self.head(self.norm(x) * (1 + scale[:, None]) + shift[:, None])
+        """x `[B, N, D]`, t_emb `[B, 1 or N, D]`."""
+        shift, scale = (self.modulation[None] + t_emb[:, :, None]).unbind(2)
+        return self.head(self.norm(x) * (1 + scale) + shift)
 
 
 class LayerDiT(nn.Module):
@@ -199,15 +200,23 @@ class LayerDiT(nn.Module):
         layer_ids: torch.Tensor | None = None,
         instance_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """latents `[B, C, T, H, W]`, timestep `[B]` in 0..1000, text `[B, S, text_dim]`,
-        cross_mask bool `[B, N, S]`, ids long `[N]` (None: the base model, no layer tables)."""
+        """latents `[B, C, T, H, W]`, timestep `[B]` in 0..1000 or `[B, L]` (one per segment: the tokens split into
+        L equal runs), text `[B, S, text_dim]`, cross_mask bool `[B, N, S]`, ids long `[N]` (None: the base model,
+        no layer tables).
+
+        Per-segment timesteps are how a known layer is given (`t = 0` on its segment while the others are noised):
+        Wan modulates every token from its timestep already, so this only repeats the embedding per segment."""
         pt, ph, pw = self.cfg.patch
         batch, _, frames, height, width = latents.shape
         grid = (frames // pt, height // ph, width // pw)
         x = self.patch_embedding(latents).flatten(2).transpose(1, 2)  # [B, N, D]
         rope = tuple(r.to(x.device, x.dtype) for r in rope_cos_sin(grid, self.cfg.head_dim))
-        t_emb = self.time_embedding(sinusoidal_embedding(timestep, self.cfg.freq_dim).to(x.dtype))
-        e = self.time_projection(t_emb).unflatten(1, (6, -1))[:, None]  # [B, 1, 6, D]
+        steps = timestep.reshape(batch, -1)  # [B, 1 or L]
+        t_emb = self.time_embedding(sinusoidal_embedding(steps.flatten(), self.cfg.freq_dim).to(x.dtype))
+        t_emb = t_emb.unflatten(0, (batch, -1))  # [B, 1 or L, D]
+        e = self.time_projection(t_emb).unflatten(2, (6, -1))  # [B, 1 or L, 6, D]
+        if steps.shape[1] > 1:
+            t_emb, e = (y.repeat_interleave(x.shape[1] // steps.shape[1], dim=1) for y in (t_emb, e))  # per token
         if layer_ids is not None and instance_ids is not None:
             e = e + self.layer_modulation(layer_ids, instance_ids)[None]
         context = self.text_embedding(text)

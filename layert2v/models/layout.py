@@ -107,6 +107,18 @@ class Layout:
         """Instance id (0-based foreground index) of each segment; NO_INSTANCE for full and bg."""
         return [NO_INSTANCE, NO_INSTANCE] + [k for k in range(self.num_fg) for _ in range(2)]
 
+    def editing_tasks(self) -> dict[str, list[int]]:
+        """The segments each editing task gives (`editing.py`), by task: a background to put foregrounds on, the
+        foregrounds (RGB and alpha) to put a background behind, every layer but the last foreground (one layer
+        regenerated) and the full video to decompose. Training gives the same sets clean (`condition_dropout`)."""
+        fg_pairs = [i for i, kind in enumerate(self.segment_types()) if kind in (FOREGROUND, ALPHA)]
+        return {
+            "foregrounds_for_background": [1],
+            "background_for_foregrounds": fg_pairs,
+            "regenerate_one": [1, *fg_pairs[:-2]],
+            "decompose": [0],
+        }
+
     def segment_names(self) -> list[str]:
         return ["full", "background"] + [n for k in range(1, self.num_fg + 1) for n in (f"fg_{k}", f"alpha_{k}")]
 

@@ -9,6 +9,10 @@ weights (with a warm-up, `ema_decay_at`) is kept and is what gets saved. With a 
 `alpha_decode_samples > 0`, the predicted alpha latents of that many samples per batch also go through the VAE's
 alpha decoder and are compared with the true matte (`alpha_weight` x smooth-L1): decoding is the costly part on a CPU, so a
 few samples per batch carry the term.
+
+With `condition_dropout > 0` a share of samples gets the segments of one editing task clean (`t = 0`, no loss on
+them; `draw_known`): the model learns to generate the other layers around given ones, and the saved folder says
+so (`known_segments: clean`), so the pipeline conditions that way instead of by replacement.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import lightning as L
 import torch
 
 from layert2v.config import DiTStageConfig, ModelConfig
-from layert2v.diffusion import LossWeights, layered_loss, logit_normal_t, noisy
+from layert2v.diffusion import LossWeights, layered_loss, logit_normal_t, noisy, segment_timesteps
 from layert2v.models.checkpoint import load_vae, save_pipeline
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import Layout
@@ -35,6 +39,18 @@ def drop_prompts(text: torch.Tensor, mask: torch.Tensor, p: float, generator: to
     drop = torch.rand(text.shape[0], generator=generator) < p
     null_text, null_mask = null_prompts(text, mask)
     return torch.where(drop[:, None, None, None], null_text, text), torch.where(drop[:, None, None], null_mask, mask)
+
+
+def draw_known(layout: Layout, batch: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """bool `[B, L]`: with probability `p` a sample gets the segments of one editing task (drawn uniformly from
+    `Layout.editing_tasks`) clean and given, the rest of the batch none; what lets the model condition on kept
+    layers through per-segment timesteps (`t = 0` on them) instead of sampling-only replacement."""
+    tasks = torch.zeros(len(layout.editing_tasks()), layout.num_segments, dtype=torch.bool)
+    for row, segments in enumerate(layout.editing_tasks().values()):
+        tasks[row, segments] = True
+    drawn = tasks[torch.randint(len(tasks), (batch,), generator=generator)]
+    given = torch.rand(batch, generator=generator) < p
+    return drawn & given[:, None]
 
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -78,9 +94,15 @@ class JointLayerTraining(L.LightningModule):
         noise, t = torch.randn_like(x0), logit_normal_t(x0.shape[0]).to(x0)
         text, mask = drop_prompts(batch["text"], batch["text_mask"], dropout)
         text = text.flatten(1, 2)  # [B, P * M, D]
+        known = None
+        if self.stage.condition_dropout:
+            known = draw_known(layout, x0.shape[0], self.stage.condition_dropout).to(x0.device)
+            t = segment_timesteps(t, known)
         velocity = model.forward_layout(noisy(x0, noise, t), t * 1000, text, mask, layout)
         consistency = {"alpha_grid": list(batch["alpha_grid"].unbind(1)), "clear_latent": batch["clear"]}
-        return layered_loss(velocity, x0, noise, t, layout, self.weights, **consistency, **self._decoded_alpha(batch))
+        return layered_loss(
+            velocity, x0, noise, t, layout, self.weights, **consistency, **self._decoded_alpha(batch), known=known
+        )
 
     def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
         losses = self._losses(batch, self.dit, self.stage.prompt_dropout)
@@ -109,7 +131,10 @@ class JointLayerTraining(L.LightningModule):
 
 def save_model(module: JointLayerTraining, data: L.LightningDataModule, folder: Path, ctx: StageContext) -> list[Path]:
     """A complete pipeline model folder `model/`: the EMA DiT, the stage-1 VAE and the text encoder's path."""
-    model = save_pipeline(folder / "model", module.ema, load_vae(ctx.folder("stage1")), default_text_encoder_path())
+    known = "clean" if module.stage.condition_dropout else "replace"
+    model = save_pipeline(
+        folder / "model", module.ema, load_vae(ctx.folder("stage1")), default_text_encoder_path(), known_segments=known
+    )
     return [model / "config.json", model / "dit.safetensors", model / "vae.safetensors"]
 
 
