@@ -14,6 +14,7 @@ sampled background (`metrics.background_adherence`), seconds per clip; for decom
 background, IoU and the matting errors (MAD, MSE, Grad, Conn, dtSSD; `metrics.matting_errors`) of the union of the
 recovered mattes against the truth, for still and moving cameras apart. `--conditioning` picks how given layers
 condition the model (default: what its folder says, `clean` for a model trained with `condition_dropout`).
+`--sheets DIR` writes a contact sheet per task (and the truth) of the first clip with two or more foregrounds.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from layert2v import io
 from layert2v.ceiling import alpha_iou, true_clips
 from layert2v.compose import LayeredVideo
 from layert2v.editing import Given, classical_decompose
@@ -104,14 +106,23 @@ def main() -> None:
     parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
     parser.add_argument("--onnx", default=None, help="export folder (default: <model>/onnx)")
     parser.add_argument("--conditioning", default=None, choices=["replace", "clean"], help="default: the model's")
+    parser.add_argument("--sheets", type=Path, default=None, help="write a contact sheet per task here")
     args = parser.parse_args()
     pipeline = LayerT2VPipeline.from_folder(args.model, backend=args.backend, onnx=args.onnx)
     clips, texts = true_clips(args.prepared, args.clips, "test"), captions(args.prepared, args.clips)
     rows = []
     print(f"conditioning: {args.conditioning or pipeline.known_segments}")
-    for (truth, attributes), (prompts, still, background) in zip(clips, texts, strict=True):
+    sheet_clip = next((i for i, (truth, _) in enumerate(clips) if len(truth.alphas) >= 2), None)
+    for index, ((truth, attributes), (prompts, still, background)) in enumerate(zip(clips, texts, strict=True)):
+        sheets = args.sheets if index == sheet_clip else None
+        if sheets:
+            sheets.mkdir(parents=True, exist_ok=True)
+            io.contact_sheet(truth.preview_rows(), sheets / "truth.png")
+            print(f"contact sheets of {prompts[0]!r} in {sheets}")
         for task in ("free", "fg_for_bg", "bg_for_fgs", "regenerate", "decompose"):
             result = run_task(pipeline, task, truth, prompts, args.seed, args.conditioning)
+            if sheets:
+                io.contact_sheet(result["video"].preview_rows(), sheets / f"{task}.png")
             row = {"task": task, "still": still, "k": len(truth.alphas), "seconds": result["seconds"]}
             row |= layer_figures(result["video"], result["sampled"], attributes)
             if result["background_sampled"]:

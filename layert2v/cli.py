@@ -115,7 +115,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     params, out = _params(args), Path(args.out)
     model, prepared = Path(args.model), Path(args.prepared)
     summary, report = evaluate_and_gate(
-        model, prepared, params, params.evaluate.gate, out, "evaluation gate", ceiling=True
+        model, prepared, params, params.evaluate.gate, out, "evaluation gate", ceiling=True, rewording=True
     )
     run_id = log_evaluation(Path(args.root), params.train.experiment, Path(args.train), summary, out, report.passed)
     print(report.to_markdown())

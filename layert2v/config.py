@@ -44,6 +44,8 @@ EVALUATION_METRICS = (
     "blockiness",
     "still_background_change",
     "samples",
+    "reworded_colour_adherence",  # the same clips asked for in held-out words (evaluate.reworded_prompts)
+    "reworded_shape_adherence",
     *CEILING_METRICS,
 )
 _DIT_GATE_METRICS = ("finite_loss", "val/loss", "val/fm", "val/consistency", "val/alpha")
@@ -92,6 +94,8 @@ class SynthConfig(FromDict):
     val_fraction: float = 0.1  # share of clips in the val split (seen colour-shape combinations)
     test_fraction: float = 0.1  # share of clips in the test split (held-out combinations)
     held_out_combos: int = 6  # colour-shape combinations that only the test split uses
+    wording: str = "varied"  # captions' words: "varied" (synonyms and sentence forms, `synthetic.WORDS` less its
+    # held-out words) or "fixed" (attribute names and three templates)
 
     def __post_init__(self) -> None:
         _require(self.clips >= 1, f"synth.clips must be >= 1, got {self.clips}")
@@ -104,6 +108,7 @@ class SynthConfig(FromDict):
             f"synth.val_fraction + test_fraction must be in [0, 1), got {self.val_fraction}, {self.test_fraction}",
         )
         _require(self.held_out_combos >= 1, f"synth.held_out_combos must be >= 1, got {self.held_out_combos}")
+        _require(self.wording in ("fixed", "varied"), f"synth.wording must be fixed or varied, got {self.wording!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +121,8 @@ class PrepareConfig(FromDict):
     max_fg: int  # clips with more foreground layers are rejected
     fps: float = 8.0  # target frame rate: sources are subsampled by round(src_fps / fps)
     max_tokens: int = 48  # text-encoder context kept per caption; longer captions fail the gate
+    text_pooled: bool = True  # the first token state carries the caption's pooled sentence embedding (meaning, not
+    # token identity: "crimson" lands near "red"); the DiT trained on the cache reads prompts the same way
     workers: int = 2  # decode processes
 
     def __post_init__(self) -> None:
@@ -178,6 +185,7 @@ class ModelConfig(FromDict):
     freq_dim: int = 256  # sinusoidal timestep embedding width
     text_dim: int = 384  # text-encoder hidden size (MiniLM 384, umT5-XXL 4096)
     text_len: int = 64  # tokens kept per prompt
+    text_pooled: bool = False  # prompts' first token is their pooled sentence embedding (`prepare.text_pooled`)
     max_fg: int = 3  # K_max: foreground layers the instance table holds
     eps: float = 1e-6  # norm epsilon
 
@@ -380,9 +388,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.preset in PRESETS, f"train.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
-        known = {f.name for f in fields(ModelConfig)} - {"name", "text_len"}
+        known = {f.name for f in fields(ModelConfig)} - {"name", "text_len", "text_pooled"}
         _require(not set(self.model) - known, f"train.model has unknown keys {sorted(set(self.model) - known)}")
-        self.model_config(PRESETS[self.preset].text_len)
+        self.model_config(PRESETS[self.preset].text_len, text_pooled=False)
         _require(
             self.precision in ("32-true", "bf16-mixed"),
             f"train.precision must be 32-true or bf16-mixed, got {self.precision!r}",
@@ -394,11 +402,11 @@ class TrainConfig:
         for stage, known in STAGE_GATE_METRICS.items():
             _check_names(getattr(self, stage).gate, known, f"train.{stage}.gate")
 
-    def model_config(self, text_len: int) -> ModelConfig:
-        """The preset with `train.model`'s fields in place (lists as tuples) and the text length the cached text
-        embeddings were written with (`prepare.max_tokens`, its one owner)."""
+    def model_config(self, text_len: int, text_pooled: bool) -> ModelConfig:
+        """The preset with `train.model`'s fields in place (lists as tuples) and the text length and pooling the
+        cached text embeddings were written with (`prepare.max_tokens` and `prepare.text_pooled`, their owners)."""
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in self.model.items()}
-        return model_preset(self.preset, **overrides, text_len=text_len)
+        return model_preset(self.preset, **overrides, text_len=text_len, text_pooled=text_pooled)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], section: str) -> TrainConfig:

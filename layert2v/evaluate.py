@@ -4,14 +4,16 @@ The prompts are the captions of held-out validation clips (overall, background, 
 recorded attributes say what colour and shape every foreground should have and whether the camera is
 still. Each prompt is sampled once with a fixed seed; per sample we measure cross-layer coherence, colour
 and shape adherence and, for still cameras, background change. The summary reports medians over the
-prompts for dB figures and shares over all foregrounds for adherence.
+prompts for dB figures and shares over all foregrounds for adherence. The evaluate stage samples the same clips
+once more in words no training caption used (`synthetic.reworded`: held-out synonyms and sentence forms) and reports
+their adherence as `reworded_*`: whether the model follows a user's words or only the templates'.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ import pandas as pd
 from layert2v.ceiling import vae_ceiling
 from layert2v.compose import LayeredVideo
 from layert2v.config import EvaluateConfig, Params
+from layert2v.data.synthetic import Sprite, reworded
 from layert2v.metrics import adherence, layered_metrics
 from layert2v.pipeline import LayerT2VPipeline
 from layert2v.quality.report import GateReport, run_metric_gate
@@ -33,6 +36,7 @@ class ValPrompt:
     foregrounds: list[str]
     attributes: list[dict]  # per foreground: colour, shape, ...
     still_camera: bool
+    scene: dict  # every recorded attribute of the clip (background, camera, foregrounds)
 
 
 def validation_prompts(prepared: Path, count: int, max_fg: int, split: str = "val") -> list[ValPrompt]:
@@ -56,9 +60,24 @@ def validation_prompts(prepared: Path, count: int, max_fg: int, split: str = "va
                 foregrounds=json.loads(row.captions_foreground)[:k],
                 attributes=attributes.get("foregrounds", [])[:k],
                 still_camera=attributes.get("camera", {}).get("kind") == "still",
+                scene=attributes,
             )
         )
     return prompts
+
+
+def reworded_prompts(prompts: list[ValPrompt]) -> list[ValPrompt]:
+    """The same clips asked for in held-out words (`synthetic.reworded`); clips whose attributes do not describe a
+    synthetic scene (imported data) have no rewording and are left out."""
+    sprite_fields = {f.name for f in fields(Sprite)}
+    out = []
+    for prompt in prompts:
+        scene = prompt.scene
+        if not ({"background", "camera"} <= set(scene) and all(sprite_fields <= set(f) for f in prompt.attributes)):
+            continue
+        full, background, foregrounds = reworded(scene | {"foregrounds": prompt.attributes})
+        out.append(replace(prompt, prompt=full, background=background, foregrounds=foregrounds))
+    return out
 
 
 def generate(pipeline, prompt: ValPrompt, cfg: EvaluateConfig, frames: int, size: tuple[int, int]):
@@ -181,16 +200,21 @@ def evaluate_and_gate(
     name: str,
     max_fg: int | None = None,
     ceiling: bool = False,
+    rewording: bool = False,
 ) -> tuple[dict[str, float], GateReport]:
     """Sample the validation prompts with the model folder `model` (clips of at most `max_fg` foregrounds,
     default the model's K_max), write `metrics.json`, `samples.json` and previews under `out`, and check
     `gate` (metric -> minimum) into `out/gate.json`. With `ceiling`, the model's VAE round trip of the same
-    clips' ground truth joins the figures (`ceiling.py`). The evaluate stage and the DiT stages' sample gates."""
+    clips' ground truth joins the figures (`ceiling.py`); with `rewording`, the adherence of the same clips asked
+    for in held-out words (`reworded_prompts`). The evaluate stage and the DiT stages' sample gates."""
     pipeline = LayerT2VPipeline.from_folder(model)
     prompts = validation_prompts(prepared, params.evaluate.prompts, max_fg or pipeline.cfg.max_fg)
     size = (params.prepare.height, params.prepare.width)
     summary, _ = evaluate_pipeline(pipeline, prompts, params.evaluate, params.prepare.frames, size, out)
     if ceiling:
         summary |= vae_ceiling(pipeline.vae, prepared, params.evaluate.prompts)
+    if rewording and (others := reworded_prompts(prompts)):
+        words, _ = evaluate_pipeline(pipeline, others, params.evaluate, params.prepare.frames, size)
+        summary |= {f"reworded_{name}": words[name] for name in ("colour_adherence", "shape_adherence")}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary, run_metric_gate(name, summary, gate, out / "gate.json")

@@ -132,9 +132,11 @@ class LayerT2VPipeline:
             f"backend {backend!r} needs {'no' if backend == 'torch' else 'an exported'} denoiser",
         )
         _check(
-            text_encoder.dim == dit.cfg.text_dim and text_encoder.max_tokens == dit.cfg.text_len,
-            f"text encoder ({text_encoder.dim}-dim, {text_encoder.max_tokens} tokens) does not match the model "
-            f"({dit.cfg.text_dim}-dim, {dit.cfg.text_len} tokens)",
+            text_encoder.dim == dit.cfg.text_dim
+            and text_encoder.max_tokens == dit.cfg.text_len
+            and text_encoder.pooled == dit.cfg.text_pooled,
+            f"text encoder ({text_encoder.dim}-dim, {text_encoder.max_tokens} tokens, pooled {text_encoder.pooled}) "
+            f"does not match the model ({dit.cfg.text_dim}-dim, {dit.cfg.text_len} tokens, pooled {dit.cfg.text_pooled})",
         )
         self.dit, self.vae, self.text_encoder, self.backend = dit.eval(), vae.eval(), text_encoder, backend
         self.denoiser = denoiser
@@ -167,7 +169,7 @@ class LayerT2VPipeline:
         return cls(
             dit,
             vae,
-            load_text_encoder(encoder_path, dit.cfg.text_len),
+            load_text_encoder(encoder_path, dit.cfg.text_len, dit.cfg.text_pooled),
             backend,
             make_denoiser(backend, graphs, dit.cfg, precision),
             known_segments=known_segments(folder),

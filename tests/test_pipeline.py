@@ -99,3 +99,20 @@ def test_model_folder_keeps_dit_and_vae_sizes_apart(tmp_path: Path, pipeline: La
     folder = LayerT2VPipeline(dit, pipeline.vae, load_text_encoder(None, 24)).save(tmp_path / "m")
     loaded = LayerT2VPipeline.from_folder(folder)
     assert loaded.cfg.text_len == 24 and loaded.text_encoder.max_tokens == 24 and loaded.vae.cfg.text_len == 16
+
+
+def test_pooled_prompts_put_the_sentence_embedding_first_and_the_folder_remembers(
+    tmp_path: Path, pipeline: LayerT2VPipeline
+) -> None:
+    plain, pooled = load_text_encoder(None, 16), load_text_encoder(None, 16, pooled=True)
+    texts = ["a crimson star moving left", "a red star moving left", "a blue square over navy stripes"]
+    (states, mask), (pooled_states, _) = plain.encode(texts), pooled.encode(texts)
+    mean = (states * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    assert np.allclose(pooled_states[:, 0], mean, atol=1e-5) and np.array_equal(pooled_states[:, 1:], states[:, 1:])
+    cosine = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
+    assert cosine(mean[0], mean[1]) > cosine(mean[0], mean[2])  # meaning: a synonym is nearer than another object
+    dit = LayerDiT(model_preset("tiny", text_pooled=True))
+    folder = LayerT2VPipeline(dit, pipeline.vae, pooled).save(tmp_path / "m")
+    assert LayerT2VPipeline.from_folder(folder).text_encoder.pooled
+    with pytest.raises(ValueError, match=r"pooled False\) does not match the model .* pooled True\)"):
+        LayerT2VPipeline(dit, pipeline.vae, plain)

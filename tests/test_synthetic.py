@@ -1,13 +1,23 @@
 """The procedural generator: determinism, exact layers, held-out test combinations, recorded attributes."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 
 from layert2v.compose import over
 from layert2v.config import SynthConfig
-from layert2v.data.synthetic import BACKGROUNDS, COLOURS, SHAPES, generate_dataset, held_out_combos, make_clip
+from layert2v.data.synthetic import (
+    BACKGROUNDS,
+    COLOURS,
+    SHAPES,
+    WORDS,
+    generate_dataset,
+    held_out_combos,
+    make_clip,
+    reworded,
+)
 from layert2v.data.vidlayer import layer_name
 from layert2v.io import read_mask, read_video
 
@@ -65,6 +75,11 @@ def test_test_split_holds_only_unseen_combinations() -> None:
     assert {"train", "val", "test"} == set(splits)
 
 
+def says(text: str, word: str) -> bool:
+    """Whether `text` uses `word` as a word ("tan" is not in "tangerine")."""
+    return re.search(rf"\b{re.escape(word)}\b", text) is not None
+
+
 def test_variety_and_recorded_attributes() -> None:
     cfg = SynthConfig(clips=150, max_fg=3, size=16, frames=5, seed=1)
     metas = [make_clip(cfg, i)["metadata"] for i in range(cfg.clips)]
@@ -82,7 +97,8 @@ def test_variety_and_recorded_attributes() -> None:
             and caps["foreground"] == caps["foregrounds"][0]
         )
         for f, text in zip(m["attributes"]["foregrounds"], caps["foregrounds"], strict=True):
-            assert f["colour"] in text and f["shape"] in text and f["size"] in text
+            for name in (f["colour"], f["shape"], f["size"]):  # one of its words, never the held-out one
+                assert any(says(text, word) for word in WORDS[name][:-1]) and not says(text, WORDS[name][-1])
         if m["attributes"]["camera"]["kind"] == "still":
             assert "still" in caps["background"] or "static" in caps["background"]
 
@@ -95,3 +111,24 @@ def test_foregrounds_occlude_each_other_somewhere() -> None:
         if len(alphas) > 1:
             overlaps += int(((alphas[0] > 0.5) & (alphas[1] > 0.5)).any())
     assert overlaps >= 3
+
+
+def test_captions_vary_their_words_and_reworded_prompts_use_only_held_out_ones() -> None:
+    cfg = SynthConfig(clips=120, max_fg=3, size=16, frames=5, seed=2)
+    metas = [make_clip(cfg, i)["metadata"] for i in range(cfg.clips)]
+    data_text = " ".join(t for m in metas for c in m["captions"].values() for t in ([c] if isinstance(c, str) else c))
+    assert all(says(data_text, name) for name in COLOURS)  # the names stay in use beside the synonyms
+    assert sum(says(data_text, word) for words in WORDS.values() for word in words[1:-1]) >= 30
+    held = [w[-1] for w in WORDS.values() if len(w) > 1]
+    assert not [word for word in held if says(data_text, word)]
+    for m in metas[:20]:
+        full, background, foregrounds = reworded(m["attributes"])
+        assert full != m["captions"]["full"] and len(foregrounds) == len(m["attributes"]["foregrounds"])
+        for f, text in zip(m["attributes"]["foregrounds"], foregrounds, strict=True):
+            assert says(text, WORDS[f["colour"]][-1]) and says(text, WORDS[f["shape"]][-1])
+        assert says(background, WORDS[m["attributes"]["background"]["colours"][0]][-1])
+    fixed = make_clip(SynthConfig(clips=10, max_fg=3, size=16, frames=5, wording="fixed"), 3)["metadata"]
+    assert all(
+        f["colour"] in t
+        for f, t in zip(fixed["attributes"]["foregrounds"], fixed["captions"]["foregrounds"], strict=True)
+    )

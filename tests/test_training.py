@@ -20,7 +20,8 @@ import yaml
 
 from layert2v.config import StageConfig, model_preset
 from layert2v.data.datamodule import LatentClips, PreparedClips, SameKBatches, collate_clips
-from layert2v.evaluate import validation_prompts
+from layert2v.data.synthetic import WORDS
+from layert2v.evaluate import reworded_prompts, validation_prompts
 from layert2v.models.checkpoint import known_segments, load_vae, save_vae
 from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
 from layert2v.pipeline import LayerT2VPipeline
@@ -306,3 +307,15 @@ def test_ema_warms_up_so_a_short_run_saves_what_it_learnt() -> None:
     decays = [ema_decay_at(step, 0.999) for step in range(250)]
     assert math.prod(decays) < 1e-3
     assert decays == sorted(decays) and ema_decay_at(100_000, 0.999) == 0.999
+
+
+def test_reworded_prompts_ask_for_the_same_clips_in_held_out_words(smoke_prepared) -> None:
+    prompts = validation_prompts(smoke_prepared.out, 4, 3)
+    others = reworded_prompts(prompts)
+    assert len(others) == len(prompts)
+    for prompt, other in zip(prompts, others, strict=True):
+        assert other.attributes == prompt.attributes and other.clip_id == prompt.clip_id
+        assert other.prompt != prompt.prompt and len(other.foregrounds) == len(prompt.foregrounds)
+        assert all(WORDS[a["colour"]][-1] in text for a, text in zip(other.attributes, other.foregrounds, strict=True))
+    imported = [dataclasses.replace(p, scene={}) for p in prompts]  # no recorded scene: nothing to reword
+    assert reworded_prompts(imported) == []

@@ -67,13 +67,18 @@ def _write_text(folder: Path, captions: list[str], cfg: PrepareConfig, encoder_p
     """Encode the unique captions once; returns the token count of each."""
     from layert2v.models.text import load_text_encoder
 
-    encoder = load_text_encoder(encoder_path, cfg.max_tokens)
+    encoder = load_text_encoder(encoder_path, cfg.max_tokens, cfg.text_pooled)
     states, mask = encoder.encode(captions)
     folder.mkdir(parents=True)
     np.save(folder / "states.npy", states.astype(np.float16))
     np.save(folder / "mask.npy", mask)
     (folder / "captions.json").write_text(json.dumps(captions, indent=0) + "\n")
-    meta = {"encoder": str(encoder.path.name), "dim": encoder.dim, "max_tokens": cfg.max_tokens}
+    meta = {
+        "encoder": str(encoder.path.name),
+        "dim": encoder.dim,
+        "max_tokens": cfg.max_tokens,
+        "pooled": cfg.text_pooled,
+    }
     (folder / "encoder.json").write_text(json.dumps(meta, indent=2) + "\n")
     return encoder.count_tokens(captions)
 

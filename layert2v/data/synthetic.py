@@ -230,6 +230,54 @@ def _draw_sprite(rng: np.random.Generator, colour: str, shape: str) -> Sprite:
 
 HEADINGS = {"right": "to the right", "left": "to the left", "up": "upward", "down": "downward"}
 
+# The words a caption may use for each named attribute: the name first, then synonyms a user might write. The last
+# word of every list is held out: no caption of the data uses it (`synth.wording: varied` draws from the others,
+# `fixed` uses the name alone), and `reworded` writes prompts with it, so adherence to a user's own words is measured
+# on words the model never read. No word names another attribute ("sky blue" for cyan would say "blue").
+WORDS: dict[str, tuple[str, ...]] = {
+    "red": ("red", "scarlet", "cherry", "crimson"),
+    "orange": ("orange", "tangerine", "apricot", "pumpkin"),
+    "yellow": ("yellow", "lemon", "golden", "canary"),
+    "green": ("green", "emerald", "leafy", "jade"),
+    "cyan": ("cyan", "aqua", "turquoise"),
+    "blue": ("blue", "cobalt", "ultramarine", "sapphire"),
+    "purple": ("purple", "violet", "grape", "amethyst"),
+    "pink": ("pink", "rose", "bubblegum", "fuchsia"),
+    "circle": ("circle", "disc", "dot", "orb"),
+    "square": ("square", "box", "block", "cube"),
+    "triangle": ("triangle", "wedge", "three-sided shape", "pyramid"),
+    "diamond": ("diamond", "rhombus", "lozenge"),
+    "star": ("star", "five-pointed star", "starburst", "pentagram"),
+    "hexagon": ("hexagon", "honeycomb cell", "six-sided shape"),
+    "small": ("small", "little", "tiny"),
+    "medium": ("medium", "mid-sized", "moderate"),
+    "large": ("large", "big", "huge"),
+    "navy": ("navy", "ink", "midnight"),
+    "cream": ("cream", "ivory", "off-white"),
+    "slate grey": ("slate grey", "steel grey", "pewter"),
+    "olive": ("olive", "khaki", "moss"),
+    "sand": ("sand", "beige", "tan"),
+    "teal": ("teal", "petrol", "spruce"),
+    "maroon": ("maroon", "burgundy", "wine"),
+    "lavender": ("lavender", "lilac", "mauve"),
+    "charcoal": ("charcoal", "graphite", "anthracite"),
+    "mint": ("mint", "seafoam", "pistachio"),
+}
+WORDINGS = ("fixed", "varied", "held_out")
+
+
+def _word(name: str, rng: np.random.Generator, wording: str) -> str:
+    """The word a caption uses for attribute `name` under `wording` (see `WORDS`)."""
+    words = WORDS.get(name, (name,))
+    if wording == "fixed" or len(words) == 1:
+        return name
+    return words[-1] if wording == "held_out" else _choose(rng, list(words[:-1]))
+
+
+def _forms(wording: str, fixed: list[str], varied: list[str], held_out: list[str]) -> list[str]:
+    """Sentence forms by wording: `fixed` keeps the original templates, `varied` adds others, `held_out` has its own."""
+    return {"fixed": fixed, "varied": fixed + varied, "held_out": held_out}[wording]
+
 
 def _heading(sprite: Sprite) -> str:
     vx, vy = sprite.velocity
@@ -244,14 +292,16 @@ def _choose(rng: np.random.Generator, options: list[str]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def short_sprite(sprite: Sprite) -> str:
+def short_sprite(sprite: Sprite, rng: np.random.Generator, wording: str = "fixed") -> str:
     """`a large translucent red circle`: what the overall caption says of a sprite."""
-    return _article(f"{sprite.size} {'translucent ' if sprite.opacity < 1 else ''}{sprite.colour} {sprite.shape}")
+    size, colour, shape = (_word(n, rng, wording) for n in (sprite.size, sprite.colour, sprite.shape))
+    return _article(f"{size} {'translucent ' if sprite.opacity < 1 else ''}{colour} {shape}")
 
 
-def sprite_caption(sprite: Sprite, rng: np.random.Generator) -> str:
-    """A natural-language description of one sprite; every word comes from its attributes."""
-    look = f"{'translucent ' if sprite.opacity < 1 else ''}{sprite.colour} {sprite.shape}"
+def sprite_caption(sprite: Sprite, rng: np.random.Generator, wording: str = "fixed") -> str:
+    """A natural-language description of one sprite; every word comes from its attributes (`WORDS` by `wording`)."""
+    size, colour, shape = (_word(n, rng, wording) for n in (sprite.size, sprite.colour, sprite.shape))
+    look = f"{'translucent ' if sprite.opacity < 1 else ''}{colour} {shape}"
     way = HEADINGS[_heading(sprite)]
     moves = {
         "linear": [f"moving {way}", f"sliding steadily {way}", f"drifting {way}"],
@@ -260,14 +310,15 @@ def sprite_caption(sprite: Sprite, rng: np.random.Generator) -> str:
     }[sprite.motion]
     extra = ["growing larger"] if sprite.scale_rate > 0 else ["shrinking"] if sprite.scale_rate < 0 else []
     extra += ["spinning slowly"] if sprite.spin else []
-    templates = [
-        "{a_size} {look} {move}",
-        "{a_look} of {size} size, {move}",
-        "one {size} {look} that is {move}",
-    ]
+    templates = _forms(
+        wording,
+        ["{a_size} {look} {move}", "{a_look} of {size} size, {move}", "one {size} {look} that is {move}"],
+        ["there is {a_size} {look} {move}", "{a_look}, {size}, {move}"],
+        ["I'd like {a_size} {look} {move}", "show {a_look} ({size}) {move}"],
+    )
     text = _choose(rng, templates).format(
-        a_size=_article(sprite.size),
-        size=sprite.size,
+        a_size=_article(size),
+        size=size,
         look=look,
         a_look=_article(look),
         move=_choose(rng, moves),
@@ -275,8 +326,8 @@ def sprite_caption(sprite: Sprite, rng: np.random.Generator) -> str:
     return text + (", " + " and ".join(extra) if extra else "")
 
 
-def _pattern(bg: dict, rng: np.random.Generator) -> str:
-    c0, c1 = bg["colours"]
+def _pattern(bg: dict, rng: np.random.Generator, wording: str = "fixed") -> str:
+    c0, c1 = (_word(c, rng, wording) for c in bg["colours"])
     return _choose(
         rng,
         {
@@ -302,21 +353,45 @@ def _camera_phrase(camera: dict, rng: np.random.Generator) -> str:
     )
 
 
-def background_caption(bg: dict, camera: dict, rng: np.random.Generator) -> str:
-    return f"{_pattern(bg, rng)} {_camera_phrase(camera, rng)}"
+def background_caption(bg: dict, camera: dict, rng: np.random.Generator, wording: str = "fixed") -> str:
+    return f"{_pattern(bg, rng, wording)} {_camera_phrase(camera, rng)}"
 
 
-def full_caption(sprites: list[Sprite], bg: dict, camera: dict, rng: np.random.Generator) -> str:
+def full_caption(
+    sprites: list[Sprite], bg: dict, camera: dict, rng: np.random.Generator, wording: str = "fixed"
+) -> str:
     """The overall prompt: every object (nearest first), the background and the camera, kept short."""
-    objects = ", in front of ".join(short_sprite(s) for s in sprites)
-    scene = f"{_pattern(bg, rng)}, {_camera_phrase(camera, rng)}"
-    templates = [
-        "{objects}, over {scene}",
-        "A video of {objects}; behind, {scene}",
-        "{objects} in a scene of {scene}",
-    ]
+    objects = ", in front of ".join(short_sprite(s, rng, wording) for s in sprites)
+    scene = f"{_pattern(bg, rng, wording)}, {_camera_phrase(camera, rng)}"
+    templates = _forms(
+        wording,
+        ["{objects}, over {scene}", "A video of {objects}; behind, {scene}", "{objects} in a scene of {scene}"],
+        ["{objects} against {scene}", "Footage of {objects} before {scene}"],
+        ["Show me {objects}; the backdrop is {scene}", "I want {objects}; in the background, {scene}"],
+    )
     text = _choose(rng, templates).format(objects=objects, scene=scene)
     return text[0].upper() + text[1:]
+
+
+def captions(attributes: dict, rng: np.random.Generator, wording: str) -> dict[str, object]:
+    """Overall, background and per-foreground captions of a clip's recorded `attributes` under `wording`."""
+    sprites = [Sprite(**{k: v for k, v in f.items() if k != "depth"}) for f in attributes["foregrounds"]]
+    bg, camera = attributes["background"], attributes["camera"]
+    fgs = [sprite_caption(s, rng, wording) for s in sprites]
+    background = background_caption(bg, camera, rng, wording)
+    return {
+        "full": full_caption(sprites, bg, camera, rng, wording),
+        "background": background,
+        "foreground": fgs[0],
+        "foregrounds": fgs,
+    }
+
+
+def reworded(attributes: dict, seed: int = 0) -> tuple[str, str, list[str]]:
+    """Prompts (overall, background, foregrounds) for a clip in words and sentence forms no caption of the data
+    uses (`WORDS`' held-out words): what measures whether the model follows a user's wording or the templates'."""
+    written = captions(attributes, np.random.default_rng(seed), "held_out")
+    return written["full"], written["background"], written["foregrounds"]
 
 
 def _draw_scene(rng: np.random.Generator) -> tuple[dict, dict]:
@@ -373,8 +448,6 @@ def make_clip(cfg: SynthConfig, index: int) -> dict:
     ]
     background = render_background(bg, camera, cfg.size, cfg.frames)
     layers = [render_sprite(s, cfg.size, cfg.frames) for s in sprites]
-    fg_captions = [sprite_caption(s, rng) for s in sprites]
-    bg_caption = background_caption(bg, camera, rng)
     metadata = {
         "clip_id": f"synth_{cfg.seed:04d}_{index:06d}",
         "split": split,
@@ -384,18 +457,13 @@ def make_clip(cfg: SynthConfig, index: int) -> dict:
         "fps": cfg.fps,
         "frames": cfg.frames,
         "size": [cfg.size, cfg.size],
-        "captions": {
-            "full": full_caption(sprites, bg, camera, rng),
-            "background": bg_caption,
-            "foreground": fg_captions[0],
-            "foregrounds": fg_captions,
-        },
         "attributes": {
             "background": bg,
             "camera": camera,
             "foregrounds": [{"depth": k + 1, **s.__dict__} for k, s in enumerate(sprites)],
         },
     }
+    metadata["captions"] = captions(metadata["attributes"], rng, cfg.wording)
     return {
         "metadata": metadata,
         "full": over([rgb for rgb, _ in layers], [a for _, a in layers], background),
@@ -433,6 +501,7 @@ def write_dataset_card(cfg: SynthConfig, out: Path) -> None:
         "backgrounds": list(BACKGROUNDS),
         "motions": list(MOTIONS),
         "cameras": list(CAMERAS),
+        "words": {name: list(words) for name, words in WORDS.items()},
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "dataset.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")

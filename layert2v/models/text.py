@@ -26,13 +26,13 @@ def default_text_encoder_path() -> Path:
 class TextEncoder:
     """Tokenise and encode captions with a frozen Hugging Face encoder from a local folder."""
 
-    def __init__(self, path: Path | str | None = None, max_tokens: int = 48) -> None:
+    def __init__(self, path: Path | str | None = None, max_tokens: int = 48, pooled: bool = False) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         self.path = Path(path) if path is not None else default_text_encoder_path()
         if not (self.path / "config.json").is_file():
             raise FileNotFoundError(f"text encoder folder {self.path} has no config.json (no download is attempted)")
-        self.max_tokens = max_tokens
+        self.max_tokens, self.pooled = max_tokens, pooled
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         model = AutoModel.from_pretrained(self.path, local_files_only=True)
         if getattr(model.config, "is_encoder_decoder", False):  # umT5 / T5: only the encoder is used
@@ -53,7 +53,10 @@ class TextEncoder:
         """Hidden states `[N, L, D]` (zero past each caption's end) and masks `[N, L]`.
 
         Captions are encoded in order of length and padded only to the longest of their batch:
-        attention cost follows the real token counts instead of `max_tokens`.
+        attention cost follows the real token counts instead of `max_tokens`. With `pooled`, the first token's
+        state (the unused [CLS]) is replaced by the mean of the caption's token states, the sentence embedding the
+        encoder was trained to make (all-MiniLM-L6-v2 is a mean-pooling sentence model): a prompt's meaning sits in
+        one token the DiT can read, so a synonym the training captions never used lands near the word they did.
         """
         states = np.zeros((len(texts), self.max_tokens, self.dim), np.float32)
         masks = np.zeros((len(texts), self.max_tokens), bool)
@@ -68,6 +71,8 @@ class TextEncoder:
                 return_tensors="pt",
             )
             hidden = self.model(**batch).last_hidden_state * batch["attention_mask"][..., None]
+            if self.pooled:
+                hidden[:, 0] = hidden.sum(1) / batch["attention_mask"].sum(1, keepdim=True)
             length = hidden.shape[1]
             states[rows, :length] = hidden.numpy()
             masks[rows, :length] = batch["attention_mask"].numpy().astype(bool)
@@ -86,7 +91,7 @@ def null_prompts(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
     return torch.zeros_like(states), first
 
 
-@lru_cache(maxsize=2)
-def load_text_encoder(path: Path | None = None, max_tokens: int = 48) -> TextEncoder:
-    """A process-wide encoder per (path, max_tokens): loading costs seconds, encoding is stateless."""
-    return TextEncoder(path, max_tokens)
+@lru_cache(maxsize=4)
+def load_text_encoder(path: Path | None = None, max_tokens: int = 48, pooled: bool = False) -> TextEncoder:
+    """A process-wide encoder per (path, max_tokens, pooled): loading costs seconds, encoding is stateless."""
+    return TextEncoder(path, max_tokens, pooled)

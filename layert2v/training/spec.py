@@ -29,7 +29,8 @@ class StageContext:
     @cached_property
     def model(self) -> ModelConfig:
         """The model every stage builds and MLflow records (`TrainConfig.model_config`)."""
-        return self.params.train.model_config(self.params.prepare.max_tokens)
+        prepare = self.params.prepare
+        return self.params.train.model_config(prepare.max_tokens, prepare.text_pooled)
 
     def folder(self, name: str) -> Path:
         return self.out / name
