@@ -14,7 +14,8 @@ sampled background (`metrics.background_adherence`), seconds per clip; for decom
 background, IoU and the matting errors (MAD, MSE, Grad, Conn, dtSSD; `metrics.matting_errors`) of the union of the
 recovered mattes against the truth, for still and moving cameras apart. `--conditioning` picks how given layers
 condition the model (default: what its folder says, `clean` for a model trained with `condition_dropout`).
-`--sheets DIR` writes a contact sheet per task (and the truth) of the first clip with two or more foregrounds.
+`--sheets DIR` writes a contact sheet per task (and the truth) of the first clip with two or more foregrounds, and
+`editing.png`, all of them stacked under their titles (the README's picture).
 """
 
 from __future__ import annotations
@@ -48,6 +49,33 @@ def captions(prepared: Path, count: int) -> list[tuple[list[str], bool, dict]]:
         still = attributes.get("camera", {}).get("kind") == "still"
         out.append(([row.caption_full, row.caption_background, *fgs], still, attributes["background"]))
     return out
+
+
+TITLES = {
+    "truth": "the clip (ground truth)",
+    "free": "free generation from its captions",
+    "fg_for_bg": "foregrounds generated for the true background (given)",
+    "bg_for_fgs": "background and full video generated behind the true foregrounds (given)",
+    "regenerate": "the last foreground regenerated, the other layers given",
+    "decompose": "the full video given, decomposed into layers",
+}
+
+
+def stack_sheets(folder: Path) -> Path:
+    """`editing.png`: the contact sheets of `TITLES`, each under its title, one above the other."""
+    from PIL import Image, ImageDraw
+
+    sheets = [(TITLES[name], Image.open(folder / f"{name}.png")) for name in TITLES]
+    band = 18
+    width = max(sheet.width for _, sheet in sheets)
+    out = Image.new("RGB", (width, sum(sheet.height + band for _, sheet in sheets)), "white")
+    draw, top = ImageDraw.Draw(out), 0
+    for title, sheet in sheets:
+        draw.text((4, top + 4), title, fill="black")
+        out.paste(sheet, (0, top + band))
+        top += band + sheet.height
+    out.save(folder / "editing.png")
+    return folder / "editing.png"
 
 
 def union(alphas: list[np.ndarray]) -> np.ndarray:
@@ -133,6 +161,8 @@ def main() -> None:
         classical = classical_decompose(truth.full)
         rows.append({"task": "classical", "still": still, "k": len(truth.alphas), "seconds": 0.0}
                     | decomposition_figures(classical, truth))  # fmt: skip
+    if sheet_clip is not None and args.sheets:
+        print(f"picture: {stack_sheets(args.sheets)}")
     report(pd.DataFrame(rows))
 
 

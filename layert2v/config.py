@@ -486,7 +486,7 @@ class ExportConfig(FromDict):
         _require(self.parity_samples >= 1, f"export.parity_samples must be >= 1, got {self.parity_samples}")
 
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "compile", "onnxruntime", "tensorrt")  # `export.runtime.Backend` and `auto`
 
 
 @dataclass(frozen=True, kw_only=True)

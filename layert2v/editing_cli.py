@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from layert2v.compose import OUTPUT_KIND, LayeredVideo
-from layert2v.config import Request, RequestLimits
+from layert2v.config import BACKENDS, Request, RequestLimits
 from layert2v.outputs import check_output, write_output
 
 if TYPE_CHECKING:  # editing.py imports torch: only the commands that run load it (`layert2v --help` stays instant)
@@ -158,7 +158,7 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     """The model, backend and sampler options every sampling command takes, with `generate`'s defaults."""
     parser.add_argument("--model", default="artifacts/train/stage3/model", help="pipeline model folder")
     parser.add_argument(
-        "--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
+        "--backend", default="auto", choices=list(BACKENDS),
         help="auto: TensorRT on a GPU, else the faster of onnxruntime and torch on this CPU when ONNX graphs are there",
     )  # fmt: skip
     parser.add_argument("--onnx", default=None, help="export folder (default: <model>/onnx)")

@@ -116,3 +116,11 @@ def test_pooled_prompts_put_the_sentence_embedding_first_and_the_folder_remember
     assert LayerT2VPipeline.from_folder(folder).text_encoder.pooled
     with pytest.raises(ValueError, match=r"pooled False\) does not match the model .* pooled True\)"):
         LayerT2VPipeline(dit, pipeline.vae, plain)
+
+
+def test_compile_backend_generates_what_torch_generates(tiny_model: Path) -> None:
+    request = {"frames": 5, "height": 32, "width": 32, "steps": 2, "guidance": 3.0, "seed": 1}
+    want = LayerT2VPipeline.from_folder(tiny_model).generate("a red circle", "stripes", ["a red circle"], **request)
+    compiled = LayerT2VPipeline.from_folder(tiny_model, backend="compile")
+    got = compiled.generate("a red circle", "stripes", ["a red circle"], **request)
+    assert np.abs(got.full - want.full).max() < 1e-4 and np.abs(got.alphas[0] - want.alphas[0]).max() < 1e-4

@@ -23,7 +23,7 @@ from layert2v.export.tensorrt import build_engine, require_gpu
 from layert2v.models.dit import layout_inputs
 from layert2v.models.layout import Layout
 
-Backend = Literal["torch", "onnxruntime", "tensorrt"]
+Backend = Literal["torch", "compile", "onnxruntime", "tensorrt"]
 
 PREFERRED = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -154,11 +154,11 @@ class TrtDenoiser(GraphDenoiser):
 
 
 def make_denoiser(backend: Backend, graphs: Path, cfg: ModelConfig, precision: str | None) -> GraphDenoiser | None:
-    """The exported-graph runtime of `backend` over the export folder `graphs` (None for torch)."""
-    if backend == "torch":
+    """The exported-graph runtime of `backend` over the export folder `graphs` (None for the PyTorch backends)."""
+    if backend in ("torch", "compile"):
         return None
     if backend == "onnxruntime":
         return OrtDenoiser(graphs, cfg, precision or "fp32")
     if backend == "tensorrt":
         return TrtDenoiser(graphs, cfg, precision or "fp16")
-    raise ValueError(f"unknown backend {backend!r}: choose torch, onnxruntime or tensorrt")
+    raise ValueError(f"unknown backend {backend!r}: choose torch, compile, onnxruntime or tensorrt")
