@@ -8,7 +8,8 @@ subprocess, so each backend's peak RSS is its own; both get the same thread coun
 
 - step: median seconds of `repeats` calls after two warm-ups (a compile happens in the first), batch 2 (both
   guidance branches), per K, with each path's max abs difference to fp32 eager on the same inputs;
-- generate: median of 3 runs of 64x64, 9 frames, `--steps` sampler steps, with the share of the time spent
+- generate: median of 3 runs of 64x64, 9 frames, `--steps` sampler steps (after a warm-up run, which is where
+  the `compile` backend compiles), with the share of the time spent
   in text encoding, the denoiser and VAE decoding (the final decode and, with compositing guidance, the alpha
   decodes of every step), and the worker's peak RSS; torch also without compositing guidance, for its cost.
 """
@@ -71,7 +72,10 @@ def prepare(preset: str, model: Path | None, folder: Path) -> Path:
 
 def worker(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
-    backend = args.backend if args.backend in ("torch", "onnxruntime", "tensorrt") else "torch"
+    graphs = ("onnxruntime", "tensorrt")  # a step path other than these is built on eager torch (its reference)
+    backend = (
+        args.backend if args.backend in graphs or (args.what == "generate" and args.backend == "compile") else "torch"
+    )
     pipe = LayerT2VPipeline.from_folder(args.model, backend=backend, onnx=args.onnx)
     denoiser = pipe.denoiser or pipe.dit
     if args.what == "step":
@@ -165,7 +169,7 @@ def main() -> None:
             print(f"| {k} | " + " | ".join(cells) + " |")
         print(f"\ngenerate, {args.steps} steps (median of 3)        seconds   text   denoiser   vae   peak RSS MiB")
         for k in (1, 3):
-            for backend, composite in (("torch", 0.0), ("torch", 0.5), ("onnxruntime", 0.5)):
+            for backend, composite in (("torch", 0.0), ("torch", 0.5), ("compile", 0.5), ("onnxruntime", 0.5)):
                 r = run_worker("generate", backend, k, base, composite)
                 share, name = r["share"], f"{backend}, composite {composite}"
                 print(
