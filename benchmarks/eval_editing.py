@@ -74,7 +74,7 @@ def stack_sheets(folder: Path) -> Path:
         draw.text((4, top + 4), title, fill="black")
         out.paste(sheet, (0, top + band))
         top += band + sheet.height
-    out.save(folder / "editing.png")
+    out.quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(folder / "editing.png", optimize=True)  # a third
     return folder / "editing.png"
 
 

@@ -10,8 +10,9 @@ Compositing guidance keeps the full segment on the composite of the layers while
 
 Backends are named by a string and only change who computes the denoising step: `torch` (the LayerDiT
 itself), `compile` (the LayerDiT through `torch.compile`: each clip size and K compiles once, tens of seconds on a
-CPU, then every step runs the fused graph; for a service, not a one-off command), `onnxruntime` (the exported graphs of `export/onnx.py`, CPU here, CUDA with the `gpu` extra) or
-`tensorrt` (engines built from those graphs; GPU only). Text encoding and VAE decoding stay in PyTorch.
+CPU, then every step runs the fused graph; for a service, not a one-off command), `onnxruntime` (the exported
+graphs of `export/onnx.py`, CPU here, CUDA with the `gpu` extra) or `tensorrt` (engines built from those graphs;
+GPU only). Text encoding and VAE decoding stay in PyTorch.
 """
 
 from __future__ import annotations

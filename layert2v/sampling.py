@@ -19,7 +19,7 @@ import torch
 from layert2v.diffusion import bcast, latent_composite, predicted_x0, segment_timesteps
 from layert2v.models.layout import ALPHA, BACKGROUND, FOREGROUND, FULL, Layout
 
-VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t [B, ...], t [B] in [0, 1]) -> v
+VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t [B, ...], t [B] or [B, L] in [0, 1]) -> v
 
 
 def shifted_sigmas(steps: int, shift: float) -> torch.Tensor:
