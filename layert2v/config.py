@@ -34,6 +34,7 @@ CEILING_METRICS = (
 )
 # What `evaluate` writes to metrics.json (`evaluate.summarise`): the names the evaluation gate and the promotion
 # rule may use. A misspelt name is an error when params load, not a silent NaN after sampling.
+REWORDED_METRICS = ("reworded_colour_adherence", "reworded_shape_adherence")  # the clips in held-out words
 EVALUATION_METRICS = (
     "coherence_db",
     "coherence_db_min",
@@ -44,8 +45,7 @@ EVALUATION_METRICS = (
     "blockiness",
     "still_background_change",
     "samples",
-    "reworded_colour_adherence",  # the same clips asked for in held-out words (evaluate.reworded_prompts)
-    "reworded_shape_adherence",
+    *REWORDED_METRICS,
     *CEILING_METRICS,
 )
 _DIT_GATE_METRICS = ("finite_loss", "val/loss", "val/fm", "val/consistency", "val/alpha")
@@ -186,6 +186,8 @@ class ModelConfig(FromDict):
     text_dim: int = 384  # text-encoder hidden size (MiniLM 384, umT5-XXL 4096)
     text_len: int = 64  # tokens kept per prompt
     text_pooled: bool = False  # prompts' first token is their pooled sentence embedding (`prepare.text_pooled`)
+    pooled_modulation: bool = False  # each segment's prompt's first token state (its pooled embedding with
+    # `text_pooled`) is added to the timestep embedding of that segment's tokens: SD3's pooled vector, per layer
     max_fg: int = 3  # K_max: foreground layers the instance table holds
     eps: float = 1e-6  # norm epsilon
 

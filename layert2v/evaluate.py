@@ -21,7 +21,7 @@ import pandas as pd
 
 from layert2v.ceiling import vae_ceiling
 from layert2v.compose import LayeredVideo
-from layert2v.config import EvaluateConfig, Params
+from layert2v.config import REWORDED_METRICS, EvaluateConfig, Params
 from layert2v.data.synthetic import Sprite, reworded
 from layert2v.metrics import adherence, layered_metrics
 from layert2v.pipeline import LayerT2VPipeline
@@ -215,6 +215,6 @@ def evaluate_and_gate(
         summary |= vae_ceiling(pipeline.vae, prepared, params.evaluate.prompts)
     if rewording and (others := reworded_prompts(prompts)):
         words, _ = evaluate_pipeline(pipeline, others, params.evaluate, params.prepare.frames, size)
-        summary |= {f"reworded_{name}": words[name] for name in ("colour_adherence", "shape_adherence")}
+        summary |= dict(zip(REWORDED_METRICS, (words["colour_adherence"], words["shape_adherence"]), strict=True))
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary, run_metric_gate(name, summary, gate, out / "gate.json")

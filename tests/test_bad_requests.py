@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from layert2v.cli import main
-from layert2v.config import CEILING_METRICS, EVALUATION_METRICS, load_params, model_preset
+from layert2v.config import CEILING_METRICS, EVALUATION_METRICS, REWORDED_METRICS, load_params, model_preset
 from layert2v.evaluate import summarise
 from layert2v.models.checkpoint import ModelFolderError, load_dit
 from layert2v.pipeline import LayerT2VPipeline, PromptTruncated
@@ -192,7 +192,8 @@ def test_params_that_are_not_yaml_are_one_line(tmp_path: Path, capsys) -> None:
 def test_evaluation_metric_names_are_what_evaluate_writes() -> None:
     row = {k: 1.0 for k in ("coherence_db", "colour_adherence", "shape_adherence", "alpha_binarity", "blockiness")}
     row |= {"alpha_temporal_iou": 1.0, "background_change": 0.0, "still_camera": 1.0}
-    assert tuple(summarise([row], [1])) + CEILING_METRICS == EVALUATION_METRICS  # tests/test_ceiling.py: the rest
+    written = tuple(summarise([row], [1])) + REWORDED_METRICS + CEILING_METRICS  # test_ceiling.py: the ceiling's
+    assert written == EVALUATION_METRICS
 
 
 def test_a_nan_metric_never_passes_the_promotion_rule() -> None:

@@ -1,5 +1,7 @@
 """LayerDiT, layout and flow matching: the properties the method relies on (tiny preset, seconds)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -151,6 +153,27 @@ def test_per_segment_timesteps_are_the_shared_one_when_equal_and_move_only_by_se
     clean = model.forward_layout(**(x | {"timestep": segment_timesteps(x["timestep"], known)}))
     assert torch.allclose(clean[1], shared[1], atol=1e-5)  # the other sample kept its t everywhere
     assert not torch.allclose(clean[0], shared[0], atol=1e-3)  # t = 0 on one segment is seen by every token
+
+
+def test_pooled_modulation_starts_as_the_model_without_it_and_learns() -> None:
+    torch.manual_seed(0)
+    plain = LayerDiT(CFG).eval()
+    torch.nn.init.normal_(plain.head.head.weight, std=0.02)
+    pooled = LayerDiT(dataclasses.replace(CFG, pooled_modulation=True)).eval()
+    missing = pooled.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("pooled_embedding.") for k in missing)
+    x = inputs(2)
+    assert torch.allclose(pooled.forward_layout(**x), plain.forward_layout(**x), atol=1e-6)
+    loss = pooled.forward_layout(**x).pow(2).mean()
+    loss.backward()
+    assert pooled.pooled_embedding[-1].weight.grad.abs().max() > 0  # zero-initialised output, live gradient
+    with torch.no_grad():
+        pooled.pooled_embedding[-1].weight.normal_(std=0.1)
+    moved = pooled.forward_layout(**x)
+    assert not torch.allclose(moved, plain.forward_layout(**x))
+    other = x["text"].clone()
+    other[:, CFG.text_len] += 1.0  # the background prompt's first token: its summary, one segment's modulation
+    assert not torch.allclose(pooled.forward_layout(**(x | {"text": other})), moved)
 
 
 def test_a_clean_known_segment_carries_no_loss_and_no_gradient() -> None:

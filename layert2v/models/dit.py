@@ -8,6 +8,10 @@ load Wan2.1 weights. Two additions, both zero-initialised so the model starts as
   vectors (shift/scale/gate for attention and FFN); the token's layer type picks the row.
 - **Instance table** `[K_max, 6, D]`, added for the tokens of fg_k / alpha_k (multi-foreground).
 
+With `pooled_modulation`, a third zero-initialised path adds each segment's prompt summary (its prompt's first token
+state: the pooled sentence embedding when prompts are `text_pooled`) to the timestep embedding of its tokens, so what
+a layer's prompt means modulates every block of that layer, not only what cross-attention picks out.
+
 Self-attention is joint and unmasked over all segments (that is where cross-layer consistency comes
 from); cross-attention takes a boolean visibility mask built by `layout.Layout`. RoPE is 3D with real
 cos/sin (exportable to ONNX), temporal positions running on across segments.
@@ -25,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from layert2v.config import ModelConfig
-from layert2v.models.layout import LAYER_TYPES, Layout
+from layert2v.models.layout import BACKGROUND, FULL, LAYER_TYPES, Layout
 
 
 def sinusoidal_embedding(timestep: torch.Tensor, dim: int) -> torch.Tensor:
@@ -170,6 +174,11 @@ class LayerDiT(nn.Module):
         self.head = Head(cfg)
         self.layer_adaln = nn.Parameter(torch.zeros(LAYER_TYPES, 6, cfg.dim))
         self.instance_adaln = nn.Parameter(torch.zeros(cfg.max_fg, 6, cfg.dim))
+        self.pooled_embedding = (
+            nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+            if cfg.pooled_modulation
+            else None
+        )
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -184,6 +193,15 @@ class LayerDiT(nn.Module):
                 if isinstance(layer, nn.Linear):
                     nn.init.normal_(layer.weight, std=0.02)
         nn.init.zeros_(self.head.head.weight)
+        if self.pooled_embedding is not None:
+            nn.init.zeros_(self.pooled_embedding[-1].weight)  # starts as the model without it
+
+    def prompt_summaries(self, text: torch.Tensor, layer_ids: torch.Tensor, instance_ids: torch.Tensor) -> torch.Tensor:
+        """`[B, N, D]`: each token's segment's prompt (full -> the overall prompt, background -> its prompt,
+        fg_k / alpha_k -> fg_k's prompt), its first token state embedded by `pooled_embedding`."""
+        summaries = self.pooled_embedding(text.unflatten(1, (-1, self.cfg.text_len))[:, :, 0])  # [B, P, D]
+        background = torch.where(layer_ids == BACKGROUND, 1, 2 + instance_ids)
+        return summaries[:, torch.where(layer_ids == FULL, 0, background)]
 
     def layer_modulation(self, layer_ids: torch.Tensor, instance_ids: torch.Tensor) -> torch.Tensor:
         """`[N, 6, D]` per-token offsets: LayerAdaLN row of the layer type plus the instance row (if any)."""
@@ -214,9 +232,11 @@ class LayerDiT(nn.Module):
         steps = timestep.reshape(batch, -1)  # [B, 1 or L]
         t_emb = self.time_embedding(sinusoidal_embedding(steps.flatten(), self.cfg.freq_dim).to(x.dtype))
         t_emb = t_emb.unflatten(0, (batch, -1))  # [B, 1 or L, D]
-        e = self.time_projection(t_emb).unflatten(2, (6, -1))  # [B, 1 or L, 6, D]
-        if steps.shape[1] > 1:
-            t_emb, e = (y.repeat_interleave(x.shape[1] // steps.shape[1], dim=1) for y in (t_emb, e))  # per token
+        tokens = lambda y: y if y.shape[1] in (1, x.shape[1]) else y.repeat_interleave(x.shape[1] // y.shape[1], 1)  # noqa: E731
+        if self.pooled_embedding is not None and layer_ids is not None and instance_ids is not None:
+            t_emb = tokens(t_emb) + self.prompt_summaries(text, layer_ids, instance_ids)  # [B, N, D]
+        e = self.time_projection(t_emb).unflatten(2, (6, -1))  # [B, 1 or L or N, 6, D]
+        t_emb, e = tokens(t_emb), tokens(e)  # per token, unless one for all
         if layer_ids is not None and instance_ids is not None:
             e = e + self.layer_modulation(layer_ids, instance_ids)[None]
         context = self.text_embedding(text)
