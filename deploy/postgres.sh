@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A local PostgreSQL for the MLflow server and the service's job store (tests and `make postgres`): Debian's
 # package, installed when missing, its default cluster started on 127.0.0.1:5432, and a `layert2v` role that may
-# create databases (each test makes its own). Idempotent; prints the URL to stdout.
+# create databases (each test makes its own). Idempotent; prints the URL, and only the URL, to stdout.
 set -euo pipefail
 PG_USER=${PG_USER:-layert2v}
 PG_PASSWORD=${PG_PASSWORD:-layert2v}
@@ -12,7 +12,7 @@ if ! command -v pg_lsclusters > /dev/null; then
 fi
 read -r version cluster port status _ < <(pg_lsclusters --no-header | head -1)
 if [ "$status" != "online" ]; then
-  pg_ctlcluster "$version" "$cluster" start
+  pg_ctlcluster "$version" "$cluster" start >&2  # its messages are not the URL this prints
 fi
 as_postgres() { su postgres -c "psql -v ON_ERROR_STOP=1 -qtAc \"$1\""; }
 if [ "$(as_postgres "SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER'")" != "1" ]; then
