@@ -322,7 +322,8 @@ def test_sigkill_and_sigterm_lose_no_accepted_job(tmp_path: Path, tiny_model: Pa
         assert "Application shutdown complete" in started["log"].read_text()
         states = [client_state(tmp_path, job) for job in queued]
         assert set(states) <= {"queued", "finished"}, states  # a job running at SIGTERM went back to the queue
-        assert "queued" not in states or "requeued: the service is stopping" in started["log"].read_text()
+        log = started["log"].read_text()  # SIGTERM may land between two jobs: then none was running to requeue
+        assert "requeued: the service is stopping" in log or states[0] == "finished", (states, log[-2000:])
         _start(started)
         assert all(_wait(client, job)["state"] == "finished" for job in queued)
 

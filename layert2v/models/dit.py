@@ -200,8 +200,8 @@ class LayerDiT(nn.Module):
         """`[B, N, D]`: each token's segment's prompt (full -> the overall prompt, background -> its prompt,
         fg_k / alpha_k -> fg_k's prompt), its first token state embedded by `pooled_embedding`."""
         summaries = self.pooled_embedding(text.unflatten(1, (-1, self.cfg.text_len))[:, :, 0])  # [B, P, D]
-        background = torch.where(layer_ids == BACKGROUND, 1, 2 + instance_ids)
-        return summaries[:, torch.where(layer_ids == FULL, 0, background)]
+        layer_prompt = torch.where(layer_ids == BACKGROUND, 1, 2 + instance_ids)  # fg_k's prompt is 2 + k
+        return summaries[:, torch.where(layer_ids == FULL, 0, layer_prompt)]
 
     def layer_modulation(self, layer_ids: torch.Tensor, instance_ids: torch.Tensor) -> torch.Tensor:
         """`[N, 6, D]` per-token offsets: LayerAdaLN row of the layer type plus the instance row (if any)."""
