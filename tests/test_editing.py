@@ -2,6 +2,7 @@
 user tasks on the tiny preset, the classical baseline, and every bad input named before anything is written."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,18 +35,31 @@ def pipeline(model: Path) -> LayerT2VPipeline:
     return LayerT2VPipeline.from_folder(model)
 
 
-@pytest.mark.parametrize("sampler", ["euler", "unipc"])
-def test_known_segments_stay_on_their_noise_path_at_every_step(sampler: str) -> None:
+def recording_model(seen: list) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A velocity field that records every (x_t, t) it is called with; any velocity: known segments must not
+    follow it."""
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append((x.clone(), t.clone()))
+        return torch.sin(x) - 0.3
+
+    return model
+
+
+def two_known_segments() -> tuple[Layout, torch.Tensor, dict[int, torch.Tensor]]:
+    """K = 2 latents of two frames: the sampler's noise and the background and alpha_2 segments given."""
     layout = Layout(2)
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(1, 4, 2 * layout.num_segments, 4, 4, generator=g)
     known = {1: torch.randn(1, 4, 2, 4, 4, generator=g), 4: torch.randn(1, 4, 2, 4, 4, generator=g)}
+    return layout, noise, known
+
+
+@pytest.mark.parametrize("sampler", ["euler", "unipc"])
+def test_known_segments_stay_on_their_noise_path_at_every_step(sampler: str) -> None:
+    layout, noise, known = two_known_segments()
     seen = []
-
-    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        seen.append((x.clone(), t.clone()))
-        return torch.sin(x) - 0.3  # any velocity: the known segments must not follow it
-
+    model = recording_model(seen)
     out = replace_known(sample(with_known(model, layout, known, noise), noise, 6, 3.0, sampler), layout, known)
     eps = layout.split(noise)
     for x, t in seen:
@@ -58,16 +72,9 @@ def test_known_segments_stay_on_their_noise_path_at_every_step(sampler: str) -> 
 
 @pytest.mark.parametrize("sampler", ["euler", "unipc"])
 def test_trained_conditioning_shows_known_segments_clean_at_t_zero_at_every_step(sampler: str) -> None:
-    layout = Layout(2)
-    g = torch.Generator().manual_seed(0)
-    noise = torch.randn(1, 4, 2 * layout.num_segments, 4, 4, generator=g)
-    known = {1: torch.randn(1, 4, 2, 4, 4, generator=g), 4: torch.randn(1, 4, 2, 4, 4, generator=g)}
+    layout, noise, known = two_known_segments()
     seen = []
-
-    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        seen.append((x.clone(), t.clone()))
-        return torch.sin(x) - 0.3
-
+    model = recording_model(seen)
     out = replace_known(sample(with_clean_known(model, layout, known), noise, 6, 3.0, sampler), layout, known)
     assert len(seen) == 6
     for x, t in seen:
