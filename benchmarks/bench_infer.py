@@ -1,4 +1,4 @@
-"""Inference: one denoising step in PyTorch eager, `torch.compile`, bf16 autocast and onnxruntime CPU, and
+"""Inference: one denoising step in PyTorch eager, `torch.compile`, bf16 autocast (eager and compiled) and onnxruntime CPU, and
 end-to-end `generate` per backend.
 
 Run: `.venv/bin/python benchmarks/bench_infer.py [--preset small] [--repeats 7] [--model DIR]`.
@@ -103,7 +103,7 @@ def worker(args: argparse.Namespace) -> dict:
 
 
 def step_worker(args: argparse.Namespace, pipe: LayerT2VPipeline) -> dict:
-    """One denoising step on the path `args.backend` (torch, compile, bf16, onnxruntime): median seconds and the max
+    """One denoising step on the path `args.backend` (torch, compile, bf16, compile-bf16, onnxruntime): median seconds and the max
     abs difference of its output to fp32 eager."""
     inputs = step_inputs(pipe.cfg, Layout(args.k), SHAPE, batch=2, seed=0)
     with torch.no_grad():
@@ -113,11 +113,12 @@ def step_worker(args: argparse.Namespace, pipe: LayerT2VPipeline) -> dict:
         elif args.backend == "compile":
             compiled = torch.compile(pipe.dit)
             call = lambda: compiled(*inputs.values())  # noqa: E731
-        elif args.backend == "bf16":
+        elif args.backend in ("bf16", "compile-bf16"):
+            dit = torch.compile(pipe.dit) if args.backend == "compile-bf16" else pipe.dit
 
             def call() -> torch.Tensor:
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    return pipe.dit(*inputs.values()).float()
+                    return dit(*inputs.values()).float()
 
         else:
             call = lambda: pipe.dit(*inputs.values())  # noqa: E731
@@ -160,7 +161,7 @@ def main() -> None:
         worst = {k: v for k, v in parity.items() if k.endswith("fp32_max_abs")}
         print("fp32 parity, max abs: " + ", ".join(f"{k}: {v:.2e}" for k, v in worst.items()))
         print("\ndenoising step, batch 2: median s (speed-up over eager; max abs difference to fp32 eager)")
-        paths = ("torch", "compile", "bf16", "onnxruntime")
+        paths = ("torch", "compile", "bf16", "compile-bf16", "onnxruntime")
         print("| K | " + " | ".join(paths) + " |\n|---|" + "---|" * len(paths))
         for k in (1, 3):
             runs = {path: run_worker("step", path, k, base) for path in paths}

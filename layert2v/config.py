@@ -377,7 +377,7 @@ class TrainConfig:
 
     preset: str = "small"  # model preset (tiny, small, paper)
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields that replace the preset's
-    precision: str = "32-true"  # Lightning precision: 32-true or bf16-mixed
+    precision: str = "auto"  # Lightning precision 32-true or bf16-mixed, or auto (training/precision.py)
     strategy: str = "auto"  # auto, ddp, fsdp (GPU only)
     devices: int = 1  # processes (CPU) or GPUs per node
     num_nodes: int = 1
@@ -394,8 +394,8 @@ class TrainConfig:
         _require(not set(self.model) - known, f"train.model has unknown keys {sorted(set(self.model) - known)}")
         self.model_config(PRESETS[self.preset].text_len, text_pooled=False)
         _require(
-            self.precision in ("32-true", "bf16-mixed"),
-            f"train.precision must be 32-true or bf16-mixed, got {self.precision!r}",
+            self.precision in ("auto", "32-true", "bf16-mixed"),
+            f"train.precision must be auto, 32-true or bf16-mixed, got {self.precision!r}",
         )
         _require(
             self.strategy in ("auto", "ddp", "fsdp"), f"train.strategy must be auto, ddp or fsdp, got {self.strategy!r}"

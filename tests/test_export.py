@@ -192,13 +192,14 @@ def test_auto_backend_probes_the_faster_cpu_path_once_per_host_and_model(
     exported: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from layert2v.export import probe
+    from layert2v.hostcache import cpu_model
 
     model, onnx = exported
     cache = tmp_path / "backends.json"
     chosen, seconds = probe.fastest(model, onnx, cache)
     assert set(seconds) == {"torch", "onnxruntime"} and chosen == min(seconds, key=seconds.get)
     [entry] = json.loads(cache.read_text()).values()
-    assert entry["cpu"] == probe.cpu_model() and entry["fastest"] == chosen
+    assert entry["cpu"] == cpu_model() and entry["threads"] == torch.get_num_threads() and entry["fastest"] == chosen
 
     def no_second_probe(*args, **kwargs):
         raise AssertionError("the verdict is cached")

@@ -211,6 +211,36 @@ def test_encode_writes_the_latent_cache(tmp_path: Path, smoke_prepared) -> None:
         LatentClips(smoke_prepared.out, tmp_path / "latents", "train", max_fg=1)
 
 
+def test_auto_precision_times_the_stage_once_per_host_and_leaves_the_seeded_run_as_it_was(
+    tmp_path: Path, smoke, smoke_prepared, tracking: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from layert2v.training import precision
+
+    cache = tmp_path / "precision.json"
+    monkeypatch.setattr(precision, "CACHE", cache)
+    monkeypatch.setattr(precision, "MIN_SPEEDUP", 1e9)  # the verdict: fp32, so the run can be compared bit for bit
+    auto = dataclasses.replace(smoke, train=dataclasses.replace(smoke.train, precision="auto"))
+    probed = train_stage(0, auto, smoke_prepared.out, tmp_path / "auto", tmp_path)
+    fp32 = train_stage(0, smoke, smoke_prepared.out, tmp_path / "fp32", tmp_path)
+    assert hashlib.sha256(probed.read_bytes()).digest() == hashlib.sha256(fp32.read_bytes()).digest()
+    [entry] = json.loads(cache.read_text()).values()
+    assert set(entry["seconds"]) == {"32-true", "bf16-mixed"} and entry["threads"] == torch.get_num_threads()
+    run = mlflow.MlflowClient(tracking).get_run((tmp_path / "auto" / "stage0" / "mlflow_run_id").read_text().strip())
+    assert run.data.params["precision_used"] == "32-true"
+    assert set(run.data.metrics) >= {"precision_probe/32-true_s", "precision_probe/bf16-mixed_s"}
+
+    def no_second_probe(*args, **kwargs):
+        raise AssertionError("the verdict is cached")
+
+    monkeypatch.setattr(precision, "probe", no_second_probe)
+    monkeypatch.setattr(precision, "MIN_SPEEDUP", 0.0)  # any gain is enough: bf16, from the cached seconds
+    module, data = STAGES["stage0"].module, STAGES["stage0"].data
+    ctx = StageContext(smoke, smoke_prepared.out, tmp_path / "auto", tmp_path / "latents")
+    chosen, seconds = precision.resolve_precision("auto", module(ctx), data(ctx, smoke.train.stage0))
+    assert chosen == "bf16-mixed" and seconds == entry["seconds"]
+    assert precision.resolve_precision("32-true", module(ctx), data(ctx, smoke.train.stage0)) == ("32-true", {})
+
+
 def test_a_failing_gate_stops_the_stage_with_metric_value_and_threshold(
     tmp_path: Path, smoke, smoke_prepared, tracking: str
 ) -> None:

@@ -1,18 +1,16 @@
-"""Which backend is fastest on this host: a short probe, cached per CPU model.
+"""Which backend is fastest on this host: a short probe, cached per CPU model and thread count (`hostcache`).
 
 No fixed order is right on every CPU: onnxruntime ran a denoising step 1.31x faster than torch eager on a Zen 5
 host and 0.82-0.93x as fast on an Intel Xeon of the same machine kind (docs/results.md, Export and backends).
 `fastest` times a few denoising steps (batch 2, K = 1 and the model's K_max, the export's clip shape) on torch and
-onnxruntime and keeps the faster; the verdict is cached in a JSON file keyed by CPU model, thread count and the
-export's graph hashes, so a service or `generate` pays the probe once per host and model.
+onnxruntime (each on torch's thread count) and keeps the faster; the verdict is cached keyed by CPU model, thread
+count and the export's graph hashes, so a service or `generate` pays the probe once per host and model.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -20,25 +18,16 @@ from pathlib import Path
 import torch
 
 from layert2v.export.folder import ClipShape, read_manifest
+from layert2v.hostcache import CACHE_DIR, cached_verdict
 from layert2v.models.layout import Layout
 
-CACHE = Path.home() / ".cache" / "layert2v" / "backends.json"
+CACHE = CACHE_DIR / "backends.json"
 
 
-def cpu_model() -> str:
-    """The CPU's model name (what hosts of one machine kind differ in)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _key(onnx: Path) -> str:
+def _subject(onnx: Path) -> str:
+    """What the probe times: the export's graphs (their hashes)."""
     manifest = read_manifest(onnx)
-    graphs = json.dumps(manifest.get("sha256", manifest.get("files")), sort_keys=True)
-    return hashlib.sha256(f"{cpu_model()}|{torch.get_num_threads()}|{graphs}".encode()).hexdigest()[:16]
+    return json.dumps(manifest.get("sha256", manifest.get("files")), sort_keys=True)
 
 
 def _step_seconds(pipeline, k: int, shape: ClipShape, repeats: int) -> float:
@@ -74,14 +63,8 @@ def probe(model: Path, onnx: Path, repeats: int = 3) -> dict[str, float]:
 
 def fastest(model: Path, onnx: Path, cache: Path = CACHE) -> tuple[str, dict[str, float]]:
     """The faster CPU backend for `model` with its export `onnx` on this host, and the probe's seconds (cached)."""
-    key = _key(onnx)
-    known = json.loads(cache.read_text()) if cache.is_file() else {}
-    if key not in known:
-        seconds = probe(model, onnx)
-        known[key] = {"cpu": cpu_model(), "seconds": seconds, "fastest": min(seconds, key=seconds.get)}
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(known, indent=2) + "\n")
-    return known[key]["fastest"], known[key]["seconds"]
+    verdict = cached_verdict(cache, _subject(onnx), lambda: probe(model, onnx))
+    return verdict["fastest"], verdict["seconds"]
 
 
 def pick_backend(configured: str, model: Path, onnx: Path | None, cache: Path = CACHE) -> str:

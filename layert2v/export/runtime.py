@@ -2,14 +2,13 @@
 
 `GraphDenoiser` is what they share (the export folder, its manifest, the request check); `make_denoiser` picks
 one by name. `OrtDenoiser` (onnxruntime) makes its sessions lazily, one per K, with every graph optimisation on,
-one intra-op thread per core and no spin-waiting between calls; execution providers: CUDA first when
+torch's intra-op thread count (one per core, or what `OMP_NUM_THREADS` sets) and no spin-waiting between calls; execution providers: CUDA first when
 `onnxruntime-gpu` provides it (the `gpu` extra), else the CPU EP. `TrtDenoiser` runs TensorRT engines built
 from the same graphs (`tensorrt.py`; GPU only). onnxruntime and tensorrt are imported only when used.
 """
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Literal
@@ -83,7 +82,9 @@ def session(path: Path, providers: list[str] | None = None, threads: int | None 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    # torch's count: the backend probe compares the two backends on the same threads, and a one-thread worker
+    # (OMP_NUM_THREADS=1) gets one thread in both.
+    options.intra_op_num_threads = threads or torch.get_num_threads()
     # Spinning workers keep the cores busy after each call, which starves the PyTorch work between denoising
     # steps (sampler, VAE decode) on a small machine.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

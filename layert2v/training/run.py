@@ -31,6 +31,7 @@ from layert2v import tracking
 from layert2v.config import Params, StageConfig
 from layert2v.quality.report import GateFailed, run_metric_gate
 from layert2v.training import stage0_vae, stage1_alpha, stage2_joint, stage3_multifg
+from layert2v.training.precision import resolve_precision
 from layert2v.training.spec import StageContext, StageSpec
 from layert2v.training.throughput import Throughput
 
@@ -118,10 +119,13 @@ def train_stage(
     data, module = spec.data(ctx, cfg), spec.module(ctx)
     parent = _parent_run(spec, out, root, params.train.experiment) if primary else None
     logger = _logger(folder, root, params.train.experiment, spec.name, parent, primary)
+    processes = params.train.devices * params.train.num_nodes
+    precision, probed = resolve_precision(params.train.precision, module, data, processes)
     if primary:
         _log_params(logger, ctx, cfg)
+        _log_precision(logger, precision, probed)
         tracking.log_lineage(root, logger.run_id)
-    trainer = _trainer(params, cfg, folder, logger)
+    trainer = _trainer(params, cfg, folder, logger, precision)
     last = folder / "checkpoints" / "last.ckpt"
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
     if not trainer.is_global_zero:
@@ -138,7 +142,16 @@ def train_stage(
     return saved[0]
 
 
-def _trainer(params: Params, cfg: StageConfig, folder: Path, logger: MLFlowLogger) -> L.Trainer:
+def _log_precision(logger: MLFlowLogger, precision: str, probed: dict[str, float]) -> None:
+    """The precision this run trains in (`train.precision: auto` resolves per host) and the probe's step times."""
+    print(f"training precision: {precision}" + (f" (probe: {probed} s a step)" if probed else ""))
+    if "precision_used" not in logger.experiment.get_run(logger.run_id).data.params:
+        logger.log_hyperparams({"precision_used": precision})
+    for name, seconds in probed.items():
+        logger.experiment.log_metric(logger.run_id, f"precision_probe/{name}_s", seconds)
+
+
+def _trainer(params: Params, cfg: StageConfig, folder: Path, logger: MLFlowLogger, precision: str) -> L.Trainer:
     checkpoints = ModelCheckpoint(
         dirpath=folder / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every
     )
@@ -148,7 +161,7 @@ def _trainer(params: Params, cfg: StageConfig, folder: Path, logger: MLFlowLogge
         devices=params.train.devices,
         num_nodes=params.train.num_nodes,
         strategy=params.train.strategy,
-        precision=params.train.precision,
+        precision=precision,
         gradient_clip_val=cfg.grad_clip,
         val_check_interval=cfg.val_every,
         check_val_every_n_epoch=None,

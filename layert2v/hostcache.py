@@ -1,0 +1,52 @@
+"""Verdicts of short timing probes, cached per host in one JSON file per kind of verdict.
+
+No fixed choice of backend or precision is fastest on every CPU: hosts of one machine kind are AMD or Intel, with
+or without native bf16, and onnxruntime or bf16 autocast won on one and lost on another (docs/results.md). A probe
+times the candidates once; its verdict is keyed by the CPU model, the thread count and what was timed, so a host
+pays each probe once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+CACHE_DIR = Path.home() / ".cache" / "layert2v"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (what hosts of one machine kind differ in)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def host_key(subject: str) -> str:
+    """A short key of this host (CPU model, torch's thread count) and `subject` (what the probe timed)."""
+    return hashlib.sha256(f"{cpu_model()}|{torch.get_num_threads()}|{subject}".encode()).hexdigest()[:16]
+
+
+def cached_verdict(cache: Path, subject: str, measure: Callable[[], dict[str, float]]) -> dict:
+    """`{"cpu", "threads", "seconds", "fastest"}` for `subject` on this host: from `cache`, or `measure()` (seconds
+    per candidate) run now and stored there."""
+    key = host_key(subject)
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    if key not in known:
+        seconds = measure()
+        known[key] = {
+            "cpu": cpu_model(),
+            "threads": torch.get_num_threads(),
+            "seconds": seconds,
+            "fastest": min(seconds, key=seconds.get),
+        }
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(known, indent=2) + "\n")
+    return known[key]

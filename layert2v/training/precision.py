@@ -1,0 +1,88 @@
+"""`train.precision: auto`: bf16-mixed where it pays on this host, else 32-true, decided by timing the stage's step.
+
+bf16 autocast ran the `small` DiT training step 1.35-1.44x faster than fp32 on an Intel Xeon with AMX and 1.5-1.7x on
+a Zen 5, with the chain's gate figures unchanged within noise, but the `tiny` preset's step 0.82x (it is overhead,
+not GEMMs) and a CPU without native bf16 kernels gains nothing (docs/results.md, Benchmarks). So no fixed setting is
+right everywhere: `auto` times a few forward + backward passes of the stage's own module on one of its batches in
+each precision, keeps bf16-mixed only when it is at least `MIN_SPEEDUP` faster, and caches the verdict per host
+(`hostcache`), so each host and stage shape pays the probe (seconds) once.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from layert2v.hostcache import CACHE_DIR, cached_verdict
+
+CACHE = CACHE_DIR / "precision.json"
+MIN_SPEEDUP = 1.1  # bf16 rounds every GEMM input: below this gain it is not worth it
+PRECISIONS = {"32-true": False, "bf16-mixed": True}  # Lightning's name -> bf16 autocast
+
+
+def _batch(data: L.LightningDataModule) -> dict[str, torch.Tensor]:
+    """One validation batch (the same shapes as training's, drawn without touching the training order)."""
+    data.setup("fit")
+    return next(iter(data.val_dataloader()))
+
+
+def _subject(module: L.LightningModule, batch: dict) -> str:
+    """What is timed: the module's class and size and the batch's shapes."""
+    size = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    shapes = sorted((k, tuple(v.shape)) for k, v in batch.items() if isinstance(v, torch.Tensor))
+    return f"{type(module).__qualname__}|{size}|{shapes}"
+
+
+def step_seconds(module: L.LightningModule, batch: dict, bf16: bool, repeats: int = 3) -> float:
+    """Median seconds of the module's training step plus backward (no optimiser step; gradients dropped), after a
+    warm-up call, in bf16 autocast or fp32."""
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = module.training_step(batch, 0)
+        loss.backward()
+        module.zero_grad(set_to_none=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer warns
+        step()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def probe(module: L.LightningModule, batch: dict) -> dict[str, float]:
+    """Seconds of one step per precision name."""
+    return {name: step_seconds(module, batch, bf16) for name, bf16 in PRECISIONS.items()}
+
+
+def resolve_precision(
+    configured: str,
+    module: L.LightningModule,
+    data: L.LightningDataModule,
+    processes: int = 1,
+    cache: Path | None = None,
+) -> tuple[str, dict[str, float]]:
+    """The Lightning precision to train with and the probe's seconds (empty when none ran). `configured` other than
+    `auto` is kept. On a GPU, `auto` is bf16-mixed where the GPU has bf16; on a CPU it is the probe's verdict, for
+    one process only: DDP ranks must agree, and a probe per rank might not, so they take 32-true."""
+    if configured != "auto":
+        return configured, {}
+    if torch.cuda.is_available():
+        return ("bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"), {}
+    if processes > 1:
+        return "32-true", {}
+    with torch.random.fork_rng():  # a probe must not change what the seeded run trains (a loader draws a seed too)
+        batch = _batch(data)
+        verdict = cached_verdict(cache or CACHE, _subject(module, batch), lambda: probe(module, batch))
+    seconds = verdict["seconds"]
+    fast = seconds["32-true"] >= MIN_SPEEDUP * seconds["bf16-mixed"]
+    return ("bf16-mixed" if fast else "32-true"), seconds
