@@ -489,6 +489,8 @@ class ExportConfig(FromDict):
 
 
 BACKENDS = ("auto", "torch", "compile", "onnxruntime", "tensorrt")  # `export.runtime.Backend` and `auto`
+TORCH_PRECISIONS = ("fp32", "bf16")  # the torch backends: fp32, or bf16 autocast (faster on bf16 CPUs, inexact)
+GRAPH_PRECISIONS = ("fp32", "fp16")  # the exported graphs (onnxruntime, TensorRT)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -499,6 +501,8 @@ class ServeConfig(FromDict):
     alias: str = "champion"  # registry alias the service follows (the model is registry.model_name)
     backend: str = "auto"  # auto: tensorrt with a GPU and TensorRT, else the faster of onnxruntime and torch on
     # this CPU when the model carries its ONNX graphs (a probe cached per CPU model, export/probe.py), else torch
+    bf16: bool = False  # the torch and compile backends run the DiT under bf16 autocast (faster where the CPU has
+    # bf16 kernels, not exact); exported graphs keep their own precision
     poll_seconds: float = 10.0  # how often the alias is looked up; a moved alias loads in the background
     queue_max: int = 16  # accepted, unfinished jobs; beyond it a request gets 429 with Retry-After
     job_timeout_s: float = 600.0  # a job still sampling after this fails with a timeout

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from layert2v.compose import OUTPUT_KIND, LayeredVideo
-from layert2v.config import BACKENDS, Request, RequestLimits
+from layert2v.config import BACKENDS, GRAPH_PRECISIONS, TORCH_PRECISIONS, Request, RequestLimits
 from layert2v.outputs import check_output, write_output
 
 if TYPE_CHECKING:  # editing.py imports torch: only the commands that run load it (`layert2v --help` stays instant)
@@ -162,7 +162,11 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
         help="auto: TensorRT on a GPU, else the faster of onnxruntime and torch on this CPU when ONNX graphs are there",
     )  # fmt: skip
     parser.add_argument("--onnx", default=None, help="export folder (default: <model>/onnx)")
-    parser.add_argument("--precision", default=None, choices=["fp32", "fp16"], help="graph precision of the backend")
+    parser.add_argument(
+        "--precision", default=None, choices=sorted({*GRAPH_PRECISIONS, *TORCH_PRECISIONS}),
+        help="the exported graphs' (fp32, fp16) or the torch backends' (fp32, bf16: autocast, faster where the CPU "
+        "has bf16 kernels, not exact)",
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, default=Request.steps)
     parser.add_argument("--guidance", type=float, default=Request.guidance)
     parser.add_argument("--composite-guidance", type=float, default=Request.composite_guidance)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from layert2v.compose import LayeredVideo
-from layert2v.config import ModelConfig, Request, RequestLimits
+from layert2v.config import TORCH_PRECISIONS, ModelConfig, Request, RequestLimits
 from layert2v.editing import Given
 from layert2v.export.runtime import Backend, GraphDenoiser, make_denoiser
 from layert2v.models.checkpoint import (
@@ -128,10 +128,15 @@ class LayerT2VPipeline:
         denoiser: GraphDenoiser | None = None,
         limits: RequestLimits | None = None,
         known_segments: str = "replace",
+        precision: str | None = None,
     ) -> None:
         in_torch = backend in ("torch", "compile")
         _check(
             in_torch == (denoiser is None), f"backend {backend!r} needs {'no' if in_torch else 'an exported'} denoiser"
+        )
+        _check(
+            precision in (None, *TORCH_PRECISIONS) or not in_torch,
+            f"the {backend} backend runs in {' or '.join(TORCH_PRECISIONS)}, not {precision!r}",
         )
         _check(
             text_encoder.dim == dit.cfg.text_dim
@@ -144,6 +149,7 @@ class LayerT2VPipeline:
         if backend == "compile":
             self.dit.compile(dynamic=False)  # in place: `forward_layout`'s call of the module runs compiled
         self.denoiser = denoiser
+        self.bf16 = in_torch and precision == "bf16"
         self.cfg = dit.cfg
         self.limits = limits or RequestLimits()
         self.known_segments = known_segments
@@ -165,18 +171,21 @@ class LayerT2VPipeline:
     ) -> LayerT2VPipeline:
         """Load a model folder written by `save`; a missing file is an error naming it. The `onnxruntime` and
         `tensorrt` backends read the export folder `onnx` (default `<folder>/onnx`) in `precision` (default
-        fp32 for onnxruntime, fp16 for TensorRT)."""
+        fp32 for onnxruntime, fp16 for TensorRT); `torch` and `compile` run the DiT in fp32 or, with `bf16`, under
+        bf16 autocast (faster where the CPU has bf16 kernels, not exact: docs/serving.md)."""
         folder = Path(folder)
         dit, vae = load_dit(folder), load_vae(folder)
         encoder_path = text_encoder if text_encoder is not None else text_encoder_path(folder)
         graphs = Path(onnx) if onnx is not None else folder / "onnx"
+        in_torch = backend in ("torch", "compile")
         return cls(
             dit,
             vae,
             load_text_encoder(encoder_path, dit.cfg.text_len, dit.cfg.text_pooled),
             backend,
-            make_denoiser(backend, graphs, dit.cfg, precision),
+            make_denoiser(backend, graphs, dit.cfg, None if in_torch else precision),
             known_segments=known_segments(folder),
+            precision=precision if in_torch else None,
         )
 
     # ------------------------------------------------------------ generation
@@ -248,7 +257,9 @@ class LayerT2VPipeline:
 
         def velocity(x: torch.Tensor, t: torch.Tensor, doubled: bool) -> torch.Tensor:
             text, mask = (torch.cat([cond[0], uncond[0]]), torch.cat([cond[1], uncond[1]])) if doubled else cond
-            return (self.denoiser or self.dit).forward_layout(x, t * 1000, text, mask, layout)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                out = (self.denoiser or self.dit).forward_layout(x, t * 1000, text, mask, layout)
+            return out.float()
 
         shape = (1, self.cfg.latent_channels, *latent_shape(frames, height, width, self.cfg.vae_cell))
         generator = torch.Generator().manual_seed(seed)

@@ -118,6 +118,27 @@ def test_pooled_prompts_put_the_sentence_embedding_first_and_the_folder_remember
         LayerT2VPipeline(dit, pipeline.vae, plain)
 
 
+def test_bf16_runs_the_torch_dit_under_autocast_close_to_fp32(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request = {"frames": 5, "height": 32, "width": 32, "steps": 2, "guidance": 3.0, "seed": 1}
+    want = LayerT2VPipeline.from_folder(tiny_model).generate("a red circle", "stripes", ["a red circle"], **request)
+    half = LayerT2VPipeline.from_folder(tiny_model, precision="bf16")
+    seen = []
+    forward = half.dit.forward_layout
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(half.dit, "forward_layout", recording)
+    got = half.generate("a red circle", "stripes", ["a red circle"], **request)
+    assert seen and set(seen) == {torch.bfloat16} and got.full.dtype == want.full.dtype
+    assert 0 < np.abs(got.full - want.full).max() < 0.1  # bf16 rounding: close, not exact
+    with pytest.raises(ValueError, match=r"the torch backend runs in fp32 or bf16, not 'fp16'"):
+        LayerT2VPipeline.from_folder(tiny_model, precision="fp16")
+
+
 def test_compile_backend_generates_what_torch_generates(tiny_model: Path) -> None:
     request = {"frames": 5, "height": 32, "width": 32, "steps": 2, "guidance": 3.0, "seed": 1}
     want = LayerT2VPipeline.from_folder(tiny_model).generate("a red circle", "stripes", ["a red circle"], **request)

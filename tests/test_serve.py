@@ -469,3 +469,16 @@ def test_replicas_on_one_database_never_share_a_job_and_take_over_a_dead_ones(tm
     assert second.requeue_stale(lease_s=60) == 2  # replica-a went silent: its two jobs go back to the queue
     assert {second.claim().id, second.claim().id} == {claimed[0].id, claimed[2].id}
     assert first.requeue_mine() == 0 and second.requeue_mine() == 3  # a restarted replica-b takes back its own
+
+
+def test_serve_bf16_runs_the_torch_backends_under_autocast_and_says_so(tiny_model: Path) -> None:
+    from dataclasses import replace
+
+    from layert2v.config import load_params
+    from layert2v.serving.source import FolderSource
+
+    cfg = replace(load_params(ROOT / "params.yaml").serve, backend="torch", bf16=True)
+    loaded = FolderSource(tiny_model).load("folder", cfg)
+    assert loaded.backend == "torch (bf16)" and loaded.pipeline.bf16
+    plain = FolderSource(tiny_model).load("folder", replace(cfg, bf16=False))
+    assert plain.backend == "torch" and not plain.pipeline.bf16

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from layert2v.config import RequestLimits
+from layert2v.config import ServeConfig
 from layert2v.export.probe import pick_backend
 from layert2v.pipeline import LayerT2VPipeline
 
@@ -29,11 +29,15 @@ class Loaded:
     backend: str
 
 
-def load(folder: Path, onnx: Path | None, backend: str, limits: RequestLimits, version: str, uri: str) -> Loaded:
-    chosen = pick_backend(backend, folder, onnx)
-    pipeline = LayerT2VPipeline.from_folder(folder, backend=chosen, onnx=onnx if chosen != "torch" else None)
-    pipeline.limits = limits
-    return Loaded(pipeline, version, uri, chosen)
+def load(folder: Path, onnx: Path | None, cfg: ServeConfig, version: str, uri: str) -> Loaded:
+    """The pipeline on `cfg.backend` (`auto` resolved here), bf16 autocast on the torch backends with `cfg.bf16`."""
+    chosen = pick_backend(cfg.backend, folder, onnx)
+    bf16 = cfg.bf16 and chosen in ("torch", "compile")
+    pipeline = LayerT2VPipeline.from_folder(
+        folder, backend=chosen, onnx=onnx if chosen != "torch" else None, precision="bf16" if bf16 else None
+    )
+    pipeline.limits = cfg.limits()
+    return Loaded(pipeline, version, uri, f"{chosen} (bf16)" if bf16 else chosen)
 
 
 class FolderSource:
@@ -45,9 +49,9 @@ class FolderSource:
     def current(self) -> str:
         return "folder"
 
-    def load(self, version: str, backend: str, limits: RequestLimits) -> Loaded:
+    def load(self, version: str, cfg: ServeConfig) -> Loaded:
         onnx = self.folder / "onnx"
-        return load(self.folder, onnx if onnx.is_dir() else None, backend, limits, version, str(self.folder))
+        return load(self.folder, onnx if onnx.is_dir() else None, cfg, version, str(self.folder))
 
 
 class RegistrySource:
@@ -65,7 +69,7 @@ class RegistrySource:
         """The version the alias names now (an error when the alias is not set)."""
         return str(self._client().get_model_version_by_alias(self.name, self.alias).version)
 
-    def load(self, version: str, backend: str, limits: RequestLimits) -> Loaded:
+    def load(self, version: str, cfg: ServeConfig) -> Loaded:
         import mlflow
 
         target = self.cache / f"{self.name}-v{version}"
@@ -84,7 +88,7 @@ class RegistrySource:
         if "model" not in artifacts:
             raise FileNotFoundError(f"version {version} of {self.name} was logged without a `model` artifact")
         uri = f"models:/{self.name}/{version}"
-        return load(artifacts["model"], artifacts.get("onnx"), backend, limits, version, uri)
+        return load(artifacts["model"], artifacts.get("onnx"), cfg, version, uri)
 
 
 def pyfunc_artifacts(folder: Path) -> dict[str, Path]:

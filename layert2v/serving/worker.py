@@ -165,7 +165,7 @@ class Worker:
 
         def load() -> None:
             try:
-                result["loaded"] = self.source.load(version, self.cfg.backend, self.cfg.limits())
+                result["loaded"] = self.source.load(version, self.cfg)
             except Exception as err:  # raised again on the following thread
                 result["error"] = err
 
