@@ -79,10 +79,13 @@ def main() -> None:
     )
     parser.add_argument("--swaps", type=int, default=6, help="one-foreground clips to swap shapes on")
     parser.add_argument("--frames", type=int, default=9)
+    parser.add_argument(
+        "--max-fg", type=int, default=None, help="clips with at most this many foregrounds (1: stage 2)"
+    )
     parser.add_argument("--set", default="guidance=4", help="an evaluate setting and its values (scan)")
     args = parser.parse_args()
     pipe = LayerT2VPipeline.from_folder(args.model)
-    prompts = validation_prompts(args.prepared, args.clips, pipe.cfg.max_fg)
+    prompts = validation_prompts(args.prepared, args.clips, args.max_fg or pipe.cfg.max_fg)
     (swap if args.what == "swap" else scan)(pipe, prompts, args)
 
 

@@ -26,9 +26,10 @@ PRECISIONS = {"32-true": False, "bf16-mixed": True}  # Lightning's name -> bf16 
 
 
 def _batch(data: L.LightningDataModule) -> dict[str, torch.Tensor]:
-    """One validation batch (the same shapes as training's, drawn without touching the training order)."""
+    """The first training batch (training's shapes: a validation batch may be smaller, and bf16 pays by batch size)
+    from a loader of its own; the Trainer makes its own loader, whose order this does not touch."""
     data.setup("fit")
-    return next(iter(data.val_dataloader()))
+    return next(iter(data.train_dataloader()))
 
 
 def _subject(module: L.LightningModule, batch: dict) -> str:
