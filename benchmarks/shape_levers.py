@@ -7,7 +7,7 @@ Run: `.venv/bin/python benchmarks/shape_levers.py swap --model DIR [--prepared D
   samples read as the asked shape (`metrics.shape_of`, chance 1 in 6) and how much the mattes differ between shape
   words (mean pairwise IoU of the middle frame's `alpha > 0.5`; 1.0: the word changes nothing);
 - scan: `evaluate`'s figures (coherence, colour, shape, blockiness) on the first `--clips` validation clips for
-  each value of one `evaluate` setting, side by side.
+  each value of one `evaluate` setting, side by side (on `--backend` in `--precision`: bf16 against fp32 too).
 """
 
 from __future__ import annotations
@@ -79,12 +79,14 @@ def main() -> None:
     )
     parser.add_argument("--swaps", type=int, default=6, help="one-foreground clips to swap shapes on")
     parser.add_argument("--frames", type=int, default=9)
+    parser.add_argument("--backend", default="torch", choices=["torch", "compile"])
+    parser.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="the DiT's (bf16: autocast)")
     parser.add_argument(
         "--max-fg", type=int, default=None, help="clips with at most this many foregrounds (1: stage 2)"
     )
     parser.add_argument("--set", default="guidance=4", help="an evaluate setting and its values (scan)")
     args = parser.parse_args()
-    pipe = LayerT2VPipeline.from_folder(args.model)
+    pipe = LayerT2VPipeline.from_folder(args.model, backend=args.backend, precision=args.precision)
     prompts = validation_prompts(args.prepared, args.clips, args.max_fg or pipe.cfg.max_fg)
     (swap if args.what == "swap" else scan)(pipe, prompts, args)
 
