@@ -11,7 +11,7 @@ subprocess, so each backend's peak RSS is its own; both get the same thread coun
 - generate: median of 3 runs of 64x64, 9 frames, `--steps` sampler steps (after a warm-up run, which is where
   the `compile` backend compiles), with the share of the time spent
   in text encoding, the denoiser and VAE decoding (the final decode and, with compositing guidance, the alpha
-  decodes of every step), and the worker's peak RSS; torch also without compositing guidance, for its cost.
+  decodes of every step), and the worker's peak RSS; torch also without compositing guidance, for its cost, and compile also in bf16 autocast.
 """
 
 from __future__ import annotations
@@ -73,10 +73,10 @@ def prepare(preset: str, model: Path | None, folder: Path) -> Path:
 def worker(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     graphs = ("onnxruntime", "tensorrt")  # a step path other than these is built on eager torch (its reference)
-    backend = (
-        args.backend if args.backend in graphs or (args.what == "generate" and args.backend == "compile") else "torch"
-    )
-    pipe = LayerT2VPipeline.from_folder(args.model, backend=backend, onnx=args.onnx)
+    backend, precision = args.backend.removesuffix("-bf16"), "bf16" if args.backend.endswith("-bf16") else None
+    if not (backend in graphs or args.what == "generate"):
+        backend, precision = "torch", None  # the step paths build their own variant on eager torch
+    pipe = LayerT2VPipeline.from_folder(args.model, backend=backend, onnx=args.onnx, precision=precision)
     denoiser = pipe.denoiser or pipe.dit
     if args.what == "step":
         return step_worker(args, pipe)
@@ -170,7 +170,8 @@ def main() -> None:
             print(f"| {k} | " + " | ".join(cells) + " |")
         print(f"\ngenerate, {args.steps} steps (median of 3)        seconds   text   denoiser   vae   peak RSS MiB")
         for k in (1, 3):
-            for backend, composite in (("torch", 0.0), ("torch", 0.5), ("compile", 0.5), ("onnxruntime", 0.5)):
+            runs = ("torch", 0.0), ("torch", 0.5), ("compile", 0.5), ("compile-bf16", 0.5), ("onnxruntime", 0.5)
+            for backend, composite in runs:
                 r = run_worker("generate", backend, k, base, composite)
                 share, name = r["share"], f"{backend}, composite {composite}"
                 print(
