@@ -257,7 +257,7 @@ class LayerT2VPipeline:
 
         def velocity(x: torch.Tensor, t: torch.Tensor, doubled: bool) -> torch.Tensor:
             text, mask = (torch.cat([cond[0], uncond[0]]), torch.cat([cond[1], uncond[1]])) if doubled else cond
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 out = (self.denoiser or self.dit).forward_layout(x, t * 1000, text, mask, layout)
             return out.float()
 

@@ -2,9 +2,10 @@
 
 `GraphDenoiser` is what they share (the export folder, its manifest, the request check); `make_denoiser` picks
 one by name. `OrtDenoiser` (onnxruntime) makes its sessions lazily, one per K, with every graph optimisation on,
-torch's intra-op thread count (one per core, or what `OMP_NUM_THREADS` sets) and no spin-waiting between calls; execution providers: CUDA first when
-`onnxruntime-gpu` provides it (the `gpu` extra), else the CPU EP. `TrtDenoiser` runs TensorRT engines built
-from the same graphs (`tensorrt.py`; GPU only). onnxruntime and tensorrt are imported only when used.
+torch's intra-op thread count (one per core, or what `OMP_NUM_THREADS` sets) and no spin-waiting between calls;
+execution providers: CUDA first when `onnxruntime-gpu` provides it (the `gpu` extra), else the CPU EP.
+`TrtDenoiser` runs TensorRT engines built from the same graphs (`tensorrt.py`; GPU only). onnxruntime and tensorrt
+are imported only when used.
 """
 
 from __future__ import annotations
