@@ -1,17 +1,6 @@
-"""The one timing rule every benchmark here follows: the median of several calls."""
+"""The one timing rule every benchmark here follows: the median of several calls (`hostcache.median_seconds`, which
+the backend and precision probes use too)."""
 
-from __future__ import annotations
+from layert2v.hostcache import median_seconds
 
-import statistics
-import time
-from collections.abc import Callable
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of `repeats` calls of `fn`: this machine is noisy, one call says little."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+__all__ = ["median_seconds"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +29,19 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:
+    """Median wall time of `repeats` calls of `fn` after `warmup` untimed ones (first-call allocations, sessions):
+    the machine is noisy, one call says little. The one timing rule of the probes and the benchmarks."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def host_key(subject: str) -> str:

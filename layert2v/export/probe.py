@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from layert2v.export.folder import ClipShape, read_manifest
-from layert2v.hostcache import CACHE_DIR, cached_verdict
+from layert2v.hostcache import CACHE_DIR, cached_verdict, median_seconds
 from layert2v.models.layout import Layout
 
 CACHE = CACHE_DIR / "backends.json"
@@ -39,14 +37,8 @@ def _step_seconds(pipeline, k: int, shape: ClipShape, repeats: int) -> float:
         call = lambda: pipeline.denoiser.run(k, inputs)  # noqa: E731
     else:
         call = lambda: pipeline.dit(*inputs.values())  # noqa: E731
-    times = []
     with torch.no_grad():
-        call()
-        for _ in range(repeats):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return median_seconds(call, repeats, warmup=1)
 
 
 def probe(model: Path, onnx: Path, repeats: int = 3) -> dict[str, float]:

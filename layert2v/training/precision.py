@@ -10,15 +10,13 @@ each precision, keeps bf16-mixed only when it is at least `MIN_SPEEDUP` faster, 
 
 from __future__ import annotations
 
-import statistics
-import time
 import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
 
-from layert2v.hostcache import CACHE_DIR, cached_verdict
+from layert2v.hostcache import CACHE_DIR, cached_verdict, median_seconds
 
 CACHE = CACHE_DIR / "precision.json"
 MIN_SPEEDUP = 1.1  # bf16 rounds every GEMM input: below this gain it is not worth it
@@ -51,13 +49,7 @@ def step_seconds(module: L.LightningModule, batch: dict, bf16: bool, repeats: in
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # self.log outside a Trainer warns
-        step()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return median_seconds(step, repeats, warmup=1)
 
 
 def probe(module: L.LightningModule, batch: dict) -> dict[str, float]:
