@@ -1,5 +1,5 @@
-"""Inference: one denoising step in PyTorch eager, `torch.compile`, bf16 autocast (eager and compiled) and onnxruntime CPU, and
-end-to-end `generate` per backend.
+"""Inference: one denoising step in PyTorch eager, `torch.compile` (plain, frozen weights, max-autotune), bf16 autocast
+(eager and compiled) and onnxruntime CPU, and end-to-end `generate` per backend.
 
 Run: `.venv/bin/python benchmarks/bench_infer.py [--preset small] [--repeats 7] [--model DIR]`.
 Without `--model`, a randomly initialised `preset` pipeline is used (latency does not depend on the weights).
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch._inductor.config
 from timing import median_seconds
 
 from layert2v.config import ExportConfig, model_preset
@@ -41,6 +42,9 @@ from layert2v.pipeline import LayerT2VPipeline
 
 SHAPE = ClipShape(frames=9, height=64, width=64)
 FG_PROMPTS = ["a red circle", "a blue star", "a green square"]
+# exact (fp32) inductor variants of the step: plain; weights frozen as constants (oneDNN prepacks the linears);
+# max-autotune (inductor times its C++ GEMM templates against the library's, per shape, while compiling)
+COMPILE_PATHS = {"compile": None, "compile-freeze": None, "compile-autotune": "max-autotune-no-cudagraphs"}
 
 
 class Timed:
@@ -103,15 +107,16 @@ def worker(args: argparse.Namespace) -> dict:
 
 
 def step_worker(args: argparse.Namespace, pipe: LayerT2VPipeline) -> dict:
-    """One denoising step on the path `args.backend` (torch, compile, bf16, compile-bf16, onnxruntime): median seconds and the max
-    abs difference of its output to fp32 eager."""
+    """One denoising step on the path `args.backend` (torch, a `COMPILE_PATHS` variant, bf16, compile-bf16, onnxruntime):
+    median seconds and the max abs difference of its output to fp32 eager."""
     inputs = step_inputs(pipe.cfg, Layout(args.k), SHAPE, batch=2, seed=0)
     with torch.no_grad():
         reference = pipe.dit(*inputs.values())
         if pipe.denoiser is not None:
             call = lambda: torch.as_tensor(pipe.denoiser.run(args.k, inputs))  # noqa: E731
-        elif args.backend == "compile":
-            compiled = torch.compile(pipe.dit)
+        elif args.backend in COMPILE_PATHS:
+            torch._inductor.config.freezing = args.backend == "compile-freeze"
+            compiled = torch.compile(pipe.dit, mode=COMPILE_PATHS[args.backend])
             call = lambda: compiled(*inputs.values())  # noqa: E731
         elif args.backend in ("bf16", "compile-bf16"):
             dit = torch.compile(pipe.dit) if args.backend == "compile-bf16" else pipe.dit
@@ -161,7 +166,7 @@ def main() -> None:
         worst = {k: v for k, v in parity.items() if k.endswith("fp32_max_abs")}
         print("fp32 parity, max abs: " + ", ".join(f"{k}: {v:.2e}" for k, v in worst.items()))
         print("\ndenoising step, batch 2: median s (speed-up over eager; max abs difference to fp32 eager)")
-        paths = ("torch", "compile", "bf16", "compile-bf16", "onnxruntime")
+        paths = ("torch", *COMPILE_PATHS, "bf16", "compile-bf16", "onnxruntime")
         print("| K | " + " | ".join(paths) + " |\n|---|" + "---|" * len(paths))
         for k in (1, 3):
             runs = {path: run_worker("step", path, k, base) for path in paths}
