@@ -188,8 +188,6 @@ class ModelConfig(FromDict):
     text_pooled: bool = False  # prompts' first token is their pooled sentence embedding (`prepare.text_pooled`)
     pooled_modulation: bool = False  # each segment's prompt's first token state (its pooled embedding with
     # `text_pooled`) is added to the timestep embedding of that segment's tokens: SD3's pooled vector, per layer
-    head_refine: int = 0  # width of a convolutional head after the DiT's linear one (0: none): 3 x 3 over each
-    # latent frame's cells, so a shape's edge can continue across token borders (the linear head paints each patch alone)
     max_fg: int = 3  # K_max: foreground layers the instance table holds
     eps: float = 1e-6  # norm epsilon
 
@@ -204,7 +202,6 @@ class ModelConfig(FromDict):
             self.depth >= 1 and self.ffn_dim >= 1, f"model depth/ffn_dim must be >= 1: {self.depth}, {self.ffn_dim}"
         )
         _require(1 <= self.max_fg <= 8, f"model.max_fg must be in 1..8, got {self.max_fg}")
-        _require(self.head_refine >= 0, f"model.head_refine must be >= 0 (0: none), got {self.head_refine}")
         _require(
             len(self.vae_dim_mult) == 4, f"model.vae_dim_mult needs 4 stages (8x spatial), got {self.vae_dim_mult}"
         )

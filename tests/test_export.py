@@ -24,8 +24,7 @@ from layert2v.models.vae import LayerVAE
 from layert2v.pipeline import LayerT2VPipeline
 from layert2v.quality.report import GateFailed
 
-CFG = dataclasses.replace(model_preset("tiny"), max_fg=2, head_refine=4)  # two K values keep the suite short;
-# the convolutional head exported too (the smoke chain exports the linear one)
+CFG = dataclasses.replace(model_preset("tiny"), max_fg=2)  # two K values keep the suite short
 SHAPE = ClipShape(frames=5, height=32, width=32)
 EXPORT = ExportConfig(parity_samples=1)
 ARGS = ("a red circle over stripes", "navy stripes with a still camera")
@@ -36,7 +35,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny model folder with non-trivial layer tables and head, and its export folder."""
     torch.manual_seed(0)
     dit = LayerDiT(CFG)
-    for table in (dit.head.head.weight, dit.layer_adaln, dit.instance_adaln, dit.head_refine.conv2.weight):
+    for table in (dit.head.head.weight, dit.layer_adaln, dit.instance_adaln):
         torch.nn.init.normal_(table, std=0.05)
     model = LayerT2VPipeline(dit, LayerVAE(CFG), load_text_encoder(None, CFG.text_len)).save(
         tmp_path_factory.mktemp("model")

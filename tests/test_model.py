@@ -176,28 +176,6 @@ def test_pooled_modulation_starts_as_the_model_without_it_and_learns() -> None:
     assert not torch.allclose(pooled.forward_layout(**(x | {"text": other})), moved)
 
 
-def test_the_convolutional_head_starts_as_the_linear_one_and_stays_within_each_latent_frame() -> None:
-    torch.manual_seed(0)
-    model = LayerDiT(dataclasses.replace(CFG, head_refine=8)).eval()
-    torch.nn.init.normal_(model.head.head.weight, std=0.02)
-    x = inputs(1)
-    refine, model.head_refine = model.head_refine, None
-    both = model.forward_layout(**x)  # the linear head's velocity and feature channels, unpatchified
-    model.head_refine = refine
-    out = model.forward_layout(**x)
-    assert out.shape == x["latents"].shape and both.shape[1] == 2 * out.shape[1]
-    assert torch.equal(out, both[:, : CFG.latent_channels])  # zero-initialised: the linear head's velocity
-    out.pow(2).mean().backward()
-    assert refine.conv2.weight.grad.abs().max() > 0
-    with torch.no_grad():
-        refine.conv2.weight.normal_(std=0.1)
-        spike = torch.zeros_like(both)
-        spike[:, :, 3, 2, 2] = 1.0
-        moved = (refine(spike) - refine(torch.zeros_like(both))).abs().sum(dim=(0, 1))  # [T, H, W]
-    assert moved[3, 1:4, 1:4].gt(0).all()  # a cell's neighbours in its latent frame see it ...
-    assert moved[:3].sum() == 0 and moved[4:].sum() == 0  # ... and no other frame sees it, nor another segment
-
-
 def test_a_clean_known_segment_carries_no_loss_and_no_gradient() -> None:
     layout = Layout(2)
     g = torch.Generator().manual_seed(0)

@@ -144,39 +144,18 @@ class Block(nn.Module):
 
 
 class Head(nn.Module):
-    """Final modulated norm and projection back to patches (with `head_refine`, twice the channels: the velocity
-    and as many feature channels for `RefineHead`)."""
+    """Final modulated norm and projection back to patches."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
-        channels = cfg.latent_channels * (2 if cfg.head_refine else 1)
-        self.head = nn.Linear(cfg.dim, channels * math.prod(cfg.patch))
+        self.head = nn.Linear(cfg.dim, cfg.latent_channels * math.prod(cfg.patch))
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
     def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
         """x `[B, N, D]`, t_emb `[B, 1 or N, D]`."""
         shift, scale = (self.modulation[None] + t_emb[:, :, None]).unbind(2)
         return self.head(self.norm(x) * (1 + scale) + shift)
-
-
-class RefineHead(nn.Module):
-    """A residual 3 x 3 convolution over each latent frame after the linear head: the linear head paints every patch
-    from its own token, so a sprite's edge that crosses a token border is two guesses; this lets neighbouring cells
-    agree. Kernels span one latent frame (segments are stacked in time, so none mixes with another); zero-initialised
-    output, so the model starts as the one without it."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        c, width = cfg.latent_channels, cfg.head_refine
-        self.conv1 = nn.Conv3d(2 * c, width, kernel_size=(1, 3, 3), padding=(0, 1, 1))
-        self.conv2 = nn.Conv3d(width, c, kernel_size=(1, 3, 3), padding=(0, 1, 1))
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x `[B, 2C, T, H, W]` (velocity, features) -> velocity `[B, C, T, H, W]`."""
-        return x[:, : x.shape[1] // 2] + self.conv2(F.silu(self.conv1(x)))
 
 
 class LayerDiT(nn.Module):
@@ -193,7 +172,6 @@ class LayerDiT(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.head = Head(cfg)
-        self.head_refine = RefineHead(cfg) if cfg.head_refine else None
         self.layer_adaln = nn.Parameter(torch.zeros(LAYER_TYPES, 6, cfg.dim))
         self.instance_adaln = nn.Parameter(torch.zeros(cfg.max_fg, 6, cfg.dim))
         self.pooled_embedding = (
@@ -266,8 +244,7 @@ class LayerDiT(nn.Module):
             x = block(x, e, context, cross_mask, rope)
         x = self.head(x, t_emb)  # [B, N, C * pt * ph * pw]
         x = x.reshape(batch, *grid, -1, pt, ph, pw)
-        x = x.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(batch, -1, frames, height, width)
-        return x if self.head_refine is None else self.head_refine(x)
+        return x.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(batch, -1, frames, height, width)
 
     def forward_layout(
         self,
