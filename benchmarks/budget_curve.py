@@ -20,7 +20,7 @@ from pathlib import Path
 
 import lightning as L
 
-from layert2v.config import load_params
+from layert2v.config import Params, load_params
 from layert2v.evaluate import evaluate_pipeline, validation_prompts
 from layert2v.models.checkpoint import load_vae, save_pipeline
 from layert2v.models.text import default_text_encoder_path
@@ -51,8 +51,7 @@ class Snapshots(L.Callback):
             print(f"step {step}: mean training loss {loss:.3f}, {self.saved[step][2]:.0f} s", flush=True)
 
 
-def train(args: argparse.Namespace) -> dict[int, tuple[Path, float, float]]:
-    params = load_params(args.params, args.profile)
+def train(args: argparse.Namespace, params: Params) -> dict[int, tuple[Path, float, float]]:
     stage2 = dataclasses.replace(params.train.stage2, max_steps=args.steps)
     train_cfg = dataclasses.replace(params.train, stage2=stage2, precision=args.precision or params.train.precision)
     params = dataclasses.replace(params, train=train_cfg)
@@ -91,8 +90,9 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=32)
     parser.add_argument("--guidance", default="4", help="comma-separated guidance scales to sample each snapshot at")
     args = parser.parse_args()
-    saved = train(args)
-    base = load_params(args.params, args.profile).evaluate
+    params = load_params(args.params, args.profile)
+    saved = train(args, params)
+    base = params.evaluate
     prompts = validation_prompts(args.root / "artifacts" / "prepared", args.clips, 1)
     print("| step | training loss | seconds | guidance | coherence dB | colour | shape | blockiness |")
     print("|---|---|---|---|---|---|---|---|")
