@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from layert2v.export.probe import cpu_model
+from layert2v.hostcache import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUEST = {

@@ -23,7 +23,7 @@ from bench_dit import batch, step_fn
 from torch.profiler import ProfilerActivity, profile
 
 from layert2v.config import model_preset
-from layert2v.export.probe import cpu_model
+from layert2v.hostcache import cpu_model
 from layert2v.models.dit import LayerDiT
 
 CLASSES = {

@@ -70,6 +70,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return rotated.flatten(-2)
 
 
+def per_group(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """x `[B, N, D]` times factor `[B, G, D]`, row g of factor for the g-th of G equal runs of tokens.
+
+    Tokens of one latent frame share their modulation (timestep, layer, prompt), so it is kept per frame and
+    broadcast here instead of being materialised per token (6 x N x D per block, forward and backward)."""
+    return (x.unflatten(1, (factor.shape[1], -1)) * factor[:, :, None]).flatten(1, 2)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: `x * (1 + scale) + shift` with shift, scale `[B, G, D]` per run of tokens (`per_group`)."""
+    return (x.unflatten(1, (shift.shape[1], -1)) * (1 + scale[:, :, None]) + shift[:, :, None]).flatten(1, 2)
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm (Zhang & Sennrich 2019), as Wan uses on q and k."""
 
@@ -136,11 +149,12 @@ class Block(nn.Module):
         mask: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
-        """x `[B, N, D]`, e `[B, 1 or N, 6, D]`, context `[B, S, D]`, mask bool `[B, N, S]`."""
+        """x `[B, N, D]`, e `[B, G, 6, D]` (G groups of consecutive tokens: 1 or the latent frames), context
+        `[B, S, D]`, mask bool `[B, N, S]`."""
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation + e).unbind(2)
-        x = x + gate_sa * self.self_attn(self.norm1(x) * (1 + scale_sa) + shift_sa, rope=rope)
+        x = x + per_group(self.self_attn(modulate(self.norm1(x), shift_sa, scale_sa), rope=rope), gate_sa)
         x = x + self.cross_attn(self.norm3(x), context=context, mask=mask)
-        return x + gate_ff * self.ffn(self.norm2(x) * (1 + scale_ff) + shift_ff)
+        return x + per_group(self.ffn(modulate(self.norm2(x), shift_ff, scale_ff)), gate_ff)
 
 
 class Head(nn.Module):
@@ -153,9 +167,9 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
     def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
-        """x `[B, N, D]`, t_emb `[B, 1 or N, D]`."""
+        """x `[B, N, D]`, t_emb `[B, G, D]` (G groups of consecutive tokens, as `Block.forward`)."""
         shift, scale = (self.modulation[None] + t_emb[:, :, None]).unbind(2)
-        return self.head(self.norm(x) * (1 + scale) + shift)
+        return self.head(modulate(self.norm(x), shift, scale))
 
 
 class LayerDiT(nn.Module):
@@ -197,14 +211,15 @@ class LayerDiT(nn.Module):
             nn.init.zeros_(self.pooled_embedding[-1].weight)  # starts as the model without it
 
     def prompt_summaries(self, text: torch.Tensor, layer_ids: torch.Tensor, instance_ids: torch.Tensor) -> torch.Tensor:
-        """`[B, N, D]`: each token's segment's prompt (full -> the overall prompt, background -> its prompt,
-        fg_k / alpha_k -> fg_k's prompt), its first token state embedded by `pooled_embedding`."""
+        """`[B, G, D]` for ids `[G]` (one per latent frame): the frame's segment's prompt (full -> the overall
+        prompt, background -> its prompt, fg_k / alpha_k -> fg_k's prompt), its first token state embedded by
+        `pooled_embedding`."""
         summaries = self.pooled_embedding(text.unflatten(1, (-1, self.cfg.text_len))[:, :, 0])  # [B, P, D]
         layer_prompt = torch.where(layer_ids == BACKGROUND, 1, 2 + instance_ids)  # fg_k's prompt is 2 + k
         return summaries[:, torch.where(layer_ids == FULL, 0, layer_prompt)]
 
     def layer_modulation(self, layer_ids: torch.Tensor, instance_ids: torch.Tensor) -> torch.Tensor:
-        """`[N, 6, D]` per-token offsets: LayerAdaLN row of the layer type plus the instance row (if any)."""
+        """`[G, 6, D]` offsets for ids `[G]`: LayerAdaLN row of the layer type plus the instance row (if any)."""
         padded = torch.cat([self.instance_adaln, torch.zeros_like(self.instance_adaln[:1])])
         instance = torch.where(instance_ids < 0, torch.full_like(instance_ids, self.cfg.max_fg), instance_ids)
         return self.layer_adaln[layer_ids] + padded[instance]
@@ -232,11 +247,14 @@ class LayerDiT(nn.Module):
         steps = timestep.reshape(batch, -1)  # [B, 1 or L]
         t_emb = self.time_embedding(sinusoidal_embedding(steps.flatten(), self.cfg.freq_dim).to(x.dtype))
         t_emb = t_emb.unflatten(0, (batch, -1))  # [B, 1 or L, D]
-        tokens = lambda y: y if y.shape[1] in (1, x.shape[1]) else y.repeat_interleave(x.shape[1] // y.shape[1], 1)  # noqa: E731
+        per_frame = lambda y: y if y.shape[1] in (1, grid[0]) else y.repeat_interleave(grid[0] // y.shape[1], 1)  # noqa: E731
+        if layer_ids is not None and instance_ids is not None:
+            # a latent frame lies in one segment: its first token's ids are the frame's
+            layer_ids, instance_ids = (ids.unflatten(0, (grid[0], -1))[:, 0] for ids in (layer_ids, instance_ids))
         if self.pooled_embedding is not None and layer_ids is not None and instance_ids is not None:
-            t_emb = tokens(t_emb) + self.prompt_summaries(text, layer_ids, instance_ids)  # [B, N, D]
-        e = self.time_projection(t_emb).unflatten(2, (6, -1))  # [B, 1 or L or N, 6, D]
-        t_emb, e = tokens(t_emb), tokens(e)  # per token, unless one for all
+            t_emb = per_frame(t_emb) + self.prompt_summaries(text, layer_ids, instance_ids)  # [B, T, D]
+        e = self.time_projection(t_emb).unflatten(2, (6, -1))  # [B, 1 or L or T, 6, D]
+        t_emb, e = per_frame(t_emb), per_frame(e)  # per latent frame, unless one for all
         if layer_ids is not None and instance_ids is not None:
             e = e + self.layer_modulation(layer_ids, instance_ids)[None]
         context = self.text_embedding(text)
