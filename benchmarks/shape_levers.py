@@ -1,13 +1,16 @@
 """Does a trained model draw the shape it is asked for, and which sampling setting moves it?
 
-Run: `.venv/bin/python benchmarks/shape_levers.py swap --model DIR [--prepared DIR]` or
-`... scan --model DIR --set guidance=4,8,12 [--clips 32]`.
+Run: `.venv/bin/python benchmarks/shape_levers.py swap --model DIR [--prepared DIR]`,
+`... scan --model DIR --set guidance=4,8,12 [--clips 32]` or `... misses --model DIR [--clips 64]`.
 
 - swap: one-foreground validation clips asked for in template words once per shape, same seed: how many of the
   samples read as the asked shape (`metrics.shape_of`, chance 1 in 6) and how much the mattes differ between shape
   words (mean pairwise IoU of the middle frame's `alpha > 0.5`; 1.0: the word changes nothing);
 - scan: `evaluate`'s figures (coherence, colour, shape, blockiness) on the first `--clips` validation clips for
-  each value of one `evaluate` setting, side by side (on `--backend` in `--precision`: bf16 against fp32 too).
+  each value of one `evaluate` setting, side by side (on `--backend` in `--precision`: bf16 against fp32 too);
+- misses: what each foreground of the multi-foreground clips among the first `--clips` shows in place of its asked
+  colour: its own, another foreground's (a swap), another colour, or nothing (no alpha above 0.5 in the middle
+  frame: a faded layer), with the peak alpha of the faded ones.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 from layert2v.config import load_params
 from layert2v.data.synthetic import SHAPES, captions
 from layert2v.evaluate import ValPrompt, evaluate_pipeline, generate, validation_prompts
-from layert2v.metrics import shape_of
+from layert2v.metrics import dominant_colour, shape_of
 from layert2v.pipeline import LayerT2VPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,9 +71,29 @@ def scan(pipe: LayerT2VPipeline, prompts: list[ValPrompt], args: argparse.Namesp
         )
 
 
+def misses(pipe: LayerT2VPipeline, prompts: list[ValPrompt], args: argparse.Namespace) -> None:
+    cfg, middle = load_params(args.params).evaluate, args.frames // 2
+    counts = dict.fromkeys(("own", "another foreground's", "another colour", "empty"), 0)
+    faded = []
+    for prompt in (p for p in prompts if len(p.foregrounds) > 1):
+        video = generate(pipe, prompt, cfg, args.frames, SIZE)
+        asked = [attr["colour"] for attr in prompt.attributes]
+        for k, (rgb, alpha) in enumerate(zip(video.straight, video.alphas, strict=True)):
+            read = dominant_colour(rgb[middle], alpha[middle])
+            kind = (
+                "own" if read == asked[k] else "empty" if read is None
+                else "another foreground's" if read in asked else "another colour"
+            )  # fmt: skip
+            counts[kind] += 1
+            if kind == "empty":
+                faded.append(f"K={len(asked)} k={k} peak {alpha[middle].max():.2f}")
+    print(f"foregrounds by the colour they show: {counts}")
+    print(f"empty layers: {'; '.join(faded) or 'none'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["swap", "scan"])
+    parser.add_argument("what", choices=["swap", "scan", "misses"])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--prepared", type=Path, default=ROOT / "artifacts" / "prepared")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
@@ -88,7 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     pipe = LayerT2VPipeline.from_folder(args.model, backend=args.backend, precision=args.precision)
     prompts = validation_prompts(args.prepared, args.clips, args.max_fg or pipe.cfg.max_fg)
-    (swap if args.what == "swap" else scan)(pipe, prompts, args)
+    {"swap": swap, "scan": scan, "misses": misses}[args.what](pipe, prompts, args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """How far can the frozen text encoder carry a user's held-out words? A ceiling for `reworded_colour_adherence`.
 
-Run: `.venv/bin/python benchmarks/text_ceiling.py [--sprites 400]`.
+Run: `.venv/bin/python benchmarks/text_ceiling.py [--sprites 400] [--encoder <local Hugging Face folder>]`
+(default: the platform's all-MiniLM-L6-v2).
 
 The DiT reads a foreground's prompt only through the frozen encoder's states (its pooled sentence embedding
 modulates the layer; cross-attention reads the token states). A prompt in held-out words (`synthetic.reworded`)
@@ -19,6 +20,7 @@ expected to read a word its text encoder places among another colour's words.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -60,8 +62,9 @@ def read_out(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sprites", type=int, default=400, help="captions per wording")
+    parser.add_argument("--encoder", type=Path, default=None, help="a local encoder folder to measure instead")
     args = parser.parse_args()
-    encoder = load_text_encoder(pooled=True)
+    encoder = load_text_encoder(args.encoder, pooled=True)
     embed = lambda texts: unit(encoder.encode(texts)[0])  # noqa: E731
     train_texts, train_labels = sprite_captions(args.sprites, "varied", seed=0)
     test_texts, test_labels = sprite_captions(args.sprites, "held_out", seed=1)
