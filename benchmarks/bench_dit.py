@@ -1,8 +1,8 @@
 """LayerDiT training-step throughput against the machine's GEMM rate, fp32 and bf16 autocast side by side.
 
 Run: `.venv/bin/python benchmarks/bench_dit.py [--repeats 5]`.
-For each preset (tiny, small) and precision: one forward + backward + AdamW step on a training-shaped
-batch (64x64, 9 frames -> 3 latent frames per segment, K = 1 and 3), median seconds of `repeats`
+For each preset (tiny, small) and precision: one forward + backward + AdamW step (the stages' optimiser) on a
+training-shaped batch (64x64, 9 frames -> 3 latent frames per segment, K = 1 and 3), median seconds of `repeats`
 timed steps after a warm-up, samples/s, FLOPs per step counted by torch's FlopCounterMode, achieved FLOP/s
 and its ratio to a plain square GEMM of the same dtype measured in the same run.
 """
@@ -16,9 +16,10 @@ import torch
 from timing import median_seconds
 from torch.utils.flop_counter import FlopCounterMode
 
-from layert2v.config import model_preset
+from layert2v.config import StageConfig, model_preset
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import Layout
+from layert2v.training.schedule import adamw_warmup_cosine
 
 
 def gemm_flops_per_s(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
@@ -39,7 +40,7 @@ def batch(cfg, k: int, size: int) -> dict:
 
 
 def step_fn(model: LayerDiT, inputs: dict, bf16: bool):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = adamw_warmup_cosine(model.parameters(), StageConfig(max_steps=100, batch_size=1, lr=1e-4))["optimizer"]
     target = torch.randn_like(inputs["latents"])
 
     def step() -> None:

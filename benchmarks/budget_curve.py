@@ -27,6 +27,7 @@ from layert2v.models.text import default_text_encoder_path
 from layert2v.pipeline import LayerT2VPipeline
 from layert2v.training.precision import resolve_precision
 from layert2v.training.run import STAGES
+from layert2v.training.schedule import GradNormClip
 from layert2v.training.spec import StageContext
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,8 +67,7 @@ def train(args: argparse.Namespace, params: Params) -> dict[int, tuple[Path, flo
     L.Trainer(
         max_steps=args.steps,
         precision=precision,
-        gradient_clip_val=stage2.grad_clip,
-        callbacks=[snapshots],
+        callbacks=[snapshots, GradNormClip(stage2.grad_clip)],
         logger=False,
         enable_checkpointing=False,
         limit_val_batches=0,

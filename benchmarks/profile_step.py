@@ -7,7 +7,7 @@ in one class by its name:
 - attention: `scaled_dot_product_attention` and the flash / math kernels under it, forward and backward (self
   attention and the masked cross attention);
 - norms / RoPE / elementwise: layer and RMS norms, `mul`, `add`, `cat`, `silu`, `gelu`, copies and views;
-- optimizer: AdamW's foreach kernels (training only);
+- optimizer: the stages' AdamW (its fused kernel; training only);
 - framework overhead: the step's wall time that no op accounts for (Python, dispatch, autograd bookkeeping).
 Prints a table of shares per (mode, K) with the step time, and the CPU model: run it on each host kind.
 """

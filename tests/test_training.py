@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import mlflow
 import numpy as np
 import pandas as pd
@@ -29,6 +30,7 @@ from layert2v.quality.report import GateFailed
 from layert2v.quality.sample_gate import sample_gate
 from layert2v.training.encode import encode_prepared
 from layert2v.training.run import STAGES, _guard_resume, fingerprint, train_stage
+from layert2v.training.schedule import GradNormClip, adamw_warmup_cosine
 from layert2v.training.spec import StageContext
 from layert2v.training.stage2_joint import ema_decay_at
 
@@ -171,6 +173,43 @@ def test_stage2_without_latents_is_a_clear_error(tmp_path: Path, smoke, smoke_pr
 def test_stage_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="warmup_steps"):
         StageConfig(max_steps=5, batch_size=2, lr=1e-3, warmup_steps=5)
+
+
+class GradNorms(L.Callback):
+    """Records the gradient norm each time the optimiser is about to step."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, module, optimizer) -> None:
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters()]))))
+
+
+class Steep(L.LightningModule):
+    """A linear layer under a loss steep enough that every gradient norm is far over 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(8, 8)
+
+    def training_step(self, batch: list[torch.Tensor], _: int) -> torch.Tensor:
+        return 1e3 * self.layer(batch[0]).square().mean()
+
+    def configure_optimizers(self) -> dict:
+        return adamw_warmup_cosine(self.parameters(), StageConfig(max_steps=3, batch_size=4, lr=1e-3, warmup_steps=0))
+
+
+def test_stages_clip_gradients_with_the_fused_optimiser_in_bf16(tmp_path: Path) -> None:
+    """The stages' fused AdamW under bf16-mixed (what `auto` picks on bf16 hosts): Lightning's `gradient_clip_val`
+    refuses that pair, `GradNormClip` clips it to the stage's norm."""
+    before, after = GradNorms(), GradNorms()
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(12, 8)), batch_size=4)
+    L.Trainer(
+        max_steps=3, precision="bf16-mixed", callbacks=[before, GradNormClip(1.0), after], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path,
+    ).fit(Steep(), data)  # fmt: skip
+    assert len(after.norms) == 3 and min(before.norms) > 10
+    assert max(after.norms) == pytest.approx(1.0, rel=1e-3)
 
 
 def test_alpha_on_the_latent_grid() -> None:

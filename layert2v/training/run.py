@@ -32,6 +32,7 @@ from layert2v.config import Params, StageConfig
 from layert2v.quality.report import GateFailed, run_metric_gate
 from layert2v.training import stage0_vae, stage1_alpha, stage2_joint, stage3_multifg
 from layert2v.training.precision import resolve_precision
+from layert2v.training.schedule import GradNormClip
 from layert2v.training.spec import StageContext, StageSpec
 from layert2v.training.throughput import Throughput
 
@@ -162,13 +163,12 @@ def _trainer(params: Params, cfg: StageConfig, folder: Path, logger: MLFlowLogge
         num_nodes=params.train.num_nodes,
         strategy=params.train.strategy,
         precision=precision,
-        gradient_clip_val=cfg.grad_clip,
         val_check_interval=cfg.val_every,
         check_val_every_n_epoch=None,
         limit_val_batches=cfg.val_batches,
         num_sanity_val_steps=0,
         log_every_n_steps=log_interval(cfg.max_steps),
-        callbacks=[checkpoints, Throughput(folder)],
+        callbacks=[checkpoints, Throughput(folder), GradNormClip(cfg.grad_clip)],
         logger=[logger, CSVLogger(folder, name="", version="csv")],  # csv/metrics.csv: the DVC loss plots
         default_root_dir=folder,
     )
