@@ -1,6 +1,6 @@
 """Where a LayerDiT step's time goes: torch.profiler over a training step and a denoising step, K = 1 and 3.
 
-Run: `.venv/bin/python benchmarks/profile_step.py [--preset small] [--steps 5]`.
+Run: `.venv/bin/python benchmarks/profile_step.py [--preset small] [--steps 5] [--bf16]`.
 Every CPU op the profiler records at the top level of the step (no double counting of ops called by other ops) is put
 in one class by its name:
 - GEMM: `aten::mm`, `addmm`, `bmm`, `linear`, `matmul` and their backward (the projections, FFN, patch embedding);
@@ -51,17 +51,19 @@ def top_level_events(prof) -> list:
     return [e for e in prof.events() if e.cpu_parent is None and not e.name.startswith("ProfilerStep")]
 
 
-def profile_mode(cfg, k: int, size: int, training: bool, steps: int) -> tuple[dict[str, float], float, dict]:
+def profile_mode(
+    cfg, k: int, size: int, training: bool, steps: int, bf16: bool
+) -> tuple[dict[str, float], float, dict]:
     torch.manual_seed(0)
     model = LayerDiT(cfg)
     inputs = batch(cfg, k, size)
     if training:
-        fn = step_fn(model, inputs, bf16=False)
+        fn = step_fn(model, inputs, bf16)
     else:
         model.eval()
 
         def fn() -> None:
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                 model.forward_layout(**inputs)
 
     fn()  # warm-up
@@ -84,17 +86,18 @@ def main() -> None:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--top", type=int, default=8, help="also list the N costliest top-level ops of each mode")
+    parser.add_argument("--bf16", action="store_true", help="under bf16 autocast (what `auto` trains in on bf16 hosts)")
     args = parser.parse_args()
     cfg = model_preset(args.preset)
     labels = [*CLASSES, "other ops", "framework overhead"]
-    print(f"CPU: {cpu_model()}; threads {torch.get_num_threads()}; preset {args.preset}; 64 x 64, 9 frames; "
+    print(f"CPU: {cpu_model()}; threads {torch.get_num_threads()}; preset {args.preset}; {'bf16 autocast' if args.bf16 else 'fp32'}; 64 x 64, 9 frames; "
           f"mean of {args.steps} profiled steps (profiling adds overhead: compare shares, not times)")  # fmt: skip
     print("| mode | K | batch | s/step | " + " | ".join(labels) + " |")
     print("|---|---|---|---|" + "---|" * len(labels))
     costliest = {}
     for training, size in ((True, 8), (False, 2)):
         for k in (1, 3):
-            totals, wall, ops = profile_mode(cfg, k, size, training, args.steps)
+            totals, wall, ops = profile_mode(cfg, k, size, training, args.steps, args.bf16)
             mode = "training" if training else "denoising"
             shares = " | ".join(f"{totals.get(label, 0.0) / wall:.0%}" for label in labels)
             print(f"| {mode} | {k} | {size} | {wall:.3f} | {shares} |")
