@@ -7,8 +7,8 @@ Run: `.venv/bin/python benchmarks/shape_levers.py swap --model DIR [--prepared D
   samples read as the asked shape (`metrics.shape_of`, chance 1 in 6) and how much the mattes differ between shape
   words (mean pairwise IoU of the middle frame's `alpha > 0.5`; 1.0: the word changes nothing);
 - scan: `evaluate`'s figures (coherence, colour, shape, blockiness) on the first `--clips` validation clips for
-  each value of one `evaluate` setting, side by side (`--split train`: on clips the model trained on, whether it
-  fits them at all) (on `--backend` in `--precision`: bf16 against fp32 too);
+  each value of one `evaluate` setting, side by side, on `--backend` in `--precision` (bf16 against fp32 too);
+  `--split train` asks for clips the model trained on (does it fit them at all);
 - misses: what each foreground of the multi-foreground clips among the first `--clips` shows in place of its asked
   colour: its own, another foreground's (a swap), another colour, or nothing (no alpha above 0.5 in the middle
   frame: a faded layer), with the peak alpha of the faded ones.
