@@ -1,7 +1,8 @@
 """Does a trained model draw the shape it is asked for, and which sampling setting moves it?
 
 Run: `.venv/bin/python benchmarks/shape_levers.py swap --model DIR [--prepared DIR]`,
-`... scan --model DIR --set guidance=4,8,12 [--clips 32]` or `... misses --model DIR [--clips 64]`.
+`... scan --model DIR --set guidance=4,8,12 [--clips 32]`, `... misses --model DIR [--clips 64]` or
+`... path --model DIR [--clips 24]`.
 
 - swap: one-foreground validation clips asked for in template words once per shape, same seed: how many of the
   samples read as the asked shape (`metrics.shape_of`, chance 1 in 6) and how much the mattes differ between shape
@@ -11,24 +12,35 @@ Run: `.venv/bin/python benchmarks/shape_levers.py swap --model DIR [--prepared D
   `--split train` asks for clips the model trained on (does it fit them at all);
 - misses: what each foreground of the multi-foreground clips among the first `--clips` shows in place of its asked
   colour: its own, another foreground's (a swap), another colour, or nothing (no alpha above 0.5 in the middle
-  frame: a faded layer), with the peak alpha of the faded ones.
+  frame: a faded layer), with the peak alpha of the faded ones;
+- path: where along the sampling path the shape is lost. The true latents of the first one-foreground clips
+  (`--prepared`'s sibling `latents/`) are noised to `t0` and sampled back to 0 on the evaluate sampler's shifted
+  Euler steps, with guidance; alpha IoU against the true matte and shape adherence per `t0` (`t0 = 1`: free
+  generation). Where IoU holds and shape falls, the model keeps the object's place and loses its outline.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from layert2v.config import load_params
+from layert2v.ceiling import alpha_iou
+from layert2v.config import EvaluateConfig, load_params
+from layert2v.data.datamodule import LatentClips
 from layert2v.data.synthetic import SHAPES, captions
 from layert2v.evaluate import ValPrompt, evaluate_pipeline, generate, validation_prompts
 from layert2v.metrics import dominant_colour, shape_of
+from layert2v.models.layout import Layout
+from layert2v.models.text import null_prompts
 from layert2v.pipeline import LayerT2VPipeline
+from layert2v.sampling import guided, shifted_sigmas
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (64, 64)
@@ -92,9 +104,47 @@ def misses(pipe: LayerT2VPipeline, prompts: list[ValPrompt], args: argparse.Name
     print(f"empty layers: {'; '.join(faded) or 'none'}")
 
 
+@torch.no_grad()
+def from_truth(pipe: LayerT2VPipeline, item: dict, t0: float, cfg: EvaluateConfig, seed: int) -> np.ndarray:
+    """The alpha (`[F, H, W]`) sampled back from the clip's true latents noised to `t0` (one foreground)."""
+    layout = Layout(1)
+    x0 = layout.pack(list(item["segments"][:, None]))
+    cond = (item["text"].flatten(0, 1)[None], item["text_mask"][None])
+    uncond = null_prompts(*cond)
+
+    def velocity(x: torch.Tensor, t: torch.Tensor, doubled: bool) -> torch.Tensor:
+        text, mask = (torch.cat([cond[0], uncond[0]]), torch.cat([cond[1], uncond[1]])) if doubled else cond
+        return pipe.dit.forward_layout(x, t * 1000, text, mask, layout)
+
+    sigmas = shifted_sigmas(cfg.steps, cfg.shift)
+    sigmas = torch.cat([torch.tensor([t0]), sigmas[sigmas < t0 - 1e-6]])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    x, step = (1 - t0) * x0 + t0 * noise, guided(velocity, cfg.guidance)
+    for sigma, sigma_next in itertools.pairwise(sigmas):
+        x = x + (sigma_next - sigma) * step(x, torch.full((1,), float(sigma)))
+    return pipe.vae.decode_alpha(layout.split(x)[3])[0, 0].numpy()
+
+
+def path(pipe: LayerT2VPipeline, prompts: list[ValPrompt], args: argparse.Namespace) -> None:
+    cfg = load_params(args.params).evaluate
+    clips = LatentClips(args.prepared, args.prepared.parent / "latents", args.split, max_fg=1)
+    count = min(args.clips, len(clips))
+    print(f"| t0 | alpha IoU | shape | ({count} one-foreground {args.split} clips, guidance {cfg.guidance}) |")
+    print("|---|---|---|---|")
+    for t0 in (1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.4):
+        ious, hits = [], []
+        for i in range(count):
+            item, truth = clips[i], clips[i]["alpha_pixels"][0, 0].numpy()
+            alpha = from_truth(pipe, item, t0, cfg, seed=i)
+            wanted = json.loads(clips.rows.iloc[i]["attributes"])["foregrounds"][0]["shape"]
+            ious.append(alpha_iou([alpha], [truth]))
+            hits.append(shape_of(alpha[len(alpha) // 2]) == wanted)
+        print(f"| {t0} | {np.mean(ious):.2f} | {np.mean(hits):.0%} | |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["swap", "scan", "misses"])
+    parser.add_argument("what", choices=["swap", "scan", "misses", "path"])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--prepared", type=Path, default=ROOT / "artifacts" / "prepared")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
@@ -113,7 +163,7 @@ def main() -> None:
     args = parser.parse_args()
     pipe = LayerT2VPipeline.from_folder(args.model, backend=args.backend, precision=args.precision)
     prompts = validation_prompts(args.prepared, args.clips, args.max_fg or pipe.cfg.max_fg, args.split)
-    {"swap": swap, "scan": scan, "misses": misses}[args.what](pipe, prompts, args)
+    {"swap": swap, "scan": scan, "misses": misses, "path": path}[args.what](pipe, prompts, args)
 
 
 if __name__ == "__main__":

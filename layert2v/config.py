@@ -348,9 +348,11 @@ class DiTStageConfig(StageConfig):
     ema_decay: float = 0.999  # of the EMA weights that are saved (warmed up, see `ema_decay_at`)
     prompt_dropout: float = 0.1  # probability that a sample's prompts are dropped to the null prompt (for CFG)
     condition_dropout: float = 0.0  # probability that a sample gets one editing task's segments clean and given
+    timestep_shift: float = 1.0  # shift of the training timesteps towards noise (`diffusion.time_shift`)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _require(self.timestep_shift > 0, f"timestep_shift must be > 0, got {self.timestep_shift}")
         _require(self.alpha_decode_samples >= 0, f"alpha_decode_samples must be >= 0, got {self.alpha_decode_samples}")
         for name in ("alpha_weight", "consistency_weight", "foreground_weight"):
             _require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")

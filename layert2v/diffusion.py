@@ -32,11 +32,18 @@ from layert2v.compose import over
 from layert2v.models.layout import ALPHA, BACKGROUND, FOREGROUND, FULL, Layout
 
 
+def time_shift(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """Wan's / SD3's timestep shift `s t / (1 + (s - 1) t)`: s > 1 moves every t towards noise, keeping 0 and 1."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
 def logit_normal_t(
-    batch: int, generator: torch.Generator | None = None, mean: float = 0.0, std: float = 1.0
+    batch: int, generator: torch.Generator | None = None, mean: float = 0.0, std: float = 1.0, shift: float = 1.0
 ) -> torch.Tensor:
-    """`[B]` timesteps in (0, 1), `sigmoid(N(mean, std))`: more weight on the middle of the path (SD3)."""
-    return torch.sigmoid(mean + std * torch.randn(batch, generator=generator))
+    """`[B]` timesteps in (0, 1), `sigmoid(N(mean, std))` (more weight on the middle of the path, SD3), shifted by
+    `shift` (`time_shift`). Training with the sampler's shift puts the samples where the sampler takes its steps:
+    unshifted, 1.4% of them lie above t = 0.9, where a shift-3 sampler takes 5 of its 20 steps."""
+    return time_shift(torch.sigmoid(mean + std * torch.randn(batch, generator=generator)), shift)
 
 
 def bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

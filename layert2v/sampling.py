@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from layert2v.diffusion import bcast, latent_composite, predicted_x0, segment_timesteps
+from layert2v.diffusion import bcast, latent_composite, predicted_x0, segment_timesteps, time_shift
 from layert2v.models.layout import ALPHA, BACKGROUND, FOREGROUND, FULL, Layout
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t [B, ...], t [B] or [B, L] in [0, 1]) -> v
@@ -26,8 +26,7 @@ def shifted_sigmas(steps: int, shift: float) -> torch.Tensor:
     """`[steps + 1]` noise levels from 1 to 0 with Wan's shift (shift > 1 spends more steps at high noise)."""
     if steps < 1 or shift <= 0:
         raise ValueError(f"sampler needs steps >= 1 and shift > 0, got steps={steps}, shift={shift}")
-    sigmas = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-    return (shift * sigmas / (1 + (shift - 1) * sigmas)).float()
+    return time_shift(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).float()
 
 
 def guided(velocity_fn: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor], guidance: float) -> VelocityFn:

@@ -26,6 +26,7 @@ def test_default_and_smoke_profiles_load() -> None:
         (DiTStageConfig, {"max_steps": 40, "batch_size": 2, "lr": 1e-3, "k_weights": [1.0, -1.0]}, "k_weights"),
         (DiTStageConfig, {"max_steps": 40, "batch_size": 2, "lr": 1e-3, "k_weights": [0.0, 0.0]}, "k_weights"),
         (DiTStageConfig, {"max_steps": 40, "batch_size": 2, "lr": 1e-3, "ema_decay": 1.0}, "ema_decay"),
+        (DiTStageConfig, {"max_steps": 40, "batch_size": 2, "lr": 1e-3, "timestep_shift": 0.0}, "timestep_shift"),
         (DiTStageConfig, {"max_steps": 40, "batch_size": 2, "lr": 1e-3, "condition_dropout": 1.0}, "condition_dropout"),
         (EvaluateConfig, {"composite_guidance": 2.0}, "evaluate.composite_guidance must be in \\[0, 1\\]"),
     ],

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from layert2v.config import model_preset
-from layert2v.diffusion import LossWeights, latent_composite, layered_loss, noisy, segment_timesteps
+from layert2v.diffusion import LossWeights, latent_composite, layered_loss, logit_normal_t, noisy, segment_timesteps
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import Layout, latent_shape
 from layert2v.sampling import composite_guided, euler_sample, guided, sample, shifted_sigmas
@@ -276,6 +276,18 @@ def test_composite_guidance_moves_only_the_full_segment_towards_the_layers_compo
         assert torch.allclose(got, want, atol=1e-4)
     with pytest.raises(ValueError, match=r"composite guidance must be in \[0, 1\], got 1.5"):
         composite_guided(exact, layout, 1.5, to_grid, clear)
+
+
+def test_training_timesteps_take_the_samplers_shift() -> None:
+    """A shift moves the training timesteps where a shifted sampler steps: each draw maps monotonically, the median
+    of the logit-normal (0.5) goes to the sampler's point for 0.5 (0.75 at shift 3), and the share above 0.9
+    grows from ~1.4% to ~14%."""
+    draw = lambda shift: logit_normal_t(20000, torch.Generator().manual_seed(0), shift=shift)  # noqa: E731
+    plain, shifted = draw(1.0), draw(3.0)
+    assert (shifted >= plain).all() and (shifted < 1).all() and (shifted > 0).all()
+    assert torch.allclose(shifted, 3 * plain / (1 + 2 * plain))
+    assert abs(float(shifted.median()) - 0.75) < 0.01 and abs(float(shifted_sigmas(2, 3.0)[1]) - 0.75) < 1e-6
+    assert float((plain > 0.9).float().mean()) < 0.02 < 0.12 < float((shifted > 0.9).float().mean())
 
 
 def test_sampling_is_deterministic_and_guidance_mixes_branches() -> None:

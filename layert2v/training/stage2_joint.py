@@ -91,7 +91,7 @@ class JointLayerTraining(L.LightningModule):
     def _losses(self, batch: dict[str, torch.Tensor], model: LayerDiT, dropout: float) -> dict[str, torch.Tensor]:
         layout = Layout.from_segments(batch["segments"].shape[1])  # every batch holds clips of one K
         x0 = layout.pack(list(batch["segments"].unbind(1)))
-        noise, t = torch.randn_like(x0), logit_normal_t(x0.shape[0]).to(x0)
+        noise, t = torch.randn_like(x0), logit_normal_t(x0.shape[0], shift=self.stage.timestep_shift).to(x0)
         text, mask = drop_prompts(batch["text"], batch["text_mask"], dropout)
         text = text.flatten(1, 2)  # [B, P * M, D]
         known = None
