@@ -2,7 +2,7 @@
 
 Run: `.venv/bin/python benchmarks/shape_levers.py swap --model DIR [--prepared DIR]`,
 `... scan --model DIR --set guidance=4,8,12 [--clips 32]`, `... misses --model DIR [--clips 64]` or
-`... path --model DIR [--clips 24]`.
+`... path --model DIR [--clips 24]` or `... word --model DIR [--clips 16]`.
 
 - swap: one-foreground validation clips asked for in template words once per shape, same seed: how many of the
   samples read as the asked shape (`metrics.shape_of`, chance 1 in 6) and how much the mattes differ between shape
@@ -16,7 +16,8 @@ Run: `.venv/bin/python benchmarks/shape_levers.py swap --model DIR [--prepared D
 - path: where along the sampling path the shape is lost. The true latents of the first one-foreground clips
   (`--prepared`'s sibling `latents/`) are noised to `t0` and sampled back to 0 on the evaluate sampler's shifted
   Euler steps, with guidance; alpha IoU against the true matte and shape adherence per `t0` (`t0 = 1`: free
-  generation). Where IoU holds and shape falls, the model keeps the object's place and loses its outline.
+  generation). Where IoU holds and shape falls, the model keeps the object's place and loses its outline;
+- word: does the model read the shape word (`word` below), beside the colour word.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ import torch
 from layert2v.ceiling import alpha_iou
 from layert2v.config import EvaluateConfig, load_params
 from layert2v.data.datamodule import LatentClips
-from layert2v.data.synthetic import SHAPES, captions
+from layert2v.data.synthetic import COLOURS, SHAPES, captions
+from layert2v.diffusion import predicted_x0
 from layert2v.evaluate import ValPrompt, evaluate_pipeline, generate, validation_prompts
 from layert2v.metrics import dominant_colour, shape_of
 from layert2v.models.layout import Layout
@@ -46,9 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZE = (64, 64)
 
 
-def asked_as(prompt: ValPrompt, shape: str) -> ValPrompt:
-    """`prompt`'s clip with its one foreground's shape replaced, captioned in template words."""
-    scene = prompt.scene | {"foregrounds": [dict(prompt.attributes[0], shape=shape)]}
+def asked_as(prompt: ValPrompt, **attribute: str) -> ValPrompt:
+    """`prompt`'s clip with its one foreground's attribute (`shape=...`, `colour=...`) replaced, captioned in
+    template words."""
+    scene = prompt.scene | {"foregrounds": [dict(prompt.attributes[0], **attribute)]}
     text = captions(scene, np.random.default_rng(0), "fixed")
     return replace(prompt, prompt=text["full"], background=text["background"], foregrounds=text["foregrounds"])
 
@@ -58,7 +61,9 @@ def swap(pipe: LayerT2VPipeline, prompts: list[ValPrompt], args: argparse.Namesp
     singles = [p for p in prompts if len(p.foregrounds) == 1][: args.swaps]
     hits, ious = 0, []
     for prompt in singles:
-        masks = {s: generate(pipe, asked_as(prompt, s), cfg, frames, SIZE).alphas[0][frames // 2] > 0.5 for s in SHAPES}
+        masks = {
+            s: generate(pipe, asked_as(prompt, shape=s), cfg, frames, SIZE).alphas[0][frames // 2] > 0.5 for s in SHAPES
+        }
         read = {s: shape_of(m.astype(np.float32)) for s, m in masks.items()}
         hits += sum(read[s] == s for s in SHAPES)
         pairs = [(a & b).sum() / max((a | b).sum(), 1) for a, b in itertools.combinations(masks.values(), 2)]
@@ -142,9 +147,46 @@ def path(pipe: LayerT2VPipeline, prompts: list[ValPrompt], args: argparse.Namesp
         print(f"| {t0} | {np.mean(ious):.2f} | {np.mean(hits):.0%} | |", flush=True)
 
 
+@torch.no_grad()
+def word(pipe: LayerT2VPipeline, prompts: list[ValPrompt], args: argparse.Namespace) -> None:
+    """How much the model's one-step x0 depends on the shape word, beside the colour word: the first one-foreground
+    clips' true latents noised to t, the x0 of the segment that shows the attribute (alpha for shape, fg for
+    colour) predicted with the caption asked in template words for each value; the error with the other values
+    over the error with the true one, and the share of (clip, other value) pairs where the true one is closer."""
+    clips, layout = LatentClips(args.prepared, args.prepared.parent / "latents", args.split, max_fg=1), Layout(1)
+    by_id = {p.clip_id: p for p in validation_prompts(args.prepared, len(clips), 1, args.split)}
+    count = min(args.clips, len(clips))
+    print(f"| attribute | t | x0 error, true word | other words / true | true word closer | ({count} clips) |")
+    print("|---|---|---|---|---|---|")
+    for attribute, values, segment in (("shape", SHAPES, 3), ("colour", list(COLOURS), 2)):
+        for t in (0.6, 0.7, 0.8, 0.9):
+            true_errors, other_errors, closer = [], [], []
+            for i in range(count):
+                item, prompt = clips[i], by_id[clips.rows.iloc[i]["clip_id"]]
+                x0 = layout.pack(list(item["segments"][:, None]))
+                noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(i))
+                x_t, asked = (1 - t) * x0 + t * noise, prompt.attributes[0][attribute]
+                errors = {}
+                for value in values:
+                    ask = asked_as(prompt, **{attribute: value})
+                    text, mask = pipe.encode_prompts([ask.prompt, ask.background, *ask.foregrounds])
+                    v = pipe.dit.forward_layout(x_t, torch.full((1,), t * 1000), text, mask, layout)
+                    predicted = layout.split(predicted_x0(x_t, v, torch.full((1,), t)))[segment]
+                    errors[value] = float(((predicted - item["segments"][segment]) ** 2).mean())
+                others = [errors[v] for v in values if v != asked]
+                true_errors.append(errors[asked])
+                other_errors.append(float(np.mean(others)))
+                closer.extend(errors[asked] < e for e in others)
+            print(
+                f"| {attribute} | {t} | {np.mean(true_errors):.4f} | {np.mean(other_errors) / np.mean(true_errors):.3f} "
+                f"| {np.mean(closer):.0%} | |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["swap", "scan", "misses", "path"])
+    parser.add_argument("what", choices=["swap", "scan", "misses", "path", "word"])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--prepared", type=Path, default=ROOT / "artifacts" / "prepared")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
@@ -163,7 +205,7 @@ def main() -> None:
     args = parser.parse_args()
     pipe = LayerT2VPipeline.from_folder(args.model, backend=args.backend, precision=args.precision)
     prompts = validation_prompts(args.prepared, args.clips, args.max_fg or pipe.cfg.max_fg, args.split)
-    {"swap": swap, "scan": scan, "misses": misses, "path": path}[args.what](pipe, prompts, args)
+    {"swap": swap, "scan": scan, "misses": misses, "path": path, "word": word}[args.what](pipe, prompts, args)
 
 
 if __name__ == "__main__":
