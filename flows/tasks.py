@@ -204,7 +204,12 @@ def publish_summary(repo: str, result: dict) -> None:
                 report = json.loads(path.read_text())
                 lines.append(f"| {stage}: {report['gate']} | {'yes' if report['passed'] else '**no**'} |")
     metrics = result["metrics"]
-    lines += ["", " | ".join(f"{k} {metrics[k]:.3g}" for k in ("coherence_db", "colour_adherence", "shape_adherence"))]
+    lines += [
+        "",
+        " | ".join(
+            f"{k} {metrics[k]:.3g}" for k in ("coherence_db", "colour_adherence", "shape_adherence", "empty_layers")
+        ),
+    ]
     verdict = "promoted to champion" if result["promoted"] else "not promoted in this run"
     lines += ["", f"Model version {result['version']}: {verdict}. [MLflow model version]({result['model_version']})"]
     if result.get("evaluation_run"):

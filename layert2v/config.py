@@ -40,6 +40,7 @@ EVALUATION_METRICS = (
     "coherence_db_min",
     "colour_adherence",
     "shape_adherence",
+    "empty_layers",
     "alpha_binarity",
     "alpha_temporal_iou",
     "blockiness",

@@ -3,8 +3,8 @@
 The prompts are the captions of held-out validation clips (overall, background, each foreground), whose
 recorded attributes say what colour and shape every foreground should have and whether the camera is
 still. Each prompt is sampled once with a fixed seed; per sample we measure cross-layer coherence, colour
-and shape adherence and, for still cameras, background change. The summary reports medians over the
-prompts for dB figures and shares over all foregrounds for adherence. The evaluate stage samples the same clips
+and shape adherence, the foregrounds drawn empty and, for still cameras, background change. The summary reports
+medians over the prompts for dB figures and shares over all foregrounds for adherence and empty layers. The evaluate stage samples the same clips
 once more in words no training caption used (`synthetic.reworded`: held-out synonyms and sentence forms) and reports
 their adherence as `reworded_*`: whether the model follows a user's words or only the templates'.
 """
@@ -116,6 +116,7 @@ def summarise(rows: list[dict[str, float]], fg_counts: list[int]) -> dict[str, f
         "coherence_db_min": float(coherence.min()),
         "colour_adherence": float(np.average(frame["colour_adherence"], weights=weights)),
         "shape_adherence": float(np.average(frame["shape_adherence"], weights=weights)),
+        "empty_layers": float(np.average(frame["empty_layers"], weights=weights)),
         "alpha_binarity": float(frame["alpha_binarity"].median()),
         "alpha_temporal_iou": float(frame["alpha_temporal_iou"].median()),
         "blockiness": float(frame["blockiness"].median()),

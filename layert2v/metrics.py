@@ -136,13 +136,20 @@ def background_adherence(background: np.ndarray, attributes: dict) -> bool:
 
 
 def adherence(video: LayeredVideo, attributes: list[dict]) -> dict[str, float]:
-    """Share of foregrounds whose dominant colour / shape (middle frame) matches the recorded attributes."""
+    """Share of foregrounds whose dominant colour / shape (middle frame) matches the recorded attributes, and share
+    drawn empty (no alpha above 0.5 in the middle frame): a layer the user asked for and did not get, which
+    composites back to the full video for free, so coherence alone rewards it."""
     middle = len(video.full) // 2
-    colours, shapes = [], []
+    colours, shapes, empty = [], [], []
     for rgb, alpha, attr in zip(video.straight, video.alphas, attributes, strict=False):
         colours.append(dominant_colour(rgb[middle], alpha[middle]) == attr["colour"])
         shapes.append(shape_of(alpha[middle]) == attr["shape"])
-    return {"colour_adherence": float(np.mean(colours)), "shape_adherence": float(np.mean(shapes))}
+        empty.append(not (alpha[middle] > 0.5).any())
+    return {
+        "colour_adherence": float(np.mean(colours)),
+        "shape_adherence": float(np.mean(shapes)),
+        "empty_layers": float(np.mean(empty)),
+    }
 
 
 def layered_metrics(video: LayeredVideo, cell: int) -> dict[str, float]:

@@ -1,5 +1,6 @@
 """LayeredVideo: re-compositing, every writer keeps its alpha on read-back, metrics on ground truth."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,9 @@ def test_metrics_on_ground_truth_and_on_shuffled_layers() -> None:
     for video, attrs in videos:
         assert coherence(video) > 100  # exact layers: the composite is the full video
         scores = adherence(video, attrs)
-        assert scores["colour_adherence"] == 1.0
+        assert scores["colour_adherence"] == 1.0 and scores["empty_layers"] == 0.0
+        faded = replace(video, alphas=[a * 0.4 for a in video.alphas[:1]] + video.alphas[1:])
+        assert adherence(faded, attrs)["empty_layers"] == 1 / len(attrs)  # a matte under 0.5 is a layer not drawn
         metrics = layered_metrics(video, 8)
         assert metrics["alpha_binarity"] > 0.9 and 0 < metrics["alpha_edge_width"] < 3
     shapes = np.mean([adherence(v, a)["shape_adherence"] for v, a in videos])
