@@ -4,9 +4,10 @@ The prompts are the captions of held-out validation clips (overall, background, 
 recorded attributes say what colour and shape every foreground should have and whether the camera is
 still. Each prompt is sampled once with a fixed seed; per sample we measure cross-layer coherence, colour
 and shape adherence, the foregrounds drawn empty and, for still cameras, background change. The summary reports
-medians over the prompts for dB figures and shares over all foregrounds for adherence and empty layers. The evaluate stage samples the same clips
-once more in words no training caption used (`synthetic.reworded`: held-out synonyms and sentence forms) and reports
-their adherence as `reworded_*`: whether the model follows a user's words or only the templates'.
+medians over the prompts for dB figures and shares over all foregrounds for adherence and empty layers. The
+evaluate stage samples the same clips once more in words no training caption used (`synthetic.reworded`: held-out
+synonyms and sentence forms) and reports their adherence as `reworded_*`: whether the model follows a user's words
+or only the templates'.
 """
 
 from __future__ import annotations
