@@ -1,7 +1,7 @@
 """Does a trained model draw the shape it is asked for, and which sampling setting moves it?
 
 Run: `.venv/bin/python benchmarks/shape_levers.py swap --model DIR [--prepared DIR]`,
-`... scan --model DIR --set guidance=4,8,12 [--clips 32]`, `... misses --model DIR [--clips 64]` or
+`... scan --model DIR --set guidance=4,8,12 [--clips 32]`, `... misses --model DIR [--clips 64]`,
 `... path --model DIR [--clips 24]` or `... word --model DIR [--clips 16]`.
 
 - swap: one-foreground validation clips asked for in template words once per shape, same seed: how many of the
@@ -136,14 +136,14 @@ def path(pipe: LayerT2VPipeline, prompts: list[ValPrompt], args: argparse.Namesp
     count = min(args.clips, len(clips))
     print(f"| t0 | alpha IoU | shape | ({count} one-foreground {args.split} clips, guidance {cfg.guidance}) |")
     print("|---|---|---|---|")
+    items = [clips[i] for i in range(count)]
+    wanted = [json.loads(clips.rows.iloc[i]["attributes"])["foregrounds"][0]["shape"] for i in range(count)]
     for t0 in (1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.4):
         ious, hits = [], []
-        for i in range(count):
-            item, truth = clips[i], clips[i]["alpha_pixels"][0, 0].numpy()
+        for i, (item, shape) in enumerate(zip(items, wanted, strict=True)):
             alpha = from_truth(pipe, item, t0, cfg, seed=i)
-            wanted = json.loads(clips.rows.iloc[i]["attributes"])["foregrounds"][0]["shape"]
-            ious.append(alpha_iou([alpha], [truth]))
-            hits.append(shape_of(alpha[len(alpha) // 2]) == wanted)
+            ious.append(alpha_iou([alpha], [item["alpha_pixels"][0, 0].numpy()]))
+            hits.append(shape_of(alpha[len(alpha) // 2]) == shape)
         print(f"| {t0} | {np.mean(ious):.2f} | {np.mean(hits):.0%} | |", flush=True)
 
 
@@ -158,28 +158,32 @@ def word(pipe: LayerT2VPipeline, prompts: list[ValPrompt], args: argparse.Namesp
     count = min(args.clips, len(clips))
     print(f"| attribute | t | x0 error, true word | other words / true | true word closer | ({count} clips) |")
     print("|---|---|---|---|---|---|")
+    levels = (0.6, 0.7, 0.8, 0.9)
     for attribute, values, segment in (("shape", SHAPES, 3), ("colour", list(COLOURS), 2)):
-        for t in (0.6, 0.7, 0.8, 0.9):
-            true_errors, other_errors, closer = [], [], []
-            for i in range(count):
-                item, prompt = clips[i], by_id[clips.rows.iloc[i]["clip_id"]]
-                x0 = layout.pack(list(item["segments"][:, None]))
-                noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(i))
-                x_t, asked = (1 - t) * x0 + t * noise, prompt.attributes[0][attribute]
-                errors = {}
-                for value in values:
-                    ask = asked_as(prompt, **{attribute: value})
-                    text, mask = pipe.encode_prompts([ask.prompt, ask.background, *ask.foregrounds])
+        true_errors, other_errors, closer = ({t: [] for t in levels} for _ in range(3))
+        for i in range(count):
+            item, prompt = clips[i], by_id[clips.rows.iloc[i]["clip_id"]]
+            x0 = layout.pack(list(item["segments"][:, None]))
+            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(i))
+            asked = prompt.attributes[0][attribute]
+            texts = {}
+            for value in values:
+                ask = asked_as(prompt, **{attribute: value})
+                texts[value] = pipe.encode_prompts([ask.prompt, ask.background, *ask.foregrounds])
+            for t in levels:
+                x_t, errors = (1 - t) * x0 + t * noise, {}
+                for value, (text, mask) in texts.items():
                     v = pipe.dit.forward_layout(x_t, torch.full((1,), t * 1000), text, mask, layout)
                     predicted = layout.split(predicted_x0(x_t, v, torch.full((1,), t)))[segment]
                     errors[value] = float(((predicted - item["segments"][segment]) ** 2).mean())
                 others = [errors[v] for v in values if v != asked]
-                true_errors.append(errors[asked])
-                other_errors.append(float(np.mean(others)))
-                closer.extend(errors[asked] < e for e in others)
+                true_errors[t].append(errors[asked])
+                other_errors[t].append(float(np.mean(others)))
+                closer[t].extend(errors[asked] < e for e in others)
+        for t in levels:
             print(
-                f"| {attribute} | {t} | {np.mean(true_errors):.4f} | {np.mean(other_errors) / np.mean(true_errors):.3f} "
-                f"| {np.mean(closer):.0%} | |",
+                f"| {attribute} | {t} | {np.mean(true_errors[t]):.4f} | "
+                f"{np.mean(other_errors[t]) / np.mean(true_errors[t]):.3f} | {np.mean(closer[t]):.0%} | |",
                 flush=True,
             )
 
