@@ -178,6 +178,8 @@ class ModelConfig(FromDict):
     vae_cell: int = 8  # pixels per side of one latent cell (spatial compression): 8 (wan, patch) or 4 (patch)
     vae_refine: int = 0  # patch VAE: width of a 3x3 head at full resolution after its decoder (0: none); it lets
     # neighbouring cells' pixels meet, where the space-to-depth decoder alone draws each cell apart
+    alpha_codec: str = "vae"  # how mattes become latents: "vae" (the autoencoder, with stage 1's adapter) or
+    # "linear" (one linear map per latent cell, fitted in stage 1: `vae.LinearAlphaCodec`)
     patch: tuple[int, int, int] = (1, 2, 2)  # DiT patch over (latent time, height, width)
     dim: int = 256  # transformer width D
     depth: int = 6  # transformer blocks
@@ -215,6 +217,10 @@ class ModelConfig(FromDict):
         _require(
             self.vae_refine >= 0 and (self.vae_refine == 0 or self.vae_arch == "patch"),
             f"model.vae_refine must be >= 0 and is a patch VAE option, got {self.vae_refine} ({self.vae_arch})",
+        )
+        _require(
+            self.alpha_codec in ("vae", "linear"),
+            f"model.alpha_codec must be 'vae' or 'linear', got {self.alpha_codec!r}",
         )
         _require(
             self.vae_width >= 8 and self.vae_width % 8 == 0,
@@ -263,7 +269,7 @@ class Request:
     width: int = 64
     steps: int = 20
     guidance: float = 4.0
-    composite_guidance: float = 0.5
+    composite_guidance: float = 0.75
     seed: int = 0
 
     def prompts(self) -> list[str]:
@@ -434,7 +440,7 @@ class EvaluateConfig(FromDict):
     shift: float = 3.0  # timestep shift
     sampler: str = "unipc"
     seed: int = 0
-    composite_guidance: float = 0.5  # pull of each step's full-video estimate to the layers' composite (0: off)
+    composite_guidance: float = 0.75  # pull of each step's full-video estimate to the layers' composite (0: off)
     gate: dict[str, float] = field(default_factory=dict)  # metric -> minimum; checked before registration
     stage_gates: dict[str, dict[str, float]] = field(default_factory=dict)  # stage2/stage3 -> minimums of its samples
 

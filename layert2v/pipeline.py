@@ -40,7 +40,7 @@ from layert2v.models.checkpoint import (
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import ALPHA, Layout, latent_shape
 from layert2v.models.text import TextEncoder, load_text_encoder, null_prompts
-from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
+from layert2v.models.vae import LayerVAE
 from layert2v.sampling import (
     composite_guided,
     guided,
@@ -239,8 +239,9 @@ class LayerT2VPipeline:
         `negative_prompt` None guides against the null prompt: an encoded negative prompt, which training never
         showed as the unconditional branch, cost 1.1 dB coherence on 48 validation prompts (docs/results.md).
         `composite_guidance` in [0, 1] pulls each step's full-video estimate towards the composite of the
-        layers' estimates (`diffusion.composite_guided`; 0: off): 0.5 lifted coherence from 13 to 24 dB on 48
-        validation prompts, and the full video lost the patches its layers do not have (docs/results.md).
+        layers' estimates (`sampling.composite_guided`, composited in pixels by `LayerVAE.composite`; 0: off): the
+        full video loses the patches its layers do not have, and the layers add up to it (coherence 13 dB off,
+        24 dB composited in latent space at 0.5, 30 dB in pixels at 0.75: docs/results.md).
         """
         request = Request(
             prompt, background_prompt, foreground_prompts, frames, height, width, steps, guidance, composite_guidance
@@ -264,9 +265,7 @@ class LayerT2VPipeline:
         shape = (1, self.cfg.latent_channels, *latent_shape(frames, height, width, self.cfg.vae_cell))
         generator = torch.Generator().manual_seed(seed)
         noise = layout.pack([torch.randn(shape, generator=generator) for _ in range(layout.num_segments)])
-        clear = self.vae.encode_rgb(torch.zeros(1, 3, frames, height, width))
-        grid = lambda z: alpha_to_latent_grid(self.vae.decode_alpha(z), self.cfg.vae_cell)  # noqa: E731
-        denoise = composite_guided(guided(velocity, guidance), layout, composite_guidance, grid, clear)
+        denoise = composite_guided(guided(velocity, guidance), layout, composite_guidance, self.vae.composite)
         if on_step is not None:
             denoise = reporting(denoise, steps, on_step)
         given = (given or Given()).resolved(frames, height, width, layout.num_fg)

@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from layert2v.diffusion import bcast, latent_composite, predicted_x0, segment_timesteps, time_shift
+from layert2v.diffusion import bcast, predicted_x0, segment_timesteps, time_shift
 from layert2v.models.layout import ALPHA, BACKGROUND, FOREGROUND, FULL, Layout
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t [B, ...], t [B] or [B, L] in [0, 1]) -> v
@@ -44,24 +44,22 @@ def guided(velocity_fn: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tenso
     return velocity
 
 
-def composite_guided(
-    velocity: VelocityFn,
-    layout: Layout,
-    weight: float,
-    alpha_grid: Callable[[torch.Tensor], torch.Tensor],
-    clear: torch.Tensor,
-) -> VelocityFn:
+CompositeFn = Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], torch.Tensor]
+# (foreground latents, their alpha latents, background latent) -> the latent of the full video they composite to
+
+
+def composite_guided(velocity: VelocityFn, layout: Layout, weight: float, composite: CompositeFn) -> VelocityFn:
     """Compositing guidance: each step's predicted x0 of the full segment moves `weight` of the way to the
-    latent composite of the predicted layers, and its velocity is re-derived from that x0 and the current
-    `x_t` (`v = (x_t - x0) / t`, so `v += weight (x0_full - composite) / t` on the full segment only): the
-    last step then lands on the moved x0.
+    composite of the predicted layers, and its velocity is re-derived from that x0 and the current `x_t`
+    (`v = (x_t - x0) / t`, so `v += weight (x0_full - composite) / t` on the full segment only): the last step
+    then lands on the moved x0.
 
     Why: joint self-attention alone leaves K = 2-3 samples' full video 12-14 dB off its own layers (coloured
     patches the layers lack); the training term (`layered_loss`'s consistency) pulls the two together only in
-    expectation. `alpha_grid` maps a predicted alpha latent to alpha on the latent grid (decode, then
-    `alpha_to_latent_grid`: given as a callable so this module stays free of VAE code); `clear` is the latent of
-    an all-black clip, as in `latent_composite`. The full video is still decoded from its own latent, so
-    coherence keeps measuring what the coarse alpha grid and the VAE leave apart (true layers, weight 1: 26 dB).
+    expectation. `composite` is given as a callable so this module stays free of VAE code: the pipeline's
+    (`LayerVAE.composite`) decodes the layers, composites them in pixels and encodes the result, since a
+    composite made in latent space (`diffusion.latent_composite`, about the clear latent on the coarse alpha grid)
+    is itself 5 dB off the layers it comes from (docs/results.md, compositing guidance).
     """
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"composite guidance must be in [0, 1], got {weight}")
@@ -73,11 +71,11 @@ def composite_guided(
         v = velocity(x, t)
         x0 = layout.split(predicted_x0(x, v, t))
         fgs = [z for z, kind in zip(x0, types, strict=True) if kind == FOREGROUND]
-        alphas = [alpha_grid(z) for z, kind in zip(x0, types, strict=True) if kind == ALPHA]
-        composite = latent_composite(fgs, alphas, x0[types.index(BACKGROUND)], clear)
+        alphas = [z for z, kind in zip(x0, types, strict=True) if kind == ALPHA]
+        target = composite(fgs, alphas, x0[types.index(BACKGROUND)])
         full = types.index(FULL)
-        t_full = bcast(t if t.ndim == 1 else t[:, full], composite)  # a given (clean, t = 0) full video is not pulled
-        pull = weight * (x0[full] - composite) * (t_full > 0) / t_full.clamp_min(1e-8)
+        t_full = bcast(t if t.ndim == 1 else t[:, full], target)  # a given (clean, t = 0) full video is not pulled
+        pull = weight * (x0[full] - target) * (t_full > 0) / t_full.clamp_min(1e-8)
         return v + layout.pack([pull if i == full else torch.zeros_like(z) for i, z in enumerate(x0)])
 
     return guided_velocity

@@ -261,7 +261,7 @@ def test_composite_guidance_moves_only_the_full_segment_towards_the_layers_compo
     sampler: str, weight: float
 ) -> None:
     """A velocity field that predicts fixed, inconsistent layers: the sample keeps every layer and ends with the
-    full segment `weight` of the way from its own prediction to the layers' latent composite."""
+    full segment `weight` of the way from its own prediction to the layers' composite (here a latent one)."""
     layout = Layout(2)
     g = torch.Generator().manual_seed(0)
     seg = lambda: torch.randn(1, 4, 2, 4, 4, generator=g)  # noqa: E731
@@ -269,13 +269,14 @@ def test_composite_guidance_moves_only_the_full_segment_towards_the_layers_compo
     x0, noise, clear = layout.pack(targets), torch.randn(1, 4, 2 * layout.num_segments, 4, 4, generator=g), seg()
     to_grid = lambda z: z[:, :1].sigmoid()  # noqa: E731
     exact = lambda x, t: (x - x0) / t.reshape(-1, 1, 1, 1, 1).clamp_min(1e-8)  # noqa: E731
-    out = layout.split(sample(composite_guided(exact, layout, weight, to_grid, clear), noise, 12, 3.0, sampler))
+    to_composite = lambda fgs, alphas, bg: latent_composite(fgs, [to_grid(a) for a in alphas], bg, clear)  # noqa: E731
+    out = layout.split(sample(composite_guided(exact, layout, weight, to_composite), noise, 12, 3.0, sampler))
     composite = latent_composite(targets[2::2], [to_grid(a) for a in targets[3::2]], targets[1], clear)
     assert torch.allclose(out[0], (1 - weight) * targets[0] + weight * composite, atol=1e-4)
     for got, want in zip(out[1:], targets[1:], strict=True):
         assert torch.allclose(got, want, atol=1e-4)
     with pytest.raises(ValueError, match=r"composite guidance must be in \[0, 1\], got 1.5"):
-        composite_guided(exact, layout, 1.5, to_grid, clear)
+        composite_guided(exact, layout, 1.5, to_composite)
 
 
 def test_training_timesteps_take_the_samplers_shift() -> None:

@@ -214,3 +214,79 @@ def test_a_4_pixel_cell_vae_with_a_refine_head_keeps_the_contract(tmp_path: Path
         model_preset("tiny", vae_arch="wan", vae_cell=4)
     with pytest.raises(ValueError, match="multiples of 4"):
         vae.encode_rgb(torch.rand(1, 3, 5, 30, 32))
+
+
+def _sprites(count: int, seed: int = 0) -> torch.Tensor:
+    """Mattes `[N, 1, 5, 32, 32]` of discs and squares of random size moving from random places."""
+    g = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    mattes = torch.zeros(count, 1, 5, 32, 32)
+    for i in range(count):
+        low, span = torch.tensor([6.0, 6, 3, -2, -2]), torch.tensor([20.0, 20, 5, 4, 4])
+        cy, cx, r, vy, vx = low + span * torch.rand(5, generator=g)
+        for f in range(5):
+            dy, dx = ys - cy - vy * f, xs - cx - vx * f
+            inside = dy.square() + dx.square() <= r * r if i % 2 else torch.maximum(dy.abs(), dx.abs()) <= r
+            mattes[i, 0, f] = inside.float()
+    return mattes
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a > 0.5) & (b > 0.5)).sum() / ((a > 0.5) | (b > 0.5)).sum())
+
+
+@torch.no_grad()
+def test_linear_alpha_codec_round_trips_mattes_and_decodes_an_average_to_the_average() -> None:
+    """Fitted on sprites, the codec keeps unseen sprites' outlines with unit-variance latents on the VAE's grid, and
+    decoding is linear: the mean of two latents decodes to the mean of their mattes (what a DiT's average needs)."""
+    vae = LayerVAE(model_preset("tiny", alpha_codec="linear")).eval()
+    kept = vae.alpha_codec.fit(_sprites(256))
+    unseen = _sprites(32, seed=1)
+    z = vae.encode_alpha(unseen)
+    assert z.shape == vae.encode_rgb(unseen.expand(-1, 3, -1, -1, -1)).shape == (32, 16, 2, 4, 4)
+    assert 0.8 < kept < 1 and 0.7 < float(z.std()) < 1.3
+    assert _iou(vae.decode_alpha(z), unseen) > 0.8
+    two = vae.decode_alpha(z[:2], clamp=False)
+    assert torch.allclose(vae.decode_alpha(z[:2].mean(0, keepdim=True), clamp=False), two.mean(0), atol=1e-5)
+
+
+def test_stage1_with_the_linear_codec_trains_its_decoding_matrix_alone_and_round_trips_through_a_folder(
+    tmp_path: Path,
+) -> None:
+    """The latents the DiT learns are the fitted projection's: stage 1 must not move it, nor add a decoder LoRA."""
+    torch.manual_seed(0)
+    vae = LayerVAE(model_preset("tiny", alpha_codec="linear"))
+    vae.alpha_codec.fit(_sprites(64))
+    encoder = vae.alpha_codec.encoder.clone()
+    stage = AlphaStageConfig(max_steps=2, batch_size=1, lr=1e-3, warmup_steps=0, decoder_lora_rank=8)
+    module = AlphaAdaptation(vae, stage)
+    module.log_dict = lambda *_, **__: None
+    module.training_step({"alphas": _sprites(2)[:, None]}, 0).backward()
+    trainable = {name for name, p in module.vae.named_parameters() if p.requires_grad}
+    assert trainable == {"alpha_codec.decoder"} and vae.alpha_codec.decoder.grad.abs().sum() > 0
+    assert vae.lora_rank == 0 and torch.equal(vae.alpha_codec.encoder, encoder)
+    save_vae(vae, tmp_path)
+    loaded, mattes = load_vae(tmp_path), _sprites(2, seed=2)
+    assert loaded.cfg.alpha_codec == "linear"
+    assert torch.equal(loaded.decode_alpha(loaded.encode_alpha(mattes)), vae.decode_alpha(vae.encode_alpha(mattes)))
+    with pytest.raises(ValueError, match=r"model\.alpha_codec must be 'vae' or 'linear'"):
+        model_preset("tiny", alpha_codec="pca")
+
+
+@torch.no_grad()
+def test_composite_is_the_encoded_over_of_the_decoded_layers() -> None:
+    """Transparent foregrounds leave the background's own round trip; an opaque nearest foreground hides every
+    layer behind it; in between, the latent is the encoding of the decoded layers' `over` (batched decodes)."""
+    torch.manual_seed(0)
+    vae = LayerVAE(model_preset("tiny", alpha_codec="linear")).eval()
+    codec = vae.alpha_codec
+    codec.decoder.zero_()
+    fg1, fg2, bg, a1, a2 = (torch.randn(2, 16, 2, 4, 4) for _ in range(5))
+    round_trip = lambda z: vae.encode_rgb(vae.decode_rgb(z))  # noqa: E731
+    assert torch.allclose(vae.composite([fg1, fg2], [a1, a2], bg), round_trip(bg), atol=1e-5)  # mattes decode to 0
+    codec.mean.fill_(1.0)
+    assert torch.allclose(vae.composite([fg1, fg2], [a1, a2], bg), round_trip(fg1), atol=1e-5)  # to 1
+    codec.mean.fill_(0.5)
+    c1, c2, back = (vae.decode_rgb(z) for z in (fg1, fg2, bg))
+    by_hand = c1.clamp(max=0.5) + 0.5 * (c2.clamp(max=0.5) + 0.5 * back)
+    assert torch.allclose(vae.composite([fg1, fg2], [a1, a2], bg), vae.encode_rgb(by_hand), atol=1e-5)

@@ -11,10 +11,12 @@ Two autoencoders share one latent contract (4x temporal, `vae_cell` x spatial co
 Latents are normalised per channel with a mean/std computed from data (`fit_latent_stats`) and stored as
 buffers with the weights.
 
-Alpha goes through the same encoder: `a in [0, 1] -> 2a - 1 -> 3 channels`; decoding averages the three
-channels, maps `(x + 1) / 2` and clamps. Stage 1 adapts the alpha path only: a zero-gated residual
-adapter on the alpha latent (so it starts as the identity) and LoRA (peft) on the decoder's 2D and
+With `alpha_codec: vae`, alpha goes through the same encoder: `a in [0, 1] -> 2a - 1 -> 3 channels`; decoding
+averages the three channels, maps `(x + 1) / 2` and clamps. Stage 1 adapts the alpha path only: a zero-gated
+residual adapter on the alpha latent (so it starts as the identity) and LoRA (peft) on the decoder's 2D and
 pointwise convolutions, active only when decoding alpha; RGB decoding runs with the adapters off.
+With `alpha_codec: linear`, mattes skip the autoencoder: `LinearAlphaCodec` maps each latent cell's pixels to its
+latent channels by one matrix (stage 1 fits it).
 
 Shapes: B batch, F frames (4k+1), H, W pixels; latents `[B, 16, (F - 1) / 4 + 1, H / cell, W / cell]`.
 """
@@ -29,6 +31,7 @@ from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDis
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from torch import nn
 
+from layert2v.compose import over
 from layert2v.config import ModelConfig
 
 
@@ -42,6 +45,63 @@ class AlphaAdapter(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return z + self.gate * self.net(z)
+
+
+class LinearAlphaCodec(nn.Module):
+    """Mattes <-> latents by one linear map per latent cell, on the autoencoder's latent grid.
+
+    A cell's `4 x cell x cell` alpha pixels (the four frames of its latent frame; frame 0, alone in latent frame 0,
+    counted four times) are centred and projected on `channels` principal components, all scaled by one factor
+    that gives the latents unit variance on average; decoding is one matrix back. One factor, not one per
+    component: whitened, the fine components weigh as much as where the matte lies and how large it is, and a
+    DiT's samples of them were speckled cells (docs/results.md). Why not the autoencoder: a DiT's sample is an average over what it is unsure of,
+    and an average of the autoencoder's nonlinear edge codes decodes to a patchwork of cells, where an average of
+    linear codes decodes to a softer matte of the same outline. Stage 1 fits the projection (`fit`) and then
+    trains the decoding matrix alone, so the latents the DiT learns stay the fitted ones.
+    """
+
+    def __init__(self, channels: int, cell: int) -> None:
+        super().__init__()
+        self.cell, pixels = cell, 4 * cell * cell
+        self.register_buffer("mean", torch.zeros(pixels))
+        self.register_buffer("encoder", torch.zeros(channels, pixels))
+        self.decoder = nn.Parameter(torch.zeros(channels, pixels))
+
+    def cells(self, alpha: torch.Tensor) -> torch.Tensor:
+        """Alpha `[B, 1, F, H, W]` -> `[B, T', h, w, 4 cell^2]`: each latent cell's pixels in one row."""
+        frames = torch.cat([alpha[:, 0, :1].expand(-1, 4, -1, -1), alpha[:, 0, 1:]], dim=1)
+        b, f, h, w, c = *frames.shape[:2], frames.shape[2] // self.cell, frames.shape[3] // self.cell, self.cell
+        grouped = frames.reshape(b, f // 4, 4, h, c, w, c).permute(0, 1, 3, 5, 2, 4, 6)
+        return grouped.reshape(b, f // 4, h, w, 4 * c * c)
+
+    def pixels(self, rows: torch.Tensor) -> torch.Tensor:
+        """Inverse of `cells`: `[B, T', h, w, 4 cell^2]` -> alpha `[B, 1, F, H, W]` (frame 0: its four copies' mean)."""
+        b, t, h, w, _ = rows.shape
+        c = self.cell
+        frames = rows.reshape(b, t, h, w, 4, c, c).permute(0, 1, 4, 2, 5, 3, 6).reshape(b, 4 * t, h * c, w * c)
+        return torch.cat([frames[:, :4].mean(1, keepdim=True), frames[:, 4:]], dim=1)[:, None]
+
+    def encode(self, alpha: torch.Tensor) -> torch.Tensor:
+        """Alpha `[B, 1, F, H, W]` in [0, 1] -> latents `[B, C, T', h, w]` (unit mean variance on the fitted data)."""
+        return ((self.cells(alpha) - self.mean) @ self.encoder.T).permute(0, 4, 1, 2, 3)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents -> alpha `[B, 1, F, H, W]`, unclamped."""
+        return self.pixels(z.permute(0, 2, 3, 4, 1) @ self.decoder + self.mean)
+
+    @torch.no_grad()
+    def fit(self, alpha: torch.Tensor) -> float:
+        """Principal components of the cells of mattes `[N, 1, F, H, W]`; returns the share of variance kept."""
+        rows = self.cells(alpha).flatten(0, 3).double()
+        mean = rows.mean(0)
+        variance, basis = torch.linalg.eigh(torch.cov((rows - mean).T))  # ascending
+        channels = self.encoder.shape[0]
+        kept, basis = variance.flip(0)[:channels].clamp_min(1e-12), basis.flip(1)[:, :channels].T
+        scale = kept.mean().sqrt()
+        self.mean.copy_(mean)
+        self.encoder.copy_(basis / scale)
+        self.decoder.copy_(basis * scale)
+        return float(kept.sum() / variance.clamp_min(0).sum())
 
 
 class _Residual(nn.Module):
@@ -162,6 +222,7 @@ class LayerVAE(nn.Module):
         self.cfg = cfg
         self.vae = build_autoencoder(cfg, pretrained)
         self.alpha_adapter = AlphaAdapter(cfg.latent_channels)
+        self.alpha_codec = LinearAlphaCodec(cfg.latent_channels, cfg.vae_cell) if cfg.alpha_codec == "linear" else None
         self.register_buffer("latent_mean", torch.zeros(cfg.latent_channels))
         self.register_buffer("latent_std", torch.ones(cfg.latent_channels))
         self.lora_rank = 0  # of the decoder's alpha LoRA; 0: none
@@ -180,7 +241,9 @@ class LayerVAE(nn.Module):
         return self._norm(self._encode(video * 2 - 1))
 
     def encode_alpha(self, alpha: torch.Tensor) -> torch.Tensor:
-        """Alpha `[B, 1, F, H, W]` in [0, 1] -> normalised latents (through the alpha adapter)."""
+        """Alpha `[B, 1, F, H, W]` in [0, 1] -> normalised latents (through the alpha adapter or the linear codec)."""
+        if self.alpha_codec is not None:
+            return self.alpha_codec.encode(alpha)
         return self._norm(self.alpha_adapter(self._encode((alpha * 2 - 1).expand(-1, 3, -1, -1, -1))))
 
     def _decode(self, z: torch.Tensor, clamp: bool) -> torch.Tensor:
@@ -211,6 +274,9 @@ class LayerVAE(nn.Module):
     def decode_alpha(self, z: torch.Tensor, clamp: bool = True) -> torch.Tensor:
         """Normalised latents -> alpha `[B, 1, F, H, W]` in [0, 1] (decoder LoRA on; channels averaged);
         `clamp=False` for losses (see `decode_unclamped`)."""
+        if self.alpha_codec is not None:
+            alpha = self.alpha_codec.decode(z)
+            return alpha.clamp(0, 1) if clamp else alpha
         if self.lora_rank:
             self.set_lora(True)
         try:
@@ -219,6 +285,23 @@ class LayerVAE(nn.Module):
         finally:
             if self.lora_rank:
                 self.set_lora(False)
+
+    def composite(
+        self, foregrounds: list[torch.Tensor], alphas: list[torch.Tensor], background: torch.Tensor
+    ) -> torch.Tensor:
+        """The latent of the full video that decoded layers composite to: each layer decoded as the pipeline
+        decodes it (foreground clipped to its alpha), `over` in pixels, encoded again. Latents `[B, C, T, h, w]`.
+
+        Why in pixels: the latent-space composite (`diffusion.latent_composite`) treats the nonlinear VAE as linear
+        about the clear latent, and lands 5 dB off the true layers' own full video; this one follows the decoder.
+        """
+        channel_last = lambda x: x.movedim(1, -1)  # noqa: E731
+        batch = len(background)
+        *colours, back = self.decode_rgb(torch.cat([*foregrounds, background])).split(batch)  # one decoder call
+        mattes = self.decode_alpha(torch.cat(alphas)).split(batch) if alphas else []
+        layers = [channel_last(torch.minimum(f, a)) for f, a in zip(colours, mattes, strict=True)]
+        pixels = over(layers, [channel_last(a)[..., 0] for a in mattes], channel_last(back))
+        return self.encode_rgb(pixels.movedim(-1, 1))
 
     def add_decoder_lora(self, rank: int = 8) -> None:
         """Inject LoRA (peft) into the decoder's non-causal convolutions; B matrices start at zero."""

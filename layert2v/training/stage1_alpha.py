@@ -1,12 +1,14 @@
 """Stage 1: adapt the VAE to alpha mattes. The VAE stays frozen; only the zero-gated alpha adapter and the
 decoder LoRA (rank `decoder_lora_rank`, none at 0) train, on smooth-L1 plus an edge-weighted L1 that makes matte
-boundaries count."""
+boundaries count. With `model.alpha_codec: linear` the codec's projection is fitted to training mattes first and
+its decoding matrix alone trains, on the same losses."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -34,10 +36,13 @@ class AlphaAdaptation(L.LightningModule):
     def __init__(self, vae: LayerVAE, stage: AlphaStageConfig) -> None:
         super().__init__()
         vae.requires_grad_(False)
-        if not vae.lora_rank and stage.decoder_lora_rank:
-            vae.add_decoder_lora(stage.decoder_lora_rank)
-        for name, param in vae.named_parameters():
-            param.requires_grad = "lora_" in name or name.startswith("alpha_adapter")
+        if vae.alpha_codec is not None:
+            vae.alpha_codec.decoder.requires_grad_(True)
+        else:
+            if not vae.lora_rank and stage.decoder_lora_rank:
+                vae.add_decoder_lora(stage.decoder_lora_rank)
+            for name, param in vae.named_parameters():
+                param.requires_grad = "lora_" in name or name.startswith("alpha_adapter")
         self.vae, self.stage = vae, stage
 
     def _reconstruct(self, alpha: torch.Tensor, clamp: bool = True) -> torch.Tensor:
@@ -67,6 +72,18 @@ class AlphaAdaptation(L.LightningModule):
         return adamw_warmup_cosine(self.parameters(), self.stage)
 
 
+def fitted_vae(ctx: StageContext, layers: int = 1024) -> LayerVAE:
+    """The stage-0 VAE, its linear alpha codec (if any) fitted to `layers` training mattes drawn with the run's seed."""
+    vae = load_vae(ctx.folder("stage0"))
+    if vae.alpha_codec is not None:
+        mattes = np.load(Path(ctx.prepared) / "cache" / "train" / "alpha.npy", mmap_mode="r")
+        rows = np.random.default_rng(ctx.params.train.seed).permutation(len(mattes))[:layers]
+        alpha = torch.from_numpy(np.asarray(mattes[np.sort(rows)], dtype=np.float32) / 255.0)[:, None]
+        kept = vae.alpha_codec.fit(alpha)
+        print(f"stage1: linear alpha codec fitted to {len(rows)} training mattes ({kept:.1%} of their variance kept)")
+    return vae
+
+
 def _save(module: AlphaAdaptation, data: L.LightningDataModule, folder: Path, ctx: StageContext) -> list[Path]:
     return [save_vae(module.vae, folder), folder / "config.json"]
 
@@ -74,7 +91,7 @@ def _save(module: AlphaAdaptation, data: L.LightningDataModule, folder: Path, ct
 STAGE = StageSpec(
     name="stage1",
     description="the VAE's alpha path",
-    module=lambda ctx: AlphaAdaptation(load_vae(ctx.folder("stage0")), ctx.params.train.stage1),
+    module=lambda ctx: AlphaAdaptation(fitted_vae(ctx), ctx.params.train.stage1),
     data=pixel_clips,
     upstream=lambda ctx: [ctx.folder("stage0") / "vae.safetensors"],
     save=_save,
