@@ -22,13 +22,18 @@ CACHE_DIR = Path.home() / ".cache" / "layert2v"
 
 
 def cpu_model() -> str:
-    """The CPU's model name (what hosts of one machine kind differ in)."""
+    """The CPU's model name, family and model numbers, and the widest vector ISA torch dispatches to on it (what
+    hosts of one machine kind differ in). Not the name alone: a hypervisor may show "AMD EPYC" for a Zen 5 with
+    AVX-512 and for an AVX2-only part alike, and a verdict cached on one would then be reused on the other."""
+    first: dict[str, str] = {}
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+        for line in cpuinfo.read_text().split("\n\n", 1)[0].splitlines():  # the first processor's block
+            key, _, value = line.partition(":")
+            first[key.strip()] = value.strip()
+    name = first.get("model name") or platform.processor() or platform.machine()
+    numbers = f"family {first['cpu family']} model {first['model']}, " if "cpu family" in first else ""
+    return f"{name} ({numbers}{torch.backends.cpu.get_cpu_capability()})"
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:
