@@ -10,8 +10,10 @@ Splits: a fixed set of colour-shape combinations (drawn from the seed) is held o
 test clip's nearest foreground uses one of them, so the test split measures generalisation to unseen
 combinations.
 
-Determinism: clip `i` draws only from `np.random.default_rng([seed, i])`, and the video writers are
-bit-exact, so the same arguments give byte-identical files on any machine with the same PyAV build.
+Determinism: clip `i` draws only from `np.random.default_rng([seed, i])`, the geometry uses only IEEE arithmetic and
+square roots (`_sin`, `_atan2`, `_tanh` below, not numpy's transcendental functions, whose results differ with the
+CPU's vector units), and the video writers are bit-exact, so the same arguments give byte-identical files on any
+machine with the same PyAV build.
 
 Shapes: T frames, S x S pixels; float32 images `[T, S, S, 3]` in [0, 1], alphas `[T, S, S]`.
 """
@@ -77,6 +79,70 @@ class Sprite:
     spin: float  # rotation per frame, radians
 
 
+# ---------------------------------------------------------------- CPU-independent functions
+# numpy's sin, arctan2, tanh and hypot take other code paths on AVX-512 hosts (SVML) than on AVX2 ones, and their
+# last bits differ, which flips pixels at rounding boundaries: `make data` on an AVX2 host missed `data.dvc`'s hash.
+# These use only +, -, *, /, sqrt and floor, which IEEE rounds the same on every path. Float64 inside.
+LN2 = 0.6931471805599453  # the double nearest ln 2, written out: np.log would be one of the functions avoided
+
+
+def _sin(x: np.ndarray | float) -> np.ndarray:
+    """sin to about 1e-13: reduced to [-pi/2, pi/2], odd Taylor series to degree 19."""
+    x = np.asarray(x, np.float64)
+    r = x - 2 * np.pi * np.floor(x / (2 * np.pi) + 0.5)  # [-pi, pi]
+    r = np.where(r > np.pi / 2, np.pi - r, np.where(r < -np.pi / 2, -np.pi - r, r))
+    r2, term, total = r * r, r, r
+    for n in range(1, 10):
+        term = -term * r2 / ((2 * n) * (2 * n + 1))
+        total = total + term
+    return total
+
+
+def _cos(x: np.ndarray | float) -> np.ndarray:
+    return _sin(np.asarray(x, np.float64) + np.pi / 2)
+
+
+def _atan(z: np.ndarray) -> np.ndarray:
+    """atan to about 1e-15: |z| > 1 folded by atan(z) = +-pi/2 - atan(1/z), then the argument halved twice
+    (atan(z) = 2 atan(z / (1 + sqrt(1 + z^2)))) to below tan(pi/16), then the Taylor series to degree 23."""
+    big = np.abs(z) > 1
+    w = np.where(big, 1 / np.where(big, z, 1.0), z)
+    for _ in range(2):
+        w = w / (1 + np.sqrt(1 + w * w))
+    w2, term, total = w * w, w, w
+    for n in range(1, 12):
+        term = -term * w2
+        total = total + term / (2 * n + 1)
+    total = 4 * total
+    return np.where(big, np.where(z > 0, np.pi / 2, -np.pi / 2) - total, total)
+
+
+def _atan2(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The angle of (x, y) in (-pi, pi], from the half-angle identity atan2(y, x) = 2 atan(y / (r + x))."""
+    y, x = np.asarray(y, np.float64), np.asarray(x, np.float64)
+    denominator = np.sqrt(x * x + y * y) + x
+    negative_axis = denominator <= 0  # x <= 0 and y == 0
+    angle = 2 * _atan(y / np.where(negative_axis, 1.0, denominator))
+    return np.where(negative_axis, np.where(x < 0, np.pi, 0.0), angle)
+
+
+def _tanh(x: np.ndarray) -> np.ndarray:
+    """tanh from exp(2x) = 2^k exp(r), |r| <= ln 2 / 2 (Taylor series to degree 16); |x| clipped at 20."""
+    t = 2 * np.clip(np.asarray(x, np.float64), -20, 20)
+    k = np.floor(t / LN2 + 0.5)
+    r = t - k * LN2
+    term, total = np.ones_like(r), np.ones_like(r)
+    for n in range(1, 17):
+        term = term * r / n
+        total = total + term
+    return 1 - 2 / (np.ldexp(total, k.astype(np.int64)) + 1)
+
+
+def _hypot(x: np.ndarray | float, y: np.ndarray | float) -> np.ndarray:
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    return np.sqrt(x * x + y * y)
+
+
 # ---------------------------------------------------------------- backgrounds
 
 
@@ -92,20 +158,20 @@ def _mix(c0: np.ndarray, c1: np.ndarray, weight: np.ndarray) -> np.ndarray:
 def _background_frame(u: np.ndarray, v: np.ndarray, bg: dict, c0: np.ndarray, c1: np.ndarray) -> np.ndarray:
     """Evaluate the background pattern at continuous coordinates (u, v)."""
     angle, freq, phases = bg["angle"], bg["freq"], np.asarray(bg["phases"], np.float32)
-    along = u * np.cos(angle) + v * np.sin(angle)
+    along = u * _cos(angle) + v * _sin(angle)
     kind = bg["kind"]
     if kind == "gradient":
         weight = np.clip(along * 0.8 + 0.3, 0, 1)
     elif kind == "stripes":
-        weight = 0.5 + 0.5 * np.tanh(3.0 * np.sin(2 * np.pi * freq * along))
+        weight = 0.5 + 0.5 * _tanh(3.0 * _sin(2 * np.pi * freq * along))
     elif kind == "checkers":
-        across = -u * np.sin(angle) + v * np.cos(angle)
-        weight = 0.5 + 0.5 * np.tanh(3.0 * np.sin(2 * np.pi * freq * along) * np.sin(2 * np.pi * freq * across))
+        across = -u * _sin(angle) + v * _cos(angle)
+        weight = 0.5 + 0.5 * _tanh(3.0 * _sin(2 * np.pi * freq * along) * _sin(2 * np.pi * freq * across))
     elif kind == "noise":
-        waves = [np.sin(2 * np.pi * (k + 1.3) * (u * np.cos(p) + v * np.sin(p)) + p * 3) for k, p in enumerate(phases)]
-        weight = 0.5 + 0.5 * np.tanh(1.5 * sum(waves) / len(waves) * 2)
+        waves = [_sin(2 * np.pi * (k + 1.3) * (u * _cos(p) + v * _sin(p)) + p * 3) for k, p in enumerate(phases)]
+        weight = 0.5 + 0.5 * _tanh(1.5 * sum(waves) / len(waves) * 2)
     else:  # textured solid: one colour, fine grain
-        grain = sum(np.sin(2 * np.pi * 17 * (k + 1) * (u * np.cos(p) + v * np.sin(p))) for k, p in enumerate(phases))
+        grain = sum(_sin(2 * np.pi * 17 * (k + 1) * (u * _cos(p) + v * _sin(p))) for k, p in enumerate(phases))
         return np.clip(c0 * (1 + 0.06 * grain[..., None] / len(phases)), 0, 1)
     return _mix(c0, c1, weight)
 
@@ -132,13 +198,13 @@ def _polygon_sdf(r: np.ndarray, theta: np.ndarray, sides: int, radius: float) ->
     """Signed distance (approximate outside corners) to a regular polygon of circumradius `radius`."""
     sector = 2 * np.pi / sides
     folded = np.mod(theta, sector) - sector / 2
-    return r * np.cos(folded) - radius * np.cos(np.pi / sides)
+    return r * _cos(folded) - radius * _cos(np.pi / sides)
 
 
 def shape_sdf(shape: str, dx: np.ndarray, dy: np.ndarray, radius: float, angle: float) -> np.ndarray:
     """Signed distance (in frame units) from each pixel to the sprite outline; < 0 inside."""
-    r = np.hypot(dx, dy)
-    theta = np.arctan2(dy, dx) - angle
+    r = _hypot(dx, dy)
+    theta = _atan2(dy, dx) - angle
     if shape == "circle":
         return r - radius
     if shape == "square":
@@ -150,7 +216,7 @@ def shape_sdf(shape: str, dx: np.ndarray, dy: np.ndarray, radius: float, angle: 
     if shape == "hexagon":
         return _polygon_sdf(r, theta, 6, radius * 1.05)
     if shape == "star":
-        spikes = np.abs(np.cos(2.5 * (theta - np.pi / 2)))
+        spikes = np.abs(_cos(2.5 * (theta - np.pi / 2)))
         return (r - radius * (0.55 + 0.6 * spikes**2)) * 0.8
     raise ValueError(f"unknown shape {shape!r}")
 
@@ -160,8 +226,8 @@ def _path(sprite: Sprite, t: int) -> tuple[float, float]:
     x = sprite.start[0] + sprite.velocity[0] * t
     y = sprite.start[1] + sprite.velocity[1] * t
     if sprite.motion == "curved":
-        swing = sprite.curve * np.sin(0.6 * t)
-        speed = np.hypot(*sprite.velocity) + 1e-6
+        swing = sprite.curve * _sin(0.6 * t)
+        speed = _hypot(*sprite.velocity) + 1e-6
         x, y = x - swing * sprite.velocity[1] / speed, y + swing * sprite.velocity[0] / speed
     elif sprite.motion == "bouncing":
         x, y = (1 - abs((x % 2) - 1)) * 0.7 + 0.15, (1 - abs((y % 2) - 1)) * 0.7 + 0.15
