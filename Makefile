@@ -28,7 +28,7 @@ run: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 test: install lint browser postgres
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q --durations=10
 
 # Debian's Chromium, which the UI tests drive with Playwright (no browser is ever downloaded), installed when missing.
 browser:
