@@ -189,8 +189,10 @@ def main() -> None:
         )
         weight = Request.composite_guidance
         for k in (1, 3):
-            runs = ("torch", 0.0), ("torch", weight), ("compile", weight), ("compile-bf16", weight)
-            for backend, composite in (*runs, ("onnxruntime", weight)):
+            for backend, composite in (
+                ("torch", 0.0),
+                *((b, weight) for b in ("torch", "compile", "compile-bf16", "onnxruntime")),
+            ):
                 r = run_worker("generate", backend, k, base, composite)
                 share, name = r["share"], f"{backend}, composite {composite}"
                 print(

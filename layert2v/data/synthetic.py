@@ -117,10 +117,15 @@ def _atan(z: np.ndarray) -> np.ndarray:
     return np.where(big, np.where(z > 0, np.pi / 2, -np.pi / 2) - total, total)
 
 
+def _hypot(x: np.ndarray | float, y: np.ndarray | float) -> np.ndarray:
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    return np.sqrt(x * x + y * y)
+
+
 def _atan2(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     """The angle of (x, y) in (-pi, pi], from the half-angle identity atan2(y, x) = 2 atan(y / (r + x))."""
     y, x = np.asarray(y, np.float64), np.asarray(x, np.float64)
-    denominator = np.sqrt(x * x + y * y) + x
+    denominator = _hypot(x, y) + x
     negative_axis = denominator <= 0  # x <= 0 and y == 0
     angle = 2 * _atan(y / np.where(negative_axis, 1.0, denominator))
     return np.where(negative_axis, np.where(x < 0, np.pi, 0.0), angle)
@@ -136,11 +141,6 @@ def _tanh(x: np.ndarray) -> np.ndarray:
         term = term * r / n
         total = total + term
     return 1 - 2 / (np.ldexp(total, k.astype(np.int64)) + 1)
-
-
-def _hypot(x: np.ndarray | float, y: np.ndarray | float) -> np.ndarray:
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    return np.sqrt(x * x + y * y)
 
 
 # ---------------------------------------------------------------- backgrounds
