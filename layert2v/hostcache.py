@@ -13,6 +13,7 @@ import json
 import platform
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +35,28 @@ def cpu_model() -> str:
     name = first.get("model name") or platform.processor() or platform.machine()
     numbers = f"family {first['cpu family']} model {first['model']}, " if "cpu family" in first else ""
     return f"{name} ({numbers}{torch.backends.cpu.get_cpu_capability()})"
+
+
+class SlowPrecision(UserWarning):
+    """bf16 asked for on a CPU that has no native bf16 kernels, where it runs many times slower than fp32."""
+
+
+def native_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels on this CPU (AVX-512 with bf16, AMX); elsewhere it emulates them."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def warn_if_bf16_is_emulated(where: str) -> None:
+    """Say so when bf16 is asked for explicitly (`train.precision: bf16-mixed`, `--precision bf16`) on a CPU whose
+    oneDNN has no bf16 kernels: there every bf16 GEMM is emulated, and an AVX2-only AMD EPYC ran a training step 17x
+    slower than in fp32 (docs/results.md). `auto` never picks it there; an explicit choice is kept, not overridden."""
+    if not native_bf16():
+        warnings.warn(
+            f"{where}: bf16 on {cpu_model()}, which has no native bf16 kernels; it will run many times slower "
+            "than fp32 here (choose fp32, or auto to let a probe decide)",
+            SlowPrecision,
+            stacklevel=3,
+        )
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:

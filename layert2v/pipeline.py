@@ -29,6 +29,7 @@ from layert2v.compose import LayeredVideo
 from layert2v.config import TORCH_PRECISIONS, ModelConfig, Request, RequestLimits
 from layert2v.editing import Given
 from layert2v.export.runtime import Backend, GraphDenoiser, make_denoiser
+from layert2v.hostcache import warn_if_bf16_is_emulated
 from layert2v.models.checkpoint import (
     KNOWN_SEGMENTS,
     known_segments,
@@ -150,6 +151,8 @@ class LayerT2VPipeline:
             self.dit.compile(dynamic=False)  # in place: `forward_layout`'s call of the module runs compiled
         self.denoiser = denoiser
         self.bf16 = in_torch and precision == "bf16"
+        if self.bf16 and next(self.dit.parameters()).device.type == "cpu":
+            warn_if_bf16_is_emulated("precision")
         self.cfg = dit.cfg
         self.limits = limits or RequestLimits()
         self.known_segments = known_segments

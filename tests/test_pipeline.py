@@ -1,11 +1,13 @@
 """LayerT2VPipeline on the tiny preset: save/load with safetensors, seeded determinism, shapes, bad requests."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from layert2v import hostcache
 from layert2v.config import model_preset
 from layert2v.models.dit import LayerDiT
 from layert2v.models.text import load_text_encoder
@@ -123,7 +125,11 @@ def test_bf16_runs_the_torch_dit_under_autocast_close_to_fp32(
 ) -> None:
     request = {"frames": 5, "height": 32, "width": 32, "steps": 2, "guidance": 3.0, "seed": 1}
     want = LayerT2VPipeline.from_folder(tiny_model).generate("a red circle", "stripes", ["a red circle"], **request)
-    half = LayerT2VPipeline.from_folder(tiny_model, precision="bf16")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        half = LayerT2VPipeline.from_folder(tiny_model, precision="bf16")
+    slow = [w for w in caught if issubclass(w.category, hostcache.SlowPrecision)]
+    assert len(slow) == (0 if hostcache.native_bf16() else 1)  # this host's own kernels decide
     seen = []
     forward = half.dit.forward_layout
 

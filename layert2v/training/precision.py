@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from layert2v.hostcache import CACHE_DIR, cached_verdict, median_seconds
+from layert2v.hostcache import CACHE_DIR, cached_verdict, median_seconds, warn_if_bf16_is_emulated
 
 CACHE = CACHE_DIR / "precision.json"
 MIN_SPEEDUP = 1.1  # bf16 rounds every GEMM input: below this gain it is not worth it
@@ -68,6 +68,8 @@ def resolve_precision(
     `auto` is kept. On a GPU, `auto` is bf16-mixed where the GPU has bf16; on a CPU it is the probe's verdict, for
     one process only: DDP ranks must agree, and a probe per rank might not, so they take 32-true."""
     if configured != "auto":
+        if configured == "bf16-mixed" and not torch.cuda.is_available():
+            warn_if_bf16_is_emulated("train.precision")
         return configured, {}
     if torch.cuda.is_available():
         return ("bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"), {}
