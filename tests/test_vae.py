@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from layert2v.config import AlphaStageConfig, model_preset
+from layert2v.config import AlphaStageConfig, VAEStageConfig, model_preset
 from layert2v.models.checkpoint import load_vae, save_vae
 from layert2v.models.vae import LayerVAE
+from layert2v.training.stage0_vae import VAEPretraining, seam_l1
 from layert2v.training.stage1_alpha import AlphaAdaptation
 
 ARCHS = ("patch", "wan")
@@ -106,6 +107,40 @@ def test_stage1_step_reaches_the_decoder_lora_and_a_frozen_lora_stays_frozen(arc
     frozen = module.vae.requires_grad_(False)
     frozen.decode_alpha(frozen.encode_alpha(alpha[:, 0]))
     assert not any(p.requires_grad for p in frozen.parameters())
+
+
+def test_seam_term_weighs_the_steps_across_cell_borders_only() -> None:
+    """A cell decoded brighter than its neighbour steps at their border (0.5 on one axis: 0.25); a step inside a
+    cell, or a true edge on a border drawn as it is, costs nothing."""
+    truth = torch.zeros(1, 3, 5, 16, 16)
+    seam = truth.clone()
+    seam[..., :8] += 0.5
+    inside = truth.clone()
+    inside[..., :4] += 0.5
+    assert float(seam_l1(seam, truth, 8)) == pytest.approx(0.25)
+    assert float(seam_l1(inside, truth, 8)) == 0 and float(seam_l1(seam, seam, 8)) == 0
+    assert float(seam_l1(seam, truth, 4)) == pytest.approx(0.5 / 3 / 2)  # borders at 3, 7, 11: one of three steps
+
+
+def test_stage0_seam_weight_adds_the_seam_term_to_the_loss() -> None:
+    """`seam_weight` adds exactly `weight * seam_l1` of the decoded streams (the posterior sample drawn alike)."""
+    torch.manual_seed(0)
+    batch = {
+        "full": torch.rand(1, 3, 5, 32, 32), "background": torch.rand(1, 3, 5, 32, 32),
+        "foregrounds": torch.rand(1, 2, 3, 5, 32, 32), "alphas": torch.rand(1, 2, 1, 5, 32, 32),
+    }  # fmt: skip
+    losses, logged = [], {}
+    for weight in (0.0, 2.0):
+        stage = VAEStageConfig(max_steps=2, batch_size=1, lr=1e-3, warmup_steps=0, seam_weight=weight)
+        torch.manual_seed(0)
+        module = VAEPretraining(model_preset("tiny", vae_refine=8), stage)
+        module.log_dict = lambda metrics, **_: logged.update(metrics)
+        torch.manual_seed(1)
+        losses.append(module.training_step(batch, 0))
+    assert logged["train/seam_l1"].item() > 0
+    assert (losses[1] - losses[0]).item() == pytest.approx(2.0 * logged["train/seam_l1"].item(), rel=1e-4)
+    with pytest.raises(ValueError, match="seam_weight must be >= 0"):
+        VAEStageConfig(max_steps=2, batch_size=1, lr=1e-3, warmup_steps=0, seam_weight=-1)
 
 
 def test_stage1_without_decoder_lora_trains_the_alpha_adapter_alone() -> None:

@@ -1,7 +1,8 @@
 """Stage 0: pretrain the VAE on RGB streams (full, background, premultiplied foreground) when no pretrained VAE
 is given: L1 reconstruction plus a small KL term on the posterior. With `alpha_weight > 0` the first foreground's
 matte is reconstructed too, fed as the alpha path feeds it (`2a - 1` on three channels): an autoencoder trained on
-colour alone represents the hard, thin edges of a matte poorly, and stage 1's small adapter cannot add them."""
+colour alone represents the hard, thin edges of a matte poorly, and stage 1's small adapter cannot add them. With
+`seam_weight > 0` the decoded steps across the cell borders are held to the true ones (`seam_l1`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,20 @@ from layert2v.models.checkpoint import save_vae
 from layert2v.models.vae import LayerVAE
 from layert2v.training.schedule import adamw_warmup_cosine
 from layert2v.training.spec import StageContext, StageSpec, pixel_clips
+
+
+def seam_l1(recon: torch.Tensor, x: torch.Tensor, cell: int) -> torch.Tensor:
+    """Mean L1 between the steps of `recon` and `x` (`[N, C, F, H, W]`) across the `cell`-pixel cell borders.
+
+    The per-pixel L1 leaves each cell's error free, so neighbouring cells decoded apart step at their shared
+    border (the block grid `metrics.blockiness` measures); this term asks each border step to be the true one.
+    Borders only: on every step, an edge the decoder cannot place exactly is cheaper drawn faint, and the layers
+    dimmed (measured in docs/results.md)."""
+    seams = []
+    for dim in (-1, -2):
+        border = torch.arange(cell - 1, x.shape[dim] - 1, cell, device=x.device)
+        seams.append((recon.diff(dim=dim) - x.diff(dim=dim)).index_select(dim, border).abs().mean())
+    return sum(seams) / 2
 
 
 def rgb_streams(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -37,10 +52,16 @@ class VAEPretraining(L.LightningModule):
         posterior = self.vae.posterior(x)
         recon = self.vae.decode_unclamped(posterior.sample())  # clamped pixels would get no gradient
         errors = (recon - x).abs().flatten(1).mean(1)
-        l1, alpha_l1, kl = errors[: len(rgb)].mean(), errors[len(rgb) :].mean(), posterior.kl().mean()
-        loss = l1 + self.stage.kl_weight * kl + (self.stage.alpha_weight * alpha_l1 if self.stage.alpha_weight else 0)
+        l1, kl = errors[: len(rgb)].mean(), posterior.kl().mean()
+        alpha_l1 = errors[len(rgb) :].mean() if self.stage.alpha_weight else torch.zeros(())
+        seams = seam_l1(recon[: len(rgb)], rgb, self.vae.cfg.vae_cell) if self.stage.seam_weight else torch.zeros(())
+        loss = l1 + self.stage.kl_weight * kl + self.stage.alpha_weight * alpha_l1 + self.stage.seam_weight * seams
         metrics = {"train/loss": loss, "train/l1": l1, "train/kl": kl}
-        self.log_dict(metrics | ({"train/alpha_l1": alpha_l1} if self.stage.alpha_weight else {}), prog_bar=True)
+        if self.stage.alpha_weight:
+            metrics["train/alpha_l1"] = alpha_l1
+        if self.stage.seam_weight:
+            metrics["train/seam_l1"] = seams
+        self.log_dict(metrics, prog_bar=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> None:
