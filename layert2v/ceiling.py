@@ -10,7 +10,9 @@ the alpha path, each foreground clipped to its alpha):
 - `ceiling_alpha_iou`: IoU of the decoded and the true matte (binarised at 0.5), over every frame;
 - `ceiling_psnr_rgb`: PSNR of the decoded against the true full video;
 - `ceiling_coherence_db`: coherence of the decoded layers (do they still add up to the decoded full video);
-- `ceiling_blockiness`: `metrics.blockiness` of the decoded full video (ground truth scores about 1).
+- `ceiling_blockiness`: `metrics.blockiness` of the decoded full video (ground truth scores about 1);
+- `ceiling_alpha_stutter`: `metrics.stutter` of the decoded mattes (ground truth scores about 0: a matte that
+  holds still inside each latent frame and jumps at the next scores up to 1).
 
 Stage 1 gates its VAE on these (`train.stage1.gate`), and the evaluate stage reports them beside the samples'.
 """
@@ -25,7 +27,7 @@ import pandas as pd
 import torch
 
 from layert2v.compose import LayeredVideo
-from layert2v.metrics import adherence, blockiness, coherence, psnr
+from layert2v.metrics import adherence, blockiness, coherence, psnr, stutter
 from layert2v.models.vae import LayerVAE
 
 
@@ -84,10 +86,11 @@ def vae_ceiling(vae: LayerVAE, prepared: Path, count: int, split: str = "val") -
                 "psnr_rgb": min(psnr(decoded.full, truth.full), 100.0),
                 "coherence_db": min(coherence(decoded), 100.0),
                 "blockiness": blockiness(decoded.full, vae.cfg.vae_cell),
+                "alpha_stutter": float(np.mean([stutter(a) for a in decoded.alphas])),
             }
         )
         weights.append(len(truth.alphas))
     frame = pd.DataFrame(rows)
     shares = {k: float(np.average(frame[k], weights=weights)) for k in ("shape_adherence", "colour_adherence")}
-    medians = {k: float(frame[k].median()) for k in ("psnr_rgb", "coherence_db", "blockiness")}
+    medians = {k: float(frame[k].median()) for k in ("psnr_rgb", "coherence_db", "blockiness", "alpha_stutter")}
     return {f"ceiling_{k}": v for k, v in (shares | {"alpha_iou": float(frame["alpha_iou"].mean())} | medians).items()}

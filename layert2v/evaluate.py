@@ -120,6 +120,7 @@ def summarise(rows: list[dict[str, float]], fg_counts: list[int]) -> dict[str, f
         "empty_layers": float(np.average(frame["empty_layers"], weights=weights)),
         "alpha_binarity": float(frame["alpha_binarity"].median()),
         "alpha_temporal_iou": float(frame["alpha_temporal_iou"].median()),
+        "alpha_stutter": float(frame["alpha_stutter"].median()),
         "blockiness": float(frame["blockiness"].median()),
         "still_background_change": float(still["background_change"].median()) if len(still) else 0.0,
         "samples": float(len(frame)),

@@ -46,14 +46,30 @@ def edge_width(alpha: np.ndarray, soft: float = 0.05) -> float:
     return float(soft_pixels.sum() / max(int(boundary.sum()), 1))
 
 
+def _step_ious(alpha: np.ndarray) -> list[float]:
+    """IoU of the binarised matte between each frame and the next (1 where both are empty)."""
+    ious = []
+    for a, b in itertools.pairwise(alpha > 0.5):
+        union = (a | b).sum()
+        ious.append(1.0 if union == 0 else float((a & b).sum() / union))
+    return ious
+
+
 def temporal_iou(alpha: np.ndarray) -> float:
     """Mean IoU of the binarised matte between consecutive frames (1 = perfectly stable)."""
-    masks = alpha > 0.5
-    ious = []
-    for a, b in itertools.pairwise(masks):
-        union = (a | b).sum()
-        ious.append(1.0 if union == 0 else (a & b).sum() / union)
+    ious = _step_ious(alpha)
     return float(np.mean(ious)) if ious else 1.0
+
+
+def stutter(alpha: np.ndarray, group: int = 4) -> float:
+    """How much more a matte holds still inside the autoencoders' latent frames than across them: the mean IoU of
+    consecutive frames within a latent frame minus that of the steps across a border (frame 0 is a latent frame of
+    its own, then `group` frames each, so step i -> i + 1 crosses a border when i % group == 0). The true clips'
+    motion scores about 0; a layer that holds still for `group` frames and then jumps scores up to 1."""
+    ious = _step_ious(alpha)
+    across = [iou for i, iou in enumerate(ious) if i % group == 0]
+    within = [iou for i, iou in enumerate(ious) if i % group]
+    return float(np.mean(within) - np.mean(across)) if within and across else 0.0
 
 
 def background_change(background: np.ndarray) -> float:
@@ -160,6 +176,7 @@ def layered_metrics(video: LayeredVideo, cell: int) -> dict[str, float]:
         "alpha_binarity": float(np.mean([binarity(a) for a in video.alphas])),
         "alpha_edge_width": float(np.mean([edge_width(a) for a in video.alphas])),
         "alpha_temporal_iou": float(np.mean([temporal_iou(a) for a in video.alphas])),
+        "alpha_stutter": float(np.mean([stutter(a) for a in video.alphas])),
         "background_change": background_change(video.background),
         "blockiness": blockiness(video.full, cell),
     }

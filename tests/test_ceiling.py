@@ -1,4 +1,5 @@
-"""The autoencoder's ceiling: ground truth through the VAE, measured as samples are; blockiness of a cell grid."""
+"""The autoencoder's ceiling: ground truth through the VAE, measured as samples are; blockiness of a cell grid;
+stutter of a matte held still inside latent frames."""
 
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import torch
 
 from layert2v.ceiling import alpha_iou, round_trip, true_clips, vae_ceiling
 from layert2v.config import CEILING_METRICS, model_preset
-from layert2v.metrics import adherence, blockiness
+from layert2v.metrics import adherence, blockiness, stutter
 from layert2v.models.vae import LayerVAE
 
 
@@ -20,6 +21,16 @@ def test_blockiness_is_about_one_on_ground_truth_and_high_on_a_cell_grid(smoke_p
     grid = np.broadcast_to(cells, (frames, height // 8, 8, width // 8, 8, 3)).reshape(truth.full.shape)
     noisy_grid = grid + np.random.default_rng(0).normal(0, 0.005, grid.shape)  # flat cells, steps at their edges
     assert blockiness(noisy_grid, 8) > 3 * blockiness(truth.full, 8)
+
+
+def test_stutter_is_about_zero_on_ground_truth_and_high_on_a_matte_held_per_latent_frame(smoke_prepared) -> None:
+    truth, _ = true_clips(smoke_prepared.out, 1)[0]
+    moving = max(truth.alphas, key=lambda a: np.abs(np.diff(a, axis=0)).sum())
+    assert abs(stutter(moving)) < 0.2
+    last = [0 if i == 0 else ((i - 1) // 4 + 1) * 4 for i in range(len(moving))]  # each latent frame's last frame
+    held = moving[last]  # what a decoder that codes each latent frame as one picture draws
+    assert stutter(held) > 0.3 + stutter(moving)
+    assert stutter(np.zeros_like(moving)) == 0.0  # an empty layer neither moves nor jumps
 
 
 def test_true_clips_are_the_cached_layers_with_their_attributes(smoke_prepared) -> None:
