@@ -2,7 +2,8 @@
 
 - cross-layer coherence: PSNR of the full video against the re-composited layers (do the layers add up?);
 - alpha quality: binarity (share of clearly transparent or opaque pixels), edge width (soft pixels per
-  boundary pixel), temporal IoU stability of the binarised matte;
+  boundary pixel), temporal IoU stability of the binarised matte, and its stutter (still inside the autoencoders'
+  latent frames, jumping across them);
 - background stability: mean absolute frame-to-frame change of the background;
 - blockiness: how much more the image steps across the autoencoder's cell boundaries than inside them;
 - prompt adherence on the synthetic vocabulary: the dominant colour inside a foreground's alpha and the
@@ -46,7 +47,7 @@ def edge_width(alpha: np.ndarray, soft: float = 0.05) -> float:
     return float(soft_pixels.sum() / max(int(boundary.sum()), 1))
 
 
-def _step_ious(alpha: np.ndarray) -> list[float]:
+def step_ious(alpha: np.ndarray) -> list[float]:
     """IoU of the binarised matte between each frame and the next (1 where both are empty)."""
     ious = []
     for a, b in itertools.pairwise(alpha > 0.5):
@@ -57,7 +58,7 @@ def _step_ious(alpha: np.ndarray) -> list[float]:
 
 def temporal_iou(alpha: np.ndarray) -> float:
     """Mean IoU of the binarised matte between consecutive frames (1 = perfectly stable)."""
-    ious = _step_ious(alpha)
+    ious = step_ious(alpha)
     return float(np.mean(ious)) if ious else 1.0
 
 
@@ -66,7 +67,7 @@ def stutter(alpha: np.ndarray, group: int = 4) -> float:
     consecutive frames within a latent frame minus that of the steps across a border (frame 0 is a latent frame of
     its own, then `group` frames each, so step i -> i + 1 crosses a border when i % group == 0). The true clips'
     motion scores about 0; a layer that holds still for `group` frames and then jumps scores up to 1."""
-    ious = _step_ious(alpha)
+    ious = step_ious(alpha)
     across = [iou for i, iou in enumerate(ious) if i % group == 0]
     within = [iou for i, iou in enumerate(ious) if i % group]
     return float(np.mean(within) - np.mean(across)) if within and across else 0.0

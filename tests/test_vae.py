@@ -10,7 +10,7 @@ import torch
 from layert2v.config import AlphaStageConfig, VAEStageConfig, model_preset
 from layert2v.models.checkpoint import load_vae, save_vae
 from layert2v.models.vae import LayerVAE
-from layert2v.training.stage0_vae import VAEPretraining, motion_l1, seam_l1
+from layert2v.training.stage0_vae import VAEPretraining, seam_l1
 from layert2v.training.stage1_alpha import AlphaAdaptation
 
 ARCHS = ("patch", "wan")
@@ -141,34 +141,6 @@ def test_stage0_seam_weight_adds_the_seam_term_to_the_loss() -> None:
     assert (losses[1] - losses[0]).item() == pytest.approx(2.0 * logged["train/seam_l1"].item(), rel=1e-4)
     with pytest.raises(ValueError, match="seam_weight must be >= 0"):
         VAEStageConfig(max_steps=2, batch_size=1, lr=1e-3, warmup_steps=0, seam_weight=-1)
-
-
-def test_motion_term_weighs_the_steps_between_frames() -> None:
-    """Zero for the truth and for an offset of it (steps kept); a clip held still costs its true motion."""
-    torch.manual_seed(0)
-    x = torch.rand(2, 3, 9, 16, 16)
-    assert motion_l1(x, x).item() == 0.0 and motion_l1(x + 0.3, x).item() == pytest.approx(0.0, abs=1e-6)
-    still = x.mean(dim=2, keepdim=True).expand_as(x)
-    assert motion_l1(still, x).item() == pytest.approx(x.diff(dim=2).abs().mean().item(), rel=1e-5)
-
-
-def test_stage0_motion_weight_adds_the_motion_term_to_the_loss() -> None:
-    batch = {
-        "full": torch.rand(1, 3, 5, 32, 32), "background": torch.rand(1, 3, 5, 32, 32),
-        "foregrounds": torch.rand(1, 2, 3, 5, 32, 32), "alphas": torch.rand(1, 2, 1, 5, 32, 32),
-    }  # fmt: skip
-    losses, logged = [], {}
-    for weight in (0.0, 2.0):
-        stage = VAEStageConfig(max_steps=2, batch_size=1, lr=1e-3, warmup_steps=0, motion_weight=weight)
-        torch.manual_seed(0)
-        module = VAEPretraining(model_preset("tiny"), stage)
-        module.log_dict = lambda metrics, **_: logged.update(metrics)
-        torch.manual_seed(1)
-        losses.append(module.training_step(batch, 0))
-    assert logged["train/motion_l1"].item() > 0
-    assert (losses[1] - losses[0]).item() == pytest.approx(2.0 * logged["train/motion_l1"].item(), rel=1e-4)
-    with pytest.raises(ValueError, match="motion_weight must be >= 0"):
-        VAEStageConfig(max_steps=2, batch_size=1, lr=1e-3, warmup_steps=0, motion_weight=-1)
 
 
 def _matte_round_trip_after_stage0(alpha_weight: float, steps: int = 25) -> tuple[float, dict]:

@@ -2,8 +2,7 @@
 is given: L1 reconstruction plus a small KL term on the posterior. With `alpha_weight > 0` the first foreground's
 matte is reconstructed too, fed as the alpha path feeds it (`2a - 1` on three channels): an autoencoder trained on
 colour alone represents the hard, thin edges of a matte poorly, and stage 1's small adapter cannot add them. With
-`seam_weight > 0` the decoded steps across the cell borders are held to the true ones (`seam_l1`), and with
-`motion_weight > 0` the decoded frame-to-frame steps (`motion_l1`)."""
+`seam_weight > 0` the decoded steps across the cell borders are held to the true ones (`seam_l1`)."""
 
 from __future__ import annotations
 
@@ -34,15 +33,6 @@ def seam_l1(recon: torch.Tensor, x: torch.Tensor, cell: int) -> torch.Tensor:
     return sum(seams) / 2
 
 
-def motion_l1(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Mean L1 between the frame-to-frame steps of `recon` and `x` (`[N, C, F, H, W]`).
-
-    The patch autoencoder codes four frames in one latent frame, and a per-pixel L1 is cheapest met there by one
-    still picture near their average: a sprite then holds still for four frames and jumps at the next latent
-    frame (measured in docs/results.md). This term asks each step between frames to be the true one."""
-    return (recon.diff(dim=2) - x.diff(dim=2)).abs().mean()
-
-
 def rgb_streams(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """`[3B, 3, F, H, W]`: the full, background and first-foreground videos of a batch."""
     return torch.cat([batch["full"], batch["background"], batch["foregrounds"][:, 0]])
@@ -65,16 +55,12 @@ class VAEPretraining(L.LightningModule):
         l1, kl = errors[: len(rgb)].mean(), posterior.kl().mean()
         alpha_l1 = errors[len(rgb) :].mean() if self.stage.alpha_weight else torch.zeros(())
         seams = seam_l1(recon[: len(rgb)], rgb, self.vae.cfg.vae_cell) if self.stage.seam_weight else torch.zeros(())
-        motion = motion_l1(recon, x) if self.stage.motion_weight else torch.zeros(())
         loss = l1 + self.stage.kl_weight * kl + self.stage.alpha_weight * alpha_l1 + self.stage.seam_weight * seams
-        loss = loss + self.stage.motion_weight * motion
         metrics = {"train/loss": loss, "train/l1": l1, "train/kl": kl}
         if self.stage.alpha_weight:
             metrics["train/alpha_l1"] = alpha_l1
         if self.stage.seam_weight:
             metrics["train/seam_l1"] = seams
-        if self.stage.motion_weight:
-            metrics["train/motion_l1"] = motion
         self.log_dict(metrics, prog_bar=True)
         return loss
 
