@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from layert2v.compose import LayeredVideo, over
 from layert2v.data.synthetic import BG_COLOURS, COLOURS, SHAPES, shape_sdf
+from layert2v.models.layout import TEMPORAL_COMPRESSION
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
@@ -62,7 +63,7 @@ def temporal_iou(alpha: np.ndarray) -> float:
     return float(np.mean(ious)) if ious else 1.0
 
 
-def stutter(alpha: np.ndarray, group: int = 4) -> float:
+def stutter(alpha: np.ndarray, group: int = TEMPORAL_COMPRESSION) -> float:
     """How much more a matte holds still inside the autoencoders' latent frames than across them: the mean IoU of
     consecutive frames within a latent frame minus that of the steps across a border (frame 0 is a latent frame of
     its own, then `group` frames each, so step i -> i + 1 crosses a border when i % group == 0). The true clips'
