@@ -139,12 +139,18 @@ class PatchAutoencoder(nn.Module):
     frames 4j-3 .. 4j, as in Wan. Every latent frame is then coded independently by 2D residual blocks at
     H/cell x W/cell (so the encoder is causal), to a diagonal Gaussian like diffusers' VAEs (`encode(x).latent_dist`,
     `decode(z).sample` clamped to [-1, 1], `decode_unclamped` for losses). With `refine > 0` a full-resolution
-    head follows the decoder (it sees one frame at a time, so decoding stays causal).
+    head follows the decoder (it sees one frame at a time, so decoding stays causal). With `context` the decoder's
+    first features also get a 1x1 convolution of the previous latent frame (latent frame 0 sees itself), zero at
+    init: coded alone, a latent frame's four frames decode as about one picture (the layers hold still for four
+    frames and jump at the next latent frame, `metrics.stutter`); with the frame before, the decoder can place each
+    frame between the two. Still causal.
     """
 
     time_block = 4
 
-    def __init__(self, z_dim: int, width: int, blocks: int, cell: int = 8, refine: int = 0) -> None:
+    def __init__(
+        self, z_dim: int, width: int, blocks: int, cell: int = 8, refine: int = 0, context: bool = False
+    ) -> None:
         super().__init__()
         self.space_block = cell
         folded = 3 * self.time_block * self.space_block**2
@@ -157,6 +163,10 @@ class PatchAutoencoder(nn.Module):
             nn.GroupNorm(8, width), nn.SiLU(), nn.Conv2d(width, folded, 1),
         )  # fmt: skip
         self.refine = _Refine(refine) if refine else nn.Identity()
+        self.context = nn.Conv2d(z_dim, width, 1) if context else None
+        if self.context is not None:
+            nn.init.zeros_(self.context.weight)
+            nn.init.zeros_(self.context.bias)
 
     def _fold(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, 3, F, H, W]` -> `[B * T', 3 * 4 * cell * cell, H / cell, W / cell]`."""
@@ -183,7 +193,13 @@ class PatchAutoencoder(nn.Module):
         return AutoencoderKLOutput(latent_dist=DiagonalGaussianDistribution(h))
 
     def decode_unclamped(self, z: torch.Tensor) -> torch.Tensor:
-        return self.refine(self._unfold(self.decoder(z.transpose(1, 2).flatten(0, 1)), z.shape[0]))
+        frames = z.transpose(1, 2).flatten(0, 1)
+        if self.context is None:
+            features = self.decoder(frames)
+        else:
+            previous = torch.cat([z[:, :, :1], z[:, :, :-1]], dim=2).transpose(1, 2).flatten(0, 1)
+            features = self.decoder[1:](self.decoder[0](frames) + self.context(previous))
+        return self.refine(self._unfold(features, z.shape[0]))
 
     def decode(self, z: torch.Tensor) -> DecoderOutput:
         return DecoderOutput(sample=self.decode_unclamped(z).clamp(-1, 1))
@@ -195,7 +211,12 @@ def build_autoencoder(cfg: ModelConfig, pretrained: Path | None = None) -> nn.Mo
         if pretrained is not None:
             raise ValueError(f"preset '{cfg.name}' uses the patch VAE, which has no pretrained checkpoint")
         return PatchAutoencoder(
-            cfg.latent_channels, cfg.vae_width, cfg.vae_num_res_blocks, cell=cfg.vae_cell, refine=cfg.vae_refine
+            cfg.latent_channels,
+            cfg.vae_width,
+            cfg.vae_num_res_blocks,
+            cell=cfg.vae_cell,
+            refine=cfg.vae_refine,
+            context=cfg.vae_context,
         )
     from diffusers import AutoencoderKLWan
 
