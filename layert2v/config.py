@@ -180,8 +180,9 @@ class ModelConfig(FromDict):
     vae_cell: int = 8  # pixels per side of one latent cell (spatial compression): 8 (wan, patch) or 4 (patch)
     vae_refine: int = 0  # patch VAE: width of a 3x3 head at full resolution after its decoder (0: none); it lets
     # neighbouring cells' pixels meet, where the space-to-depth decoder alone draws each cell apart
-    vae_context: bool = False  # patch VAE: its decoder also reads the previous latent frame (causal), so layers
-    # move inside a latent frame instead of holding still for four frames and jumping
+    vae_context: int = 0  # patch VAE: width of a side branch that reads each latent frame beside the one before
+    # (causal) and corrects its decoded frames, so layers move inside a latent frame instead of holding still for
+    # four frames and jumping (0: none)
     alpha_codec: str = "vae"  # how mattes become latents: "vae" (the autoencoder, with stage 1's adapter) or
     # "linear" (one linear map per latent cell, fitted in stage 1: `vae.LinearAlphaCodec`)
     patch: tuple[int, int, int] = (1, 2, 2)  # DiT patch over (latent time, height, width)
@@ -223,8 +224,9 @@ class ModelConfig(FromDict):
             f"model.vae_refine must be >= 0 and is a patch VAE option, got {self.vae_refine} ({self.vae_arch})",
         )
         _require(
-            not self.vae_context or self.vae_arch == "patch",
-            f"model.vae_context is a patch VAE option (the wan VAE's decoder is causal 3D already), got {self.vae_arch}",
+            self.vae_context >= 0 and (self.vae_context == 0 or self.vae_arch == "patch"),
+            f"model.vae_context must be >= 0 and is a patch VAE option (the wan VAE's decoder is causal 3D already), "
+            f"got {self.vae_context} ({self.vae_arch})",
         )
         _require(
             self.alpha_codec in ("vae", "linear"),

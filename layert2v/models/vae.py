@@ -132,6 +132,22 @@ class _Refine(nn.Module):
         return video + self.net(frames).unflatten(0, (video.shape[0], -1)).transpose(1, 2)
 
 
+class _Context(nn.Module):
+    """Two latent frames' channels (current, previous) -> a correction of the current one's folded pixels, zero
+    at init: a 1x1 convolution in, one residual block, a 1x1 convolution out."""
+
+    def __init__(self, z_dim: int, width: int, folded: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(2 * z_dim, width, 1), _Residual(width), nn.GroupNorm(8, width), nn.SiLU(), nn.Conv2d(width, folded, 1)
+        )  # fmt: skip
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, both: torch.Tensor) -> torch.Tensor:
+        return self.net(both)
+
+
 class PatchAutoencoder(nn.Module):
     """A causal video autoencoder that folds each 4-frame x `cell` x `cell` pixel block into channels.
 
@@ -139,18 +155,17 @@ class PatchAutoencoder(nn.Module):
     frames 4j-3 .. 4j, as in Wan. Every latent frame is then coded independently by 2D residual blocks at
     H/cell x W/cell (so the encoder is causal), to a diagonal Gaussian like diffusers' VAEs (`encode(x).latent_dist`,
     `decode(z).sample` clamped to [-1, 1], `decode_unclamped` for losses). With `refine > 0` a full-resolution
-    head follows the decoder (it sees one frame at a time, so decoding stays causal). With `context` the decoder's
-    first features also get a 1x1 convolution of the previous latent frame (latent frame 0 sees itself), zero at
-    init: coded alone, a latent frame's four frames decode as about one picture (the layers hold still for four
-    frames and jump at the next latent frame, `metrics.stutter`); with the frame before, the decoder can place each
-    frame between the two. Still causal.
+    head follows the decoder (it sees one frame at a time, so decoding stays causal). With `context > 0` a side
+    branch of that width reads each latent frame beside the one before it (latent frame 0 beside itself) and adds a
+    correction to the decoder's folded output, zero at init: coded alone, a latent frame's four frames decode as
+    about one picture (the layers hold still for four frames and jump at the next latent frame, `metrics.stutter`);
+    with the frame before, the branch can place each frame between the two while the decoder keeps its picture
+    (feeding the context into the decoder itself cost that picture: docs/results.md). Still causal.
     """
 
     time_block = 4
 
-    def __init__(
-        self, z_dim: int, width: int, blocks: int, cell: int = 8, refine: int = 0, context: bool = False
-    ) -> None:
+    def __init__(self, z_dim: int, width: int, blocks: int, cell: int = 8, refine: int = 0, context: int = 0) -> None:
         super().__init__()
         self.space_block = cell
         folded = 3 * self.time_block * self.space_block**2
@@ -163,10 +178,7 @@ class PatchAutoencoder(nn.Module):
             nn.GroupNorm(8, width), nn.SiLU(), nn.Conv2d(width, folded, 1),
         )  # fmt: skip
         self.refine = _Refine(refine) if refine else nn.Identity()
-        self.context = nn.Conv2d(z_dim, width, 1) if context else None
-        if self.context is not None:
-            nn.init.zeros_(self.context.weight)
-            nn.init.zeros_(self.context.bias)
+        self.context = _Context(z_dim, context, folded) if context else None
 
     def _fold(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, 3, F, H, W]` -> `[B * T', 3 * 4 * cell * cell, H / cell, W / cell]`."""
@@ -194,12 +206,11 @@ class PatchAutoencoder(nn.Module):
 
     def decode_unclamped(self, z: torch.Tensor) -> torch.Tensor:
         frames = z.transpose(1, 2).flatten(0, 1)
-        if self.context is None:
-            features = self.decoder(frames)
-        else:
+        folded = self.decoder(frames)
+        if self.context is not None:
             previous = torch.cat([z[:, :, :1], z[:, :, :-1]], dim=2).transpose(1, 2).flatten(0, 1)
-            features = self.decoder[1:](self.decoder[0](frames) + self.context(previous))
-        return self.refine(self._unfold(features, z.shape[0]))
+            folded = folded + self.context(torch.cat([frames, previous], dim=1))
+        return self.refine(self._unfold(folded, z.shape[0]))
 
     def decode(self, z: torch.Tensor) -> DecoderOutput:
         return DecoderOutput(sample=self.decode_unclamped(z).clamp(-1, 1))
