@@ -224,9 +224,9 @@ class ModelConfig(FromDict):
             f"model.vae_refine must be >= 0 and is a patch VAE option, got {self.vae_refine} ({self.vae_arch})",
         )
         _require(
-            self.vae_context >= 0 and (self.vae_context == 0 or self.vae_arch == "patch"),
-            f"model.vae_context must be >= 0 and is a patch VAE option (the wan VAE's decoder is causal 3D already), "
-            f"got {self.vae_context} ({self.vae_arch})",
+            self.vae_context >= 0 and self.vae_context % 8 == 0 and (self.vae_context == 0 or self.vae_arch == "patch"),
+            f"model.vae_context must be >= 0 and is a patch VAE option (the wan VAE's decoder is causal 3D already); "
+            f"a width, a multiple of 8 (its group norm): got {self.vae_context} ({self.vae_arch})",
         )
         _require(
             self.alpha_codec in ("vae", "linear"),

@@ -74,7 +74,7 @@ def test_context_branch_starts_as_the_plain_decoder_reads_the_previous_latent_fr
     torch.manual_seed(0)
     with_context = LayerVAE(model_preset("tiny", vae_context=16)).eval()
     assert torch.equal(plain.decode_rgb(z), with_context.decode_rgb(z))
-    with_context.vae.context.net[-1].weight.normal_(std=0.5)
+    with_context.vae.context[-1].weight.normal_(std=0.5)
     decoded = with_context.decode_rgb(z)
     later, earlier = z.clone(), z.clone()
     later[:, :, 2] = torch.randn(1, 16, 4, 4)
@@ -82,7 +82,7 @@ def test_context_branch_starts_as_the_plain_decoder_reads_the_previous_latent_fr
     assert torch.equal(with_context.decode_rgb(later)[:, :, :5], decoded[:, :, :5])  # frames 0..4: latent 0, 1
     assert not torch.allclose(with_context.decode_rgb(earlier)[:, :, 1:5], decoded[:, :, 1:5], atol=1e-3)
     assert torch.equal(with_context.decode_rgb(earlier)[:, :, 5:], decoded[:, :, 5:])  # latent 2 reads 1, not 0
-    for bad in ({"vae_arch": "wan", "vae_context": 16}, {"vae_context": -1}):
+    for bad in ({"vae_arch": "wan", "vae_context": 16}, {"vae_context": -1}, {"vae_context": 12}):
         with pytest.raises(ValueError, match="vae_context must be >= 0 and is a patch VAE option"):
             model_preset("tiny", **bad)
 

@@ -132,20 +132,16 @@ class _Refine(nn.Module):
         return video + self.net(frames).unflatten(0, (video.shape[0], -1)).transpose(1, 2)
 
 
-class _Context(nn.Module):
+class _Context(nn.Sequential):
     """Two latent frames' channels (current, previous) -> a correction of the current one's folded pixels, zero
     at init: a 1x1 convolution in, one residual block, a 1x1 convolution out."""
 
     def __init__(self, z_dim: int, width: int, folded: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
+        super().__init__(
             nn.Conv2d(2 * z_dim, width, 1), _Residual(width), nn.GroupNorm(8, width), nn.SiLU(), nn.Conv2d(width, folded, 1)
         )  # fmt: skip
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
-
-    def forward(self, both: torch.Tensor) -> torch.Tensor:
-        return self.net(both)
+        nn.init.zeros_(self[-1].weight)
+        nn.init.zeros_(self[-1].bias)
 
 
 class PatchAutoencoder(nn.Module):
