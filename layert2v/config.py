@@ -183,8 +183,6 @@ class ModelConfig(FromDict):
     vae_context: int = 0  # patch VAE: width of a side branch that reads each latent frame beside the one before
     # (causal) and corrects its decoded frames, so layers move inside a latent frame instead of holding still for
     # four frames and jumping (0: none)
-    vae_context_next: bool = False  # the context branch reads the latent frame after as well (the last one beside
-    # itself): a layer can move towards where it goes next, at the cost of a causal decode
     alpha_codec: str = "vae"  # how mattes become latents: "vae" (the autoencoder, with stage 1's adapter) or
     # "linear" (one linear map per latent cell, fitted in stage 1: `vae.LinearAlphaCodec`)
     patch: tuple[int, int, int] = (1, 2, 2)  # DiT patch over (latent time, height, width)
@@ -229,10 +227,6 @@ class ModelConfig(FromDict):
             self.vae_context >= 0 and self.vae_context % 8 == 0 and (self.vae_context == 0 or self.vae_arch == "patch"),
             f"model.vae_context must be >= 0 and is a patch VAE option (the wan VAE's decoder is causal 3D already); "
             f"a width, a multiple of 8 (its group norm): got {self.vae_context} ({self.vae_arch})",
-        )
-        _require(
-            not self.vae_context_next or self.vae_context > 0,
-            "model.vae_context_next reads the next latent frame into the context branch: set model.vae_context > 0",
         )
         _require(
             self.alpha_codec in ("vae", "linear"),

@@ -88,30 +88,6 @@ def test_context_branch_starts_as_the_plain_decoder_reads_the_previous_latent_fr
 
 
 @torch.no_grad()
-def test_context_branch_with_the_next_latent_frame_reads_both_neighbours() -> None:
-    """`vae_context_next`: the plain decoder at init; then frames of latent frame j depend on j + 1 too (the last
-    latent frame reads itself), and never on a frame two away."""
-    z = torch.randn(1, 16, 4, 4, 4)
-    torch.manual_seed(0)
-    plain = LayerVAE(model_preset("tiny")).eval()
-    torch.manual_seed(0)
-    both = LayerVAE(model_preset("tiny", vae_context=16, vae_context_next=True)).eval()
-    assert torch.equal(plain.decode_rgb(z), both.decode_rgb(z))
-    both.vae.context[-1].weight.normal_(std=0.5)
-    decoded = both.decode_rgb(z)
-    later = z.clone()
-    later[:, :, 2] = torch.randn(1, 16, 4, 4)
-    changed = both.decode_rgb(later)
-    assert torch.equal(changed[:, :, :1], decoded[:, :, :1])  # frame 0 is latent frame 0: reads 0 and 1
-    assert not torch.allclose(changed[:, :, 1:5], decoded[:, :, 1:5], atol=1e-3)  # latent 1 reads latent 2
-    last = z.clone()
-    last[:, :, 3] = torch.randn(1, 16, 4, 4)
-    assert torch.equal(both.decode_rgb(last)[:, :, :5], decoded[:, :, :5])  # latents 0, 1 never read latent 3
-    with pytest.raises(ValueError, match="vae_context_next reads the next latent frame"):
-        model_preset("tiny", vae_context_next=True)
-
-
-@torch.no_grad()
 @pytest.mark.parametrize("arch", ARCHS)
 def test_alpha_path_adapter_and_lora_start_as_identity(arch: str) -> None:
     torch.manual_seed(0)

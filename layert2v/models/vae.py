@@ -133,12 +133,12 @@ class _Refine(nn.Module):
 
 
 class _Context(nn.Sequential):
-    """Neighbouring latent frames' channels (current, previous, optionally next) -> a correction of the current
-    one's folded pixels, zero at init: a 1x1 convolution in, one residual block, a 1x1 convolution out."""
+    """Two latent frames' channels (current, previous) -> a correction of the current one's folded pixels, zero
+    at init: a 1x1 convolution in, one residual block, a 1x1 convolution out."""
 
-    def __init__(self, z_dim: int, width: int, folded: int, frames: int = 2) -> None:
+    def __init__(self, z_dim: int, width: int, folded: int) -> None:
         super().__init__(
-            nn.Conv2d(frames * z_dim, width, 1), _Residual(width), nn.GroupNorm(8, width), nn.SiLU(), nn.Conv2d(width, folded, 1)
+            nn.Conv2d(2 * z_dim, width, 1), _Residual(width), nn.GroupNorm(8, width), nn.SiLU(), nn.Conv2d(width, folded, 1)
         )  # fmt: skip
         nn.init.zeros_(self[-1].weight)
         nn.init.zeros_(self[-1].bias)
@@ -156,16 +156,12 @@ class PatchAutoencoder(nn.Module):
     correction to the decoder's folded output, zero at init: coded alone, a latent frame's four frames decode as
     about one picture (the layers hold still for four frames and jump at the next latent frame, `metrics.stutter`);
     with the frame before, the branch can place each frame between the two while the decoder keeps its picture
-    (feeding the context into the decoder itself cost that picture: docs/results.md). Still causal, unless
-    `context_next` lets the branch read the latent frame after as well (the last one beside itself).
+    (feeding the context into the decoder itself cost that picture: docs/results.md). Still causal.
     """
 
     time_block = 4
 
-    def __init__(
-        self, z_dim: int, width: int, blocks: int, cell: int = 8, refine: int = 0, context: int = 0,
-        context_next: bool = False,
-    ) -> None:  # fmt: skip
+    def __init__(self, z_dim: int, width: int, blocks: int, cell: int = 8, refine: int = 0, context: int = 0) -> None:
         super().__init__()
         self.space_block = cell
         folded = 3 * self.time_block * self.space_block**2
@@ -178,8 +174,7 @@ class PatchAutoencoder(nn.Module):
             nn.GroupNorm(8, width), nn.SiLU(), nn.Conv2d(width, folded, 1),
         )  # fmt: skip
         self.refine = _Refine(refine) if refine else nn.Identity()
-        self.context = _Context(z_dim, context, folded, 3 if context_next else 2) if context else None
-        self.context_next = context_next
+        self.context = _Context(z_dim, context, folded) if context else None
 
     def _fold(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, 3, F, H, W]` -> `[B * T', 3 * 4 * cell * cell, H / cell, W / cell]`."""
@@ -209,10 +204,8 @@ class PatchAutoencoder(nn.Module):
         frames = z.transpose(1, 2).flatten(0, 1)
         folded = self.decoder(frames)
         if self.context is not None:
-            neighbours = [frames, torch.cat([z[:, :, :1], z[:, :, :-1]], dim=2).transpose(1, 2).flatten(0, 1)]
-            if self.context_next:
-                neighbours.append(torch.cat([z[:, :, 1:], z[:, :, -1:]], dim=2).transpose(1, 2).flatten(0, 1))
-            folded = folded + self.context(torch.cat(neighbours, dim=1))
+            previous = torch.cat([z[:, :, :1], z[:, :, :-1]], dim=2).transpose(1, 2).flatten(0, 1)
+            folded = folded + self.context(torch.cat([frames, previous], dim=1))
         return self.refine(self._unfold(folded, z.shape[0]))
 
     def decode(self, z: torch.Tensor) -> DecoderOutput:
@@ -231,7 +224,6 @@ def build_autoencoder(cfg: ModelConfig, pretrained: Path | None = None) -> nn.Mo
             cell=cfg.vae_cell,
             refine=cfg.vae_refine,
             context=cfg.vae_context,
-            context_next=cfg.vae_context_next,
         )
     from diffusers import AutoencoderKLWan
 
