@@ -252,6 +252,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.steps,
         args.guidance,
         args.composite_guidance,
+        args.composite_sigma,
         args.seed,
     )
     check_request(model_config(args.model), request, limits)  # before the model loads

@@ -280,6 +280,7 @@ class Request:
     steps: int = 20
     guidance: float = 4.0
     composite_guidance: float = 0.75
+    composite_sigma: float = 0.5  # compositing guidance on the steps at this noise level or below (1: every step)
     seed: int = 0
 
     def prompts(self) -> list[str]:
@@ -453,6 +454,7 @@ class EvaluateConfig(FromDict):
     sampler: str = "unipc"
     seed: int = 0
     composite_guidance: float = 0.75  # pull of each step's full-video estimate to the layers' composite (0: off)
+    composite_sigma: float = 0.5  # ... on the steps at this noise level or below (1: every step)
     gate: dict[str, float] = field(default_factory=dict)  # metric -> minimum; checked before registration
     stage_gates: dict[str, dict[str, float]] = field(default_factory=dict)  # stage2/stage3 -> minimums of its samples
 
@@ -464,6 +466,10 @@ class EvaluateConfig(FromDict):
         _require(
             0.0 <= self.composite_guidance <= 1.0,
             f"evaluate.composite_guidance must be in [0, 1], got {self.composite_guidance}",
+        )
+        _require(
+            0.0 < self.composite_sigma <= 1.0,
+            f"evaluate.composite_sigma must be in (0, 1], got {self.composite_sigma}",
         )
         _check_names(self.gate, EVALUATION_METRICS, "evaluate.gate")
         _require(

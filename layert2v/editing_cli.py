@@ -66,6 +66,7 @@ def sampling_options(args: argparse.Namespace) -> dict:
         "guidance": args.guidance,
         "seed": args.seed,
         "composite_guidance": args.composite_guidance,
+        "composite_sigma": args.composite_sigma,
     }
 
 
@@ -170,6 +171,10 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=Request.steps)
     parser.add_argument("--guidance", type=float, default=Request.guidance)
     parser.add_argument("--composite-guidance", type=float, default=Request.composite_guidance)
+    parser.add_argument(
+        "--composite-sigma", type=float, default=Request.composite_sigma,
+        help="compositing guidance on the steps at this noise level or below (1: every step, slower)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=Request.seed)
 
 

@@ -96,6 +96,7 @@ def generate(pipeline, prompt: ValPrompt, cfg: EvaluateConfig, frames: int, size
         shift=cfg.shift,
         sampler=cfg.sampler,
         composite_guidance=cfg.composite_guidance,
+        composite_sigma=cfg.composite_sigma,
     )
 
 

@@ -44,15 +44,20 @@ def guided(velocity_fn: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tenso
     return velocity
 
 
+SIGMA_SLACK = 1e-4  # a sampler's float32 noise level at a threshold's step (0.5000001) still counts as at it
 CompositeFn = Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], torch.Tensor]
 # (foreground latents, their alpha latents, background latent) -> the latent of the full video they composite to
 
 
-def composite_guided(velocity: VelocityFn, layout: Layout, weight: float, composite: CompositeFn) -> VelocityFn:
+def composite_guided(
+    velocity: VelocityFn, layout: Layout, weight: float, composite: CompositeFn, max_sigma: float = 1.0
+) -> VelocityFn:
     """Compositing guidance: each step's predicted x0 of the full segment moves `weight` of the way to the
     composite of the predicted layers, and its velocity is re-derived from that x0 and the current `x_t`
     (`v = (x_t - x0) / t`, so `v += weight (x0_full - composite) / t` on the full segment only): the last step
-    then lands on the moved x0.
+    then lands on the moved x0. Only steps whose full segment is at noise level `max_sigma` or below are pulled
+    (1: every step): the composite costs K + 1 decodes and an encode, and the steps at high noise, whose x0 is a
+    blur that later steps redraw, add little coherence (docs/results.md, compositing guidance on fewer steps).
 
     Why: joint self-attention alone leaves K = 2-3 samples' full video 12-14 dB off its own layers (coloured
     patches the layers lack); the training term (`layered_loss`'s consistency) pulls the two together only in
@@ -63,18 +68,23 @@ def composite_guided(velocity: VelocityFn, layout: Layout, weight: float, compos
     """
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"composite guidance must be in [0, 1], got {weight}")
+    if not 0.0 < max_sigma <= 1.0:
+        raise ValueError(f"composite guidance's noise level must be in (0, 1], got {max_sigma}")
     if weight == 0.0:
         return velocity
     types = layout.segment_types()
+    full = types.index(FULL)
 
     def guided_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         v = velocity(x, t)
+        sigma = t if t.ndim == 1 else t[:, full]
+        if bool((sigma > max_sigma + SIGMA_SLACK).all()):
+            return v
         x0 = layout.split(predicted_x0(x, v, t))
         fgs = [z for z, kind in zip(x0, types, strict=True) if kind == FOREGROUND]
         alphas = [z for z, kind in zip(x0, types, strict=True) if kind == ALPHA]
         target = composite(fgs, alphas, x0[types.index(BACKGROUND)])
-        full = types.index(FULL)
-        t_full = bcast(t if t.ndim == 1 else t[:, full], target)  # a given (clean, t = 0) full video is not pulled
+        t_full = bcast(sigma, target)  # a given (clean, t = 0) full video is not pulled
         pull = weight * (x0[full] - target) * (t_full > 0) / t_full.clamp_min(1e-8)
         return v + layout.pack([pull if i == full else torch.zeros_like(z) for i, z in enumerate(x0)])
 

@@ -29,6 +29,7 @@ def test_default_and_smoke_profiles_load() -> None:
         (DiTStageConfig, {"max_steps": 40, "batch_size": 2, "lr": 1e-3, "timestep_shift": 0.0}, "timestep_shift"),
         (DiTStageConfig, {"max_steps": 40, "batch_size": 2, "lr": 1e-3, "condition_dropout": 1.0}, "condition_dropout"),
         (EvaluateConfig, {"composite_guidance": 2.0}, "evaluate.composite_guidance must be in \\[0, 1\\]"),
+        (EvaluateConfig, {"composite_sigma": 1.5}, "evaluate.composite_sigma must be in \\(0, 1\\]"),
     ],
 )
 def test_bad_values_are_named(cls, values: dict, message: str) -> None:

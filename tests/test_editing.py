@@ -126,10 +126,20 @@ def test_given_layers_come_back_as_given(pipeline: LayerT2VPipeline) -> None:
     assert not np.array_equal(free.background, video.background)
 
 
-def test_decompose_keeps_the_video_and_regenerate_keeps_the_other_layers(pipeline: LayerT2VPipeline) -> None:
+def test_decompose_keeps_the_video_and_regenerate_keeps_the_other_layers(
+    pipeline: LayerT2VPipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
     full = _layers(2)["bg"].astype(np.float32)
+    composites = []
+    composite = pipeline.vae.composite
+    monkeypatch.setattr(pipeline.vae, "composite", lambda *a: composites.append(1) or composite(*a))
     layers = pipeline.decompose(full, "a square over a gradient", "a gradient", ["a square"], steps=2)
     assert np.array_equal(layers.full, full) and len(layers.alphas) == 1
+    assert not composites  # compositing guidance would only pull the given video, whose velocity is its own
+    unguided = pipeline.decompose(
+        full, "a square over a gradient", "a gradient", ["a square"], steps=2, composite_guidance=0.0
+    )
+    assert np.array_equal(unguided.alphas[0], layers.alphas[0])
     original = pipeline.generate("two", "stripes", ["a red circle", "a blue star"], **SIZE)
     new = pipeline.regenerate(original, "foreground_2", ["two", "stripes", "a red circle", "a green square"], steps=2)
     assert np.array_equal(new.background, original.background)

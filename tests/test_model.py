@@ -279,6 +279,23 @@ def test_composite_guidance_moves_only_the_full_segment_towards_the_layers_compo
         composite_guided(exact, layout, 1.5, to_composite)
 
 
+def test_composite_guidance_below_a_noise_level_composites_only_there_and_still_lands() -> None:
+    """`max_sigma` 0.5: the composite is made on the Euler steps at noise 0.5 or below only, and the sample still
+    ends with the full segment on the pulled x0 (the last steps are pulled); the layers are untouched."""
+    layout, g = Layout(1), torch.Generator().manual_seed(1)
+    targets = [torch.randn(1, 4, 2, 4, 4, generator=g) for _ in range(layout.num_segments)]
+    x0, noise = layout.pack(targets), torch.randn(1, 4, 2 * layout.num_segments, 4, 4, generator=g)
+    exact = lambda x, t: (x - x0) / t.reshape(-1, 1, 1, 1, 1).clamp_min(1e-8)  # noqa: E731
+    seen = []
+    mean = lambda fgs, alphas, bg: seen.append(1) or (fgs[0] + bg) / 2  # noqa: E731
+    out = layout.split(sample(composite_guided(exact, layout, 0.5, mean, max_sigma=0.5), noise, 12, 3.0, "euler"))
+    assert len(seen) == int((shifted_sigmas(12, 3.0)[:-1] <= 0.5 + 1e-4).sum()) == 3
+    assert torch.allclose(out[0], 0.5 * targets[0] + 0.25 * (targets[2] + targets[1]), atol=1e-4)
+    assert all(torch.allclose(got, want, atol=1e-4) for got, want in zip(out[1:], targets[1:], strict=True))
+    with pytest.raises(ValueError, match=r"noise level must be in \(0, 1\], got 0.0"):
+        composite_guided(exact, layout, 0.5, mean, max_sigma=0.0)
+
+
 def test_training_timesteps_take_the_samplers_shift() -> None:
     """A shift moves the training timesteps where a shifted sampler steps: each draw maps monotonically, the median
     of the logit-normal (0.5) goes to the sampler's point for 0.5 (0.75 at shift 3), and the share above 0.9

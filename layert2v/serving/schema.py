@@ -12,6 +12,7 @@ OPTIONAL = {
     "steps": int,
     "guidance": float,
     "composite_guidance": float,
+    "composite_sigma": float,
     "seed": int,
 }
 

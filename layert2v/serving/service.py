@@ -62,6 +62,7 @@ class GenerationIn(BaseModel):
     steps: int = GenerationDefaults.steps
     guidance: float = Field(GenerationDefaults.guidance, ge=1.0, le=50.0)
     composite_guidance: float = Field(GenerationDefaults.composite_guidance, ge=0.0, le=1.0)
+    composite_sigma: float = Field(GenerationDefaults.composite_sigma, gt=0.0, le=1.0)
     seed: int = Field(GenerationDefaults.seed, ge=0, le=2**63 - 1)
     formats: list[Literal[FORMATS]] = Field(default=list(FORMATS), min_length=1, max_length=4)
 
@@ -173,7 +174,7 @@ class Api:
             raise HTTPException(503, "no model is loaded yet", {"Retry-After": "5"})
         request = GenerationDefaults(
             body.prompt, body.background_prompt, body.foreground_prompts, frames, height, width, body.steps,
-            body.guidance, body.composite_guidance, body.seed,
+            body.guidance, body.composite_guidance, body.composite_sigma, body.seed,
         )  # fmt: skip
         try:
             check_request(loaded.pipeline.cfg, request, self.cfg.limits())
@@ -331,7 +332,7 @@ def _prompts(r: dict[str, Any]) -> list[str]:
 def _sampling(r: dict[str, Any], on_step, sized: bool = True) -> dict[str, Any]:
     """The sampler options of a job's request (and its size, unless the job's input fixes it)."""
     size = {key: r[key] for key in ("frames", "height", "width")} if sized else {}
-    sampler = {key: r[key] for key in ("steps", "guidance", "composite_guidance", "seed")}
+    sampler = {key: r[key] for key in ("steps", "guidance", "composite_guidance", "composite_sigma", "seed")}
     return size | sampler | {"on_step": on_step}
 
 
