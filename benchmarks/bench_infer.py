@@ -11,9 +11,9 @@ subprocess, so each backend's peak RSS is its own; both get the same thread coun
 - generate: median of 3 runs of 64x64, 9 frames, `--steps` sampler steps (after a warm-up run, which is where
   the `compile` backend compiles), with the share of the time spent in text encoding, the denoiser, compositing
   guidance (every step decodes the layers, composites them in pixels and encodes the result: `LayerVAE.composite`)
-  and the final decode, and the worker's peak RSS; torch also without compositing guidance and with it on every
-  step (`composite_sigma` 1), for its cost, and compile also in bf16 autocast. Compositing guidance runs at
-  `generate`'s default weight and noise level (`Request`) unless a row says otherwise.
+  and the final decode, and the worker's peak RSS; torch also without compositing guidance, for its cost, and with
+  both guidances on every step (`guidance_sigma` 0, `composite_sigma` 1: the sampler before their intervals), and
+  compile also in bf16 autocast. Other rows run `generate`'s defaults (`Request`).
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ def worker(args: argparse.Namespace) -> dict:
     pipe.encode_prompts, denoiser.forward_layout, pipe.vae.composite, pipe._decode = parts.values()
     request = {"frames": SHAPE.frames, "height": SHAPE.height, "width": SHAPE.width, "steps": args.steps}
     request |= {"composite_guidance": args.composite, "composite_sigma": args.composite_sigma}
+    request["guidance_sigma"] = args.guidance_sigma
     prompts = ("a scene", "a still grey wall", FG_PROMPTS[: args.k])
     pipe.generate(*prompts, **request | {"steps": 2})  # warm-up (session creation, first-call allocations)
     totals = []
@@ -145,11 +146,12 @@ def step_worker(args: argparse.Namespace, pipe: LayerT2VPipeline) -> dict:
     return {"seconds": seconds, "max_abs": float((torch.as_tensor(out) - reference).abs().max())}
 
 
-def run_worker(
-    what: str, backend: str, k: int, base: list[str], composite: float = 0.0, sigma: float = Request.composite_sigma
-) -> dict:
+def run_worker(what: str, backend: str, k: int, base: list[str], *sampler: float) -> dict:
+    """`sampler`: compositing guidance's weight and noise level, and classifier-free guidance's lowest noise level
+    (`generate` workers)."""
     cmd = [sys.executable, __file__, "--worker", what, "--backend", backend, "--k", str(k), *base]
-    cmd += ["--composite", str(composite), "--composite-sigma", str(sigma)]
+    for flag, value in zip(("--composite", "--composite-sigma", "--guidance-sigma"), sampler, strict=False):
+        cmd += [flag, str(value)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -167,6 +169,7 @@ def main() -> None:
     parser.add_argument("--onnx", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--composite", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--composite-sigma", type=float, default=Request.composite_sigma, help=argparse.SUPPRESS)
+    parser.add_argument("--guidance-sigma", type=float, default=Request.guidance_sigma, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         args.what = args.worker
@@ -189,19 +192,19 @@ def main() -> None:
             cells = [f"{r['seconds']:.4f} ({eager / r['seconds']:.2f}x; {r['max_abs']:.1e})" for r in runs.values()]
             print(f"| {k} | " + " | ".join(cells) + " |")
         print(
-            f"\ngenerate, {args.steps} steps (median of 3){'':21s}seconds   text  denoiser  composite  decode  peak RSS MiB"
+            f"\ngenerate, {args.steps} steps (median of 3){'':9s}seconds   text  denoiser  composite  decode  peak RSS MiB"
         )
-        weight, sigma = Request.composite_guidance, Request.composite_sigma
+        default = (Request.composite_guidance, Request.composite_sigma, Request.guidance_sigma)
         for k in (1, 3):
-            for backend, composite, below in (
-                ("torch", 0.0, sigma),
-                ("torch", weight, 1.0),
-                *((b, weight, sigma) for b in ("torch", "compile", "compile-bf16", "onnxruntime")),
+            for name, backend, sampler in (
+                ("torch, no compositing guidance", "torch", (0.0, *default[1:])),
+                ("torch, both guidances every step", "torch", (default[0], 1.0, 0.0)),
+                *((b, b, default) for b in ("torch", "compile", "compile-bf16", "onnxruntime")),
             ):
-                r = run_worker("generate", backend, k, base, composite, below)
-                share, name = r["share"], f"{backend}, composite {composite} to sigma {below}"
+                r = run_worker("generate", backend, k, base, *sampler)
+                share = r["share"]
                 print(
-                    f"  K = {k} {name:46s}{r['seconds']:6.2f}  {share['text']:5.1%}  {share['denoiser']:7.1%}"
+                    f"  K = {k} {name:34s}{r['seconds']:6.2f}  {share['text']:5.1%}  {share['denoiser']:7.1%}"
                     f"  {share['composite']:8.1%}  {share['decode']:6.1%}   {r['peak_rss_mib']:8.0f}"
                 )
 

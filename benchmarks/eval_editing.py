@@ -32,6 +32,7 @@ import pandas as pd
 from layert2v import io
 from layert2v.ceiling import alpha_iou, true_clips
 from layert2v.compose import LayeredVideo
+from layert2v.config import Request
 from layert2v.editing import Given, classical_decompose
 from layert2v.metrics import adherence, background_adherence, coherence, matting_errors, psnr
 from layert2v.pipeline import LayerT2VPipeline
@@ -83,10 +84,17 @@ def union(alphas: list[np.ndarray]) -> np.ndarray:
 
 
 def run_task(
-    pipeline: LayerT2VPipeline, task: str, truth: LayeredVideo, prompts: list[str], seed: int, conditioning: str | None
+    pipeline: LayerT2VPipeline,
+    task: str,
+    truth: LayeredVideo,
+    prompts: list[str],
+    seed: int,
+    conditioning: str | None,
+    sampler: dict[str, float],
 ) -> dict:
     frames, height, width = truth.full.shape[:3]
     options = {"frames": frames, "height": height, "width": width, "seed": seed, "conditioning": conditioning}
+    options |= sampler
     k = len(truth.alphas)
     given = {
         "free": Given(),
@@ -135,7 +143,15 @@ def main() -> None:
     parser.add_argument("--onnx", default=None, help="export folder (default: <model>/onnx)")
     parser.add_argument("--conditioning", default=None, choices=["replace", "clean"], help="default: the model's")
     parser.add_argument("--sheets", type=Path, default=None, help="write a contact sheet per task here")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="FIELD=VALUE",
+        help="sampler fields of a request (steps=10 guidance_sigma=0 composite_sigma=1); default: generate's",
+    )  # fmt: skip
     args = parser.parse_args()
+    sampler = {}
+    for item in args.set:
+        name, value = item.split("=", 1)
+        sampler[name] = type(getattr(Request, name))(value)
     pipeline = LayerT2VPipeline.from_folder(args.model, backend=args.backend, onnx=args.onnx)
     clips, texts = true_clips(args.prepared, args.clips, "test"), captions(args.prepared, args.clips)
     rows = []
@@ -148,7 +164,7 @@ def main() -> None:
             io.contact_sheet(truth.preview_rows(), sheets / "truth.png")
             print(f"contact sheets of {prompts[0]!r} in {sheets}")
         for task in ("free", "fg_for_bg", "bg_for_fgs", "regenerate", "decompose"):
-            result = run_task(pipeline, task, truth, prompts, args.seed, args.conditioning)
+            result = run_task(pipeline, task, truth, prompts, args.seed, args.conditioning, sampler)
             if sheets:
                 io.contact_sheet(result["video"].preview_rows(), sheets / f"{task}.png")
             row = {"task": task, "still": still, "k": len(truth.alphas), "seconds": result["seconds"]}

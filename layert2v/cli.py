@@ -251,6 +251,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.width,
         args.steps,
         args.guidance,
+        args.guidance_sigma,
         args.composite_guidance,
         args.composite_sigma,
         args.seed,

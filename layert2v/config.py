@@ -279,6 +279,7 @@ class Request:
     width: int = 64
     steps: int = 20
     guidance: float = 4.0
+    guidance_sigma: float = 0.5  # classifier-free guidance on the steps above this noise level (0: every step)
     composite_guidance: float = 0.75
     composite_sigma: float = 0.5  # compositing guidance on the steps at this noise level or below (1: every step)
     seed: int = 0
@@ -450,6 +451,7 @@ class EvaluateConfig(FromDict):
     prompts: int = 16  # validation clips whose captions are sampled (first N of the val split by clip id)
     steps: int = 20  # sampler steps
     guidance: float = 4.0  # classifier-free guidance scale
+    guidance_sigma: float = 0.5  # ... on the steps above this noise level (0: every step)
     shift: float = 3.0  # timestep shift
     sampler: str = "unipc"
     seed: int = 0
@@ -462,6 +464,9 @@ class EvaluateConfig(FromDict):
         _require(self.prompts >= 1, f"evaluate.prompts must be >= 1, got {self.prompts}")
         _require(self.steps >= 1, f"evaluate.steps must be >= 1, got {self.steps}")
         _require(self.guidance >= 1.0, f"evaluate.guidance must be >= 1, got {self.guidance}")
+        _require(
+            0.0 <= self.guidance_sigma < 1.0, f"evaluate.guidance_sigma must be in [0, 1), got {self.guidance_sigma}"
+        )
         _require(self.sampler in ("euler", "unipc"), f"evaluate.sampler must be euler or unipc, got {self.sampler!r}")
         _require(
             0.0 <= self.composite_guidance <= 1.0,

@@ -64,6 +64,7 @@ def sampling_options(args: argparse.Namespace) -> dict:
     return {
         "steps": args.steps,
         "guidance": args.guidance,
+        "guidance_sigma": args.guidance_sigma,
         "seed": args.seed,
         "composite_guidance": args.composite_guidance,
         "composite_sigma": args.composite_sigma,
@@ -170,6 +171,10 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--steps", type=int, default=Request.steps)
     parser.add_argument("--guidance", type=float, default=Request.guidance)
+    parser.add_argument(
+        "--guidance-sigma", type=float, default=Request.guidance_sigma,
+        help="classifier-free guidance on the steps above this noise level (0: every step, slower)",
+    )  # fmt: skip
     parser.add_argument("--composite-guidance", type=float, default=Request.composite_guidance)
     parser.add_argument(
         "--composite-sigma", type=float, default=Request.composite_sigma,

@@ -92,6 +92,7 @@ def generate(pipeline, prompt: ValPrompt, cfg: EvaluateConfig, frames: int, size
         width=size[1],
         steps=cfg.steps,
         guidance=cfg.guidance,
+        guidance_sigma=cfg.guidance_sigma,
         seed=cfg.seed,
         shift=cfg.shift,
         sampler=cfg.sampler,

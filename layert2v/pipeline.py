@@ -106,6 +106,9 @@ def check_request(cfg: ModelConfig, request: Request, limits: RequestLimits) -> 
     _require(1 <= r.steps <= limits.max_steps, "steps", f"steps must be in 1..{limits.max_steps}, got {r.steps}")
     _require(r.guidance >= 1.0, "guidance", f"guidance must be >= 1, got {r.guidance}")
     _require(
+        0.0 <= r.guidance_sigma < 1.0, "guidance_sigma", f"guidance_sigma must be in [0, 1), got {r.guidance_sigma}"
+    )
+    _require(
         0.0 <= r.composite_guidance <= 1.0,
         "composite_guidance",
         f"composite_guidance must be in [0, 1], got {r.composite_guidance}",
@@ -227,6 +230,7 @@ class LayerT2VPipeline:
         width: int = Request.width,
         steps: int = Request.steps,
         guidance: float = Request.guidance,
+        guidance_sigma: float = Request.guidance_sigma,
         seed: int = Request.seed,
         shift: float = 3.0,
         sampler: Literal["euler", "unipc"] = "unipc",
@@ -247,6 +251,7 @@ class LayerT2VPipeline:
 
         `negative_prompt` None guides against the null prompt: an encoded negative prompt, which training never
         showed as the unconditional branch, cost 1.1 dB coherence on 48 validation prompts (docs/results.md).
+        Guidance acts on the steps above noise level `guidance_sigma` (0: every step; `sampling.guided`).
         `composite_guidance` in [0, 1] pulls each step's full-video estimate towards the composite of the
         layers' estimates (`sampling.composite_guided`, composited in pixels by `LayerVAE.composite`; 0: off): the
         full video loses the patches its layers do not have, and the layers add up to it (coherence 13 dB off,
@@ -254,8 +259,8 @@ class LayerT2VPipeline:
         level `composite_sigma` or below (1: every step; 0.5 makes a K = 3 sample about a third faster for half a dB).
         """
         request = Request(
-            prompt, background_prompt, foreground_prompts, frames, height, width, steps, guidance, composite_guidance,
-            composite_sigma,
+            prompt, background_prompt, foreground_prompts, frames, height, width, steps, guidance, guidance_sigma,
+            composite_guidance, composite_sigma,
         )  # fmt: skip
         layout = check_request(self.cfg, request, self.limits)
         if self.denoiser is not None:
@@ -280,7 +285,9 @@ class LayerT2VPipeline:
         # a given full video's velocity is its own either way (`with_known`, `with_clean_known`): the pull would be
         # dropped, and its decodes and encode are a third of a step (docs/results.md)
         pull = composite_guidance if given.full is None else 0.0
-        denoise = composite_guided(guided(velocity, guidance), layout, pull, self.vae.composite, composite_sigma)
+        denoise = composite_guided(
+            guided(velocity, guidance, guidance_sigma), layout, pull, self.vae.composite, composite_sigma
+        )
         if on_step is not None:
             denoise = reporting(denoise, steps, on_step)
         known = given.known_latents(self.vae, layout)

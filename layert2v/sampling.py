@@ -20,6 +20,7 @@ from layert2v.diffusion import bcast, predicted_x0, segment_timesteps, time_shif
 from layert2v.models.layout import ALPHA, BACKGROUND, FOREGROUND, FULL, Layout
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t [B, ...], t [B] or [B, L] in [0, 1]) -> v
+SIGMA_SLACK = 1e-4  # a sampler's float32 noise level at a threshold's step (0.5000001) still counts as at it
 
 
 def shifted_sigmas(steps: int, shift: float) -> torch.Tensor:
@@ -29,14 +30,23 @@ def shifted_sigmas(steps: int, shift: float) -> torch.Tensor:
     return time_shift(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).float()
 
 
-def guided(velocity_fn: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor], guidance: float) -> VelocityFn:
-    """Classifier-free guidance: `v_u + g (v_c - v_u)`, both branches in one batch when g != 1.
+def guided(
+    velocity_fn: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor], guidance: float, min_sigma: float = 0.0
+) -> VelocityFn:
+    """Classifier-free guidance: `v_u + g (v_c - v_u)`, both branches in one batch when g != 1, on the steps above
+    noise level `min_sigma` (0: every step); below it the conditional branch alone, a batch of B.
 
+    Why an interval (Kynkaanniemi et al. 2024, "Applying guidance in a limited interval"): by the last steps the
+    prompt has placed and coloured the layers, and the guided direction mostly sharpens where the layers and the
+    full video disagree: unguided there, samples composite 1.2-1.6 dB closer (docs/results.md, classifier-free
+    guidance on fewer steps).
     `velocity_fn(x, t, doubled)` gets `x` twice along the batch (conditional first) when `doubled`.
     """
+    if not 0.0 <= min_sigma < 1.0:
+        raise ValueError(f"guidance's lowest noise level must be in [0, 1), got {min_sigma}")
 
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if guidance == 1.0:
+        if guidance == 1.0 or float(t.max()) <= min_sigma + SIGMA_SLACK:
             return velocity_fn(x, t, False)
         cond, uncond = velocity_fn(torch.cat([x, x]), torch.cat([t, t]), True).chunk(2)
         return uncond + guidance * (cond - uncond)
@@ -44,7 +54,6 @@ def guided(velocity_fn: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tenso
     return velocity
 
 
-SIGMA_SLACK = 1e-4  # a sampler's float32 noise level at a threshold's step (0.5000001) still counts as at it
 CompositeFn = Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], torch.Tensor]
 # (foreground latents, their alpha latents, background latent) -> the latent of the full video they composite to
 

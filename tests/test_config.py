@@ -30,6 +30,7 @@ def test_default_and_smoke_profiles_load() -> None:
         (DiTStageConfig, {"max_steps": 40, "batch_size": 2, "lr": 1e-3, "condition_dropout": 1.0}, "condition_dropout"),
         (EvaluateConfig, {"composite_guidance": 2.0}, "evaluate.composite_guidance must be in \\[0, 1\\]"),
         (EvaluateConfig, {"composite_sigma": 1.5}, "evaluate.composite_sigma must be in \\(0, 1\\]"),
+        (EvaluateConfig, {"guidance_sigma": -0.1}, "evaluate.guidance_sigma must be in \\[0, 1\\)"),
     ],
 )
 def test_bad_values_are_named(cls, values: dict, message: str) -> None:

@@ -319,6 +319,12 @@ def test_sampling_is_deterministic_and_guidance_mixes_branches() -> None:
 
     v = guided(branches, guidance=5.0)(torch.zeros(1, 2), torch.ones(1))
     assert calls == [2] and torch.allclose(v, torch.full((1, 2), 5.0))  # 0 + 5 * (1 - 0)
+    interval = guided(branches, guidance=5.0, min_sigma=0.5)
+    calls.clear()
+    steps = [interval(torch.zeros(1, 2), torch.full((1, 3), s)) for s in (0.9, 0.5000001, 0.2)]  # [B, L] timesteps
+    assert calls == [2, 1, 1] and [float(v[0, 0]) for v in steps] == [5.0, 1.0, 1.0]  # conditional alone at 0.5
+    with pytest.raises(ValueError, match=r"lowest noise level must be in \[0, 1\), got 1.0"):
+        guided(branches, guidance=5.0, min_sigma=1.0)
 
     model = LayerDiT(CFG).eval()
     torch.nn.init.normal_(model.head.head.weight, std=0.02)

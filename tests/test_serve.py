@@ -158,6 +158,7 @@ def test_a_generation_writes_layers_whose_alpha_reads_back_and_a_bundle_that_mat
         ({"guidance": 0.5}, "guidance", "greater than or equal to 1"),
         ({"composite_guidance": 2}, "composite_guidance", "less than or equal to 1"),
         ({"composite_sigma": 0}, "composite_sigma", "greater than 0"),
+        ({"guidance_sigma": 1}, "guidance_sigma", "less than 1"),
         ({"seed": -1}, "seed", "greater than or equal to 0"),
         ({"formats": ["avi"]}, "formats.0", "'mp4', 'mov', 'webm' or 'png'"),
         ({"negative": "x"}, "negative", "Extra inputs are not permitted"),

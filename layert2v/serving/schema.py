@@ -11,6 +11,7 @@ OPTIONAL = {
     "width": int,
     "steps": int,
     "guidance": float,
+    "guidance_sigma": float,
     "composite_guidance": float,
     "composite_sigma": float,
     "seed": int,

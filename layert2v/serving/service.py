@@ -61,6 +61,7 @@ class GenerationIn(BaseModel):
     width: int = GenerationDefaults.width
     steps: int = GenerationDefaults.steps
     guidance: float = Field(GenerationDefaults.guidance, ge=1.0, le=50.0)
+    guidance_sigma: float = Field(GenerationDefaults.guidance_sigma, ge=0.0, lt=1.0)
     composite_guidance: float = Field(GenerationDefaults.composite_guidance, ge=0.0, le=1.0)
     composite_sigma: float = Field(GenerationDefaults.composite_sigma, gt=0.0, le=1.0)
     seed: int = Field(GenerationDefaults.seed, ge=0, le=2**63 - 1)
@@ -174,7 +175,7 @@ class Api:
             raise HTTPException(503, "no model is loaded yet", {"Retry-After": "5"})
         request = GenerationDefaults(
             body.prompt, body.background_prompt, body.foreground_prompts, frames, height, width, body.steps,
-            body.guidance, body.composite_guidance, body.composite_sigma, body.seed,
+            body.guidance, body.guidance_sigma, body.composite_guidance, body.composite_sigma, body.seed,
         )  # fmt: skip
         try:
             check_request(loaded.pipeline.cfg, request, self.cfg.limits())
@@ -332,7 +333,9 @@ def _prompts(r: dict[str, Any]) -> list[str]:
 def _sampling(r: dict[str, Any], on_step, sized: bool = True) -> dict[str, Any]:
     """The sampler options of a job's request (and its size, unless the job's input fixes it)."""
     size = {key: r[key] for key in ("frames", "height", "width")} if sized else {}
-    sampler = {key: r[key] for key in ("steps", "guidance", "composite_guidance", "composite_sigma", "seed")}
+    sampler = {
+        key: r[key] for key in ("steps", "guidance", "guidance_sigma", "composite_guidance", "composite_sigma", "seed")
+    }
     return size | sampler | {"on_step": on_step}
 
 
