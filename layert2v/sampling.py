@@ -2,8 +2,8 @@
 
 Samplers integrate the rectified flow of `diffusion.py` from t = 1 (noise) to t = 0 with Wan's timestep shift
 `s t / (1 + (s - 1) t)`: flow Euler (here) and flow UniPC (diffusers' scheduler). Classifier-free guidance runs
-the conditional and unconditional branch in one batch of 2B. `composite_guided` applies the training's
-compositing constraint to the predicted x0 of every step (see there).
+the conditional and unconditional branch in one batch of 2B, above a noise level. `composite_guided` applies the
+training's compositing constraint to the predicted x0 of the steps below a noise level (see there).
 
 Shapes: B batch, C channels, L segments, T latent frames per segment, H, W latent size.
 """

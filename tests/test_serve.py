@@ -484,3 +484,13 @@ def test_serve_bf16_runs_the_torch_backends_under_autocast_and_says_so(tiny_mode
     assert loaded.backend == "torch (bf16)" and loaded.pipeline.bf16
     plain = FolderSource(tiny_model).load("folder", replace(cfg, bf16=False))
     assert plain.backend == "torch" and not plain.pipeline.bf16
+
+
+def test_a_job_stored_before_a_sampler_field_existed_runs_with_its_default() -> None:
+    """A queued job from an older version lacks the newer sampler fields: it resumes on `generate`'s defaults
+    instead of failing on a missing key, and the fields it has are kept."""
+    from layert2v.serving.service import _sampling
+
+    old = {"frames": 5, "height": 32, "width": 32, "steps": 3, "guidance": 2.0, "composite_guidance": 0.5, "seed": 7}
+    options = _sampling(old, on_step=None)
+    assert options == old | {"on_step": None}  # guidance_sigma and composite_sigma left to generate's defaults

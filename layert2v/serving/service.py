@@ -331,11 +331,11 @@ def _prompts(r: dict[str, Any]) -> list[str]:
 
 
 def _sampling(r: dict[str, Any], on_step, sized: bool = True) -> dict[str, Any]:
-    """The sampler options of a job's request (and its size, unless the job's input fixes it)."""
+    """The sampler options of a job's request (and its size, unless the job's input fixes it). A field a job
+    stored before it existed (a queued job from an older version) takes `generate`'s default."""
     size = {key: r[key] for key in ("frames", "height", "width")} if sized else {}
-    sampler = {
-        key: r[key] for key in ("steps", "guidance", "guidance_sigma", "composite_guidance", "composite_sigma", "seed")
-    }
+    fields = ("steps", "guidance", "guidance_sigma", "composite_guidance", "composite_sigma", "seed")
+    sampler = {key: r[key] for key in fields if key in r}
     return size | sampler | {"on_step": on_step}
 
 
