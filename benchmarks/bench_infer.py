@@ -100,8 +100,11 @@ def worker(args: argparse.Namespace) -> dict:
     parts |= {"composite": Timed(pipe.vae.composite), "decode": Timed(pipe._decode)}
     pipe.encode_prompts, denoiser.forward_layout, pipe.vae.composite, pipe._decode = parts.values()
     request = {"frames": SHAPE.frames, "height": SHAPE.height, "width": SHAPE.width, "steps": args.steps}
-    request |= {"composite_guidance": args.composite, "composite_sigma": args.composite_sigma}
-    request["guidance_sigma"] = args.guidance_sigma
+    request |= {
+        "composite_guidance": args.composite,
+        "composite_sigma": args.composite_sigma,
+        "guidance_sigma": args.guidance_sigma,
+    }
     prompts = ("a scene", "a still grey wall", FG_PROMPTS[: args.k])
     pipe.generate(*prompts, **request | {"steps": 2})  # warm-up (session creation, first-call allocations)
     totals = []

@@ -41,6 +41,7 @@ from layert2v.pipeline import RequestError, check_request
 from layert2v.serving import uploads
 from layert2v.serving.jobs import FINISHED, QUEUED, RUNNING, Job, JobStore
 from layert2v.serving.metrics import Metrics
+from layert2v.serving.schema import OPTIONAL
 from layert2v.serving.uploads import unprocessable
 from layert2v.serving.worker import BUNDLE, Worker, load_layers
 
@@ -333,9 +334,9 @@ def _prompts(r: dict[str, Any]) -> list[str]:
 def _sampling(r: dict[str, Any], on_step, sized: bool = True) -> dict[str, Any]:
     """The sampler options of a job's request (and its size, unless the job's input fixes it). A field a job
     stored before it existed (a queued job from an older version) takes `generate`'s default."""
-    size = {key: r[key] for key in ("frames", "height", "width")} if sized else {}
-    fields = ("steps", "guidance", "guidance_sigma", "composite_guidance", "composite_sigma", "seed")
-    sampler = {key: r[key] for key in fields if key in r}
+    size_fields = ("frames", "height", "width")
+    size = {key: r[key] for key in size_fields} if sized else {}
+    sampler = {key: r[key] for key in OPTIONAL if key not in size_fields and key in r}
     return size | sampler | {"on_step": on_step}
 
 
