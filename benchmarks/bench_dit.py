@@ -28,23 +28,27 @@ def gemm_flops_per_s(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> 
     return 2 * size**3 / median_seconds(lambda: a @ b, repeats)
 
 
-def batch(cfg, k: int, size: int) -> dict:
+def batch(cfg, k: int, size: int, device: str = "cpu") -> dict:
     layout = Layout(k)
     return {
-        "latents": torch.randn(*layout.latents_shape(size, cfg.latent_channels, 9, 64, 64, cfg.vae_cell)),
-        "timestep": torch.rand(size) * 1000,
-        "text": torch.randn(size, layout.num_prompts * cfg.text_len, cfg.text_dim),
-        "text_mask": torch.ones(size, layout.num_prompts, cfg.text_len, dtype=torch.bool),
+        "latents": torch.randn(
+            *layout.latents_shape(size, cfg.latent_channels, 9, 64, 64, cfg.vae_cell), device=device
+        ),
+        "timestep": torch.rand(size, device=device) * 1000,
+        "text": torch.randn(size, layout.num_prompts * cfg.text_len, cfg.text_dim, device=device),
+        "text_mask": torch.ones(size, layout.num_prompts, cfg.text_len, dtype=torch.bool, device=device),
         "layout": layout,
     }
 
 
 def step_fn(model: LayerDiT, inputs: dict, bf16: bool):
+    """One training step (forward, MSE, backward, the stages' AdamW) on the device `inputs` lie on."""
     optimizer = adamw_warmup_cosine(model.parameters(), StageConfig(max_steps=100, batch_size=1, lr=1e-4))["optimizer"]
     target = torch.randn_like(inputs["latents"])
+    device = target.device.type
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+        with torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext():
             loss = (model.forward_layout(**inputs).float() - target).pow(2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
