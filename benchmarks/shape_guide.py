@@ -79,9 +79,9 @@ def blurred(frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out
 
 
-def train_classifier(frames: torch.Tensor, labels: torch.Tensor, steps: int) -> MatteClassifier:
+def train_classifier(frames: torch.Tensor, labels: torch.Tensor, steps: int, width: int) -> MatteClassifier:
     torch.manual_seed(0)
-    model, generator = MatteClassifier(), torch.Generator().manual_seed(0)
+    model, generator = MatteClassifier(width), torch.Generator().manual_seed(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     for step in range(steps):
         pick = torch.randint(0, len(frames), (128,), generator=generator)
@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=32)
     parser.add_argument("--train-clips", type=int, default=400)
     parser.add_argument("--classifier-steps", type=int, default=1500)
+    parser.add_argument("--classifier-width", type=int, default=32)
     parser.add_argument("--weights", default="0,0.1,0.3")
     parser.add_argument("--window", type=float, nargs=2, default=(0.5, 0.95))
     parser.add_argument("--frames", type=int, default=9)
@@ -139,7 +140,7 @@ def main() -> None:
     pipe.vae.requires_grad_(False)  # the guidance differentiates the decoder in its input only
     with torch.enable_grad():
         classifier = train_classifier(
-            *matte_frames(pipe, args.prepared, args.train_clips, "train"), args.classifier_steps
+            *matte_frames(pipe, args.prepared, args.train_clips, "train"), args.classifier_steps, args.classifier_width
         )
     val_frames, val_labels = matte_frames(pipe, args.prepared, 64, "val")
     accuracy = (classifier(val_frames).argmax(-1) == val_labels).float().mean()
