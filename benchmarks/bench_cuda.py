@@ -9,8 +9,9 @@ Run (on a GPU host; the DiT alone, random weights: latency does not depend on th
   rate against the bf16 GEMM;
 - denoising: one step at batch 2 (both classifier-free guidance branches) per K, on the `small` preset's 64 x 64 x 9
   clip and the paper preset's `--paper-clip`: eager fp32, TF32, bf16 autocast, `torch.compile` in bf16 and compile
-  in bf16 with CUDA graphs (`reduce-overhead`), each with its max abs difference to fp32 eager (TF32 off) and the
-  denoiser's share of a 20-step `generate` (steps x the step time).
+  in bf16 with CUDA graphs (`reduce-overhead`; the paper preset: bf16 and compile bf16 only), each with its max abs
+  difference to the first path (fp32 eager with TF32 off; bf16 eager for the paper preset) and the denoiser's part
+  of a 20-step `generate` (steps x the step time).
 Timings synchronise the device around each call: median of `--repeats` after two warm-ups (compiling happens there).
 """
 
@@ -46,8 +47,12 @@ def synced(fn: Callable[[], object]) -> Callable[[], object]:
     return call
 
 
+def gemm_size() -> int:
+    return 8192 if DEVICE == "cuda" else 512
+
+
 def gemm_tflops(dtype: torch.dtype, tf32: bool) -> float:
-    size = 8192 if DEVICE == "cuda" else 512
+    size = gemm_size()
     torch.backends.cuda.matmul.allow_tf32 = tf32
     a, b = (torch.randn(size, size, dtype=dtype, device=DEVICE) for _ in range(2))
     seconds = median_seconds(synced(lambda: a @ b), repeats=10, warmup=3)
@@ -167,7 +172,7 @@ def main() -> None:
     bf16_peak = gemm_tflops(torch.bfloat16, tf32=False)
     fp32, tf32 = gemm_tflops(torch.float32, tf32=False), gemm_tflops(torch.float32, tf32=True)
     print(
-        f"GEMM {8192 if DEVICE == 'cuda' else 512}^3: bf16 {bf16_peak:.0f} TFLOP/s, fp32 {fp32:.0f}, TF32 {tf32:.0f}",
+        f"GEMM {gemm_size()}^3: bf16 {bf16_peak:.0f} TFLOP/s, fp32 {fp32:.0f}, TF32 {tf32:.0f}",
         flush=True,
     )
     small = [preset for preset in args.presets if preset != "paper"]

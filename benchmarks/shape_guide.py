@@ -22,13 +22,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from layert2v import pipeline as pipeline_module
-from layert2v.ceiling import round_trip, true_clips
+from layert2v.ceiling import true_clips
 from layert2v.config import load_params
 from layert2v.data.synthetic import SHAPES
 from layert2v.diffusion import bcast, predicted_x0
@@ -61,9 +60,10 @@ def matte_frames(pipe: LayerT2VPipeline, prepared: Path, clips: int, split: str)
     frames with almost no matte (a sprite outside the frame) are left out."""
     frames, labels = [], []
     for video, attributes in true_clips(prepared, clips, split):
-        for alpha, attr in zip(round_trip(pipe.vae, video).alphas, attributes, strict=True):
-            kept = alpha[alpha.reshape(len(alpha), -1).sum(1) > 16]
-            frames.append(torch.from_numpy(np.ascontiguousarray(kept)))
+        for truth, attr in zip(video.alphas, attributes, strict=True):
+            alpha = pipe.vae.decode_alpha(pipe.vae.encode_alpha(torch.from_numpy(truth)[None, None]))[0, 0]
+            kept = alpha[alpha.flatten(1).sum(1) > 16]
+            frames.append(kept)
             labels += [SHAPES.index(attr["shape"])] * len(kept)
     return torch.cat(frames)[:, None], torch.tensor(labels)
 
