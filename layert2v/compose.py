@@ -14,10 +14,14 @@ from typing import TypeVar
 
 import numpy as np
 
-from layert2v.io import to_uint8
-
 Array = TypeVar("Array")
 OUTPUT_KIND = "generation"  # the marker of a folder `LayeredVideo.write` filled (see `layert2v.outputs`)
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Float frames in [0, 1] -> uint8, rounded and clipped: the one conversion every writer and cache uses (here, with no
+    video codec imported, so the compositing maths and the training objective load where PyAV is not installed)."""
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
 FORMATS = ("mp4", "mov", "webm", "png")  # full/background MP4; foregrounds as ProRes 4444, VP9 alpha, PNG RGBA

@@ -2,9 +2,12 @@
 once was) would otherwise be found only by the next person measuring."""
 
 import importlib
+import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 
 from .conftest import ROOT
 
@@ -18,3 +21,47 @@ def test_benchmark_imports(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if "__main__" in (ROOT / "benchmarks" / f"{name}.py").read_text():  # a script, not a shared helper
         assert callable(module.main), f"benchmarks/{name}.py has no main()"
     sys.modules.pop(name)
+
+
+def test_the_training_objective_imports_without_the_video_autoencoder_and_tracking_packages() -> None:
+    """`benchmarks/gpu_budget.py` trains stage 2 on GPU machines whose image has torch and lightning but not PyAV,
+    diffusers or MLflow: the objective and the DiT must not pull them in."""
+    blocked = ("av", "diffusers", "mlflow", "pandas", "prefect")
+    code = (
+        "import sys\n"
+        f"sys.modules.update(dict.fromkeys({blocked!r}))\n"
+        "import layert2v.training.objective, layert2v.training.schedule, layert2v.models.dit\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_packed_clips_give_back_the_latent_clips_items(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from gpu_budget import PackedClips, pack_items
+
+    torch.manual_seed(0)
+    lengths = [[3, 1, 5], [2, 4, 1]]
+    items = []
+    for row in lengths:
+        mask = torch.arange(8) < torch.tensor(row)[:, None]
+        items.append(
+            {
+                "segments": torch.randn(4, 2, 1, 2, 2),
+                "alpha_grid": torch.rand(1, 1, 1, 2, 2),
+                "text": torch.randn(3, 8, 5) * mask[..., None],  # padding states are zero, as null_prompts has them
+                "text_mask": mask,
+                "clear": torch.randn(2, 1, 2, 2),
+            }
+        )
+    np.savez(tmp_path / "data.npz", **pack_items(items))
+    packed = PackedClips(tmp_path / "data.npz", 8, torch.device("cpu"))
+    batch = packed.batch(2)
+    order = packed.order[:2].tolist()
+    for got, index in enumerate(order):
+        item = items[index]
+        assert torch.equal(batch["text_mask"][got], item["text_mask"])
+        torch.testing.assert_close(batch["text"][got], item["text"].half().float())
+        torch.testing.assert_close(batch["segments"][got], item["segments"].half().float())
+    torch.testing.assert_close(batch["clear"], items[0]["clear"])
+    with pytest.raises(ValueError, match="not prefixes"):
+        pack_items([items[0] | {"text_mask": items[0]["text_mask"].flip(-1)}])

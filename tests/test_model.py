@@ -10,7 +10,7 @@ from layert2v.diffusion import LossWeights, latent_composite, layered_loss, logi
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import Layout, latent_shape
 from layert2v.sampling import composite_guided, euler_sample, guided, sample, shifted_sigmas
-from layert2v.training.stage2_joint import draw_known
+from layert2v.training.objective import draw_known
 
 CFG = model_preset("tiny")
 

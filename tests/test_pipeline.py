@@ -12,7 +12,7 @@ from layert2v.config import model_preset
 from layert2v.models.dit import LayerDiT
 from layert2v.models.text import load_text_encoder
 from layert2v.pipeline import LayerT2VPipeline
-from layert2v.training.stage2_joint import drop_prompts
+from layert2v.training.objective import drop_prompts
 
 CFG = model_preset("tiny")
 REQUEST = {"frames": 5, "height": 32, "width": 32, "steps": 2, "guidance": 3.0}

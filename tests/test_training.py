@@ -29,10 +29,10 @@ from layert2v.pipeline import LayerT2VPipeline
 from layert2v.quality.report import GateFailed
 from layert2v.quality.sample_gate import sample_gate
 from layert2v.training.encode import encode_prepared
+from layert2v.training.objective import ema_decay_at
 from layert2v.training.run import STAGES, _guard_resume, fingerprint, train_stage
 from layert2v.training.schedule import GradNormClip, adamw_warmup_cosine
 from layert2v.training.spec import StageContext
-from layert2v.training.stage2_joint import ema_decay_at
 
 from .conftest import ROOT
 

@@ -24,42 +24,13 @@ import lightning as L
 import torch
 
 from layert2v.config import DiTStageConfig, ModelConfig
-from layert2v.diffusion import LossWeights, layered_loss, logit_normal_t, noisy, segment_timesteps
 from layert2v.models.checkpoint import load_vae, save_pipeline
 from layert2v.models.dit import LayerDiT
-from layert2v.models.layout import Layout
-from layert2v.models.text import default_text_encoder_path, null_prompts
+from layert2v.models.text import default_text_encoder_path
 from layert2v.models.vae import LayerVAE
+from layert2v.training.objective import ema_decay_at, flow_losses
 from layert2v.training.schedule import adamw_warmup_cosine
 from layert2v.training.spec import StageContext, StageSpec, latent_clips
-
-
-def drop_prompts(text: torch.Tensor, mask: torch.Tensor, p: float, generator: torch.Generator | None = None):
-    """Replace whole samples' prompts by `null_prompts` with probability p."""
-    drop = torch.rand(text.shape[0], generator=generator) < p
-    null_text, null_mask = null_prompts(text, mask)
-    return torch.where(drop[:, None, None, None], null_text, text), torch.where(drop[:, None, None], null_mask, mask)
-
-
-def draw_known(layout: Layout, batch: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """bool `[B, L]`: with probability `p` a sample gets the segments of one editing task (drawn uniformly from
-    `Layout.editing_tasks`) clean and given, the rest of the batch none; what lets the model condition on kept
-    layers through per-segment timesteps (`t = 0` on them) instead of sampling-only replacement."""
-    tasks = torch.zeros(len(layout.editing_tasks()), layout.num_segments, dtype=torch.bool)
-    for row, segments in enumerate(layout.editing_tasks().values()):
-        tasks[row, segments] = True
-    drawn = tasks[torch.randint(len(tasks), (batch,), generator=generator)]
-    given = torch.rand(batch, generator=generator) < p
-    return drawn & given[:, None]
-
-
-def ema_decay_at(step: int, decay: float) -> float:
-    """The EMA decay after `step` optimiser steps: `(1 + n) / (10 + n)`, capped at `decay`.
-
-    A fixed 0.999 keeps 0.999^250 = 78% of the random initial weights after a 250-step CPU run, so the saved
-    (EMA) model samples noise while the live one has learnt; the warm-up averages over the last ~n / 10 steps.
-    """
-    return min(decay, (1 + step) / (10 + step))
 
 
 class JointLayerTraining(L.LightningModule):
@@ -74,9 +45,6 @@ class JointLayerTraining(L.LightningModule):
         self.ema = copy.deepcopy(self.dit).requires_grad_(False)
         self.vae = vae.requires_grad_(False).eval() if vae is not None else None
         self.stage = stage
-        self.weights = LossWeights(
-            consistency=stage.consistency_weight, alpha=stage.alpha_weight, foreground=stage.foreground_weight
-        )
 
     def _decoded_alpha(self, batch: dict[str, torch.Tensor]) -> dict:
         """`decode_alpha` and `alpha_pixels` for `layered_loss` on the first samples of the batch, or nothing."""
@@ -89,20 +57,7 @@ class JointLayerTraining(L.LightningModule):
         }
 
     def _losses(self, batch: dict[str, torch.Tensor], model: LayerDiT, dropout: float) -> dict[str, torch.Tensor]:
-        layout = Layout.from_segments(batch["segments"].shape[1])  # every batch holds clips of one K
-        x0 = layout.pack(list(batch["segments"].unbind(1)))
-        noise, t = torch.randn_like(x0), logit_normal_t(x0.shape[0], shift=self.stage.timestep_shift).to(x0)
-        text, mask = drop_prompts(batch["text"], batch["text_mask"], dropout)
-        text = text.flatten(1, 2)  # [B, P * M, D]
-        known = None
-        if self.stage.condition_dropout:
-            known = draw_known(layout, x0.shape[0], self.stage.condition_dropout).to(x0.device)
-            t = segment_timesteps(t, known)
-        velocity = model.forward_layout(noisy(x0, noise, t), t * 1000, text, mask, layout)
-        consistency = {"alpha_grid": list(batch["alpha_grid"].unbind(1)), "clear_latent": batch["clear"]}
-        return layered_loss(
-            velocity, x0, noise, t, layout, self.weights, **consistency, **self._decoded_alpha(batch), known=known
-        )
+        return flow_losses(batch, model, self.stage, dropout, self._decoded_alpha(batch))
 
     def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
         losses = self._losses(batch, self.dit, self.stage.prompt_dropout)
