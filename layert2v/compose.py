@@ -18,12 +18,6 @@ Array = TypeVar("Array")
 OUTPUT_KIND = "generation"  # the marker of a folder `LayeredVideo.write` filled (see `layert2v.outputs`)
 
 
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """Float frames in [0, 1] -> uint8, rounded and clipped: the one conversion every writer and cache uses (here, with no
-    video codec imported, so the compositing maths and the training objective load where PyAV is not installed)."""
-    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-
-
 FORMATS = ("mp4", "mov", "webm", "png")  # full/background MP4; foregrounds as ProRes 4444, VP9 alpha, PNG RGBA
 
 
@@ -70,16 +64,17 @@ class LayeredVideo:
     def write(self, folder: Path | str, formats: Sequence[str] = FORMATS) -> dict[str, Path]:
         """Write every layer: full/background MP4; per foreground ProRes 4444 .mov, VP9 alpha .webm and an
         RGBA PNG sequence; plus a contact sheet and a GIF preview. Returns name -> path."""
-        from layert2v import io
+        from layert2v import io  # here, not at the top: the compositing maths (and the training objective
+        # through `diffusion`) must import where PyAV is not installed, as on a GPU image
 
         folder = Path(folder)
         written: dict[str, Path] = {}
         if "mp4" in formats:
             for name, video in (("full", self.full), ("background", self.background)):
                 written[name] = folder / f"{name}.mp4"
-                io.write_video(written[name], to_uint8(video), self.fps)
+                io.write_video(written[name], io.to_uint8(video), self.fps)
         for k, (rgb, alpha) in enumerate(zip(self.straight, self.alphas, strict=True), start=1):
-            rgb8, alpha8 = to_uint8(rgb), to_uint8(alpha)
+            rgb8, alpha8 = io.to_uint8(rgb), io.to_uint8(alpha)
             if "mov" in formats:
                 written[f"fg_{k}_mov"] = folder / f"foreground_{k}.mov"
                 io.write_prores_alpha(written[f"fg_{k}_mov"], rgb8, alpha8, self.fps)
@@ -95,6 +90,8 @@ class LayeredVideo:
 
     def preview_rows(self) -> dict[str, np.ndarray]:
         """uint8 RGB rows for a contact sheet: full, background, then each foreground and its alpha."""
+        from layert2v.io import to_uint8
+
         rows = {"full": to_uint8(self.full), "background": to_uint8(self.background)}
         for k, (fg, alpha) in enumerate(zip(self.foregrounds, self.alphas, strict=True), start=1):
             rows[f"fg {k}"] = to_uint8(fg)

@@ -21,12 +21,15 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from layert2v.compose import to_uint8
-
 H264_CRF = 12  # docs/results.md states the measured round-trip PSNR
 # 4:4:4 chroma: at 64x64 with saturated colours, 4:2:0 subsampling alone costs ~10 dB (median 31 vs 42 dB
 # measured on synthetic clips) for the same file size. Pass "yuv420p" where players need it.
 RGB_PIX_FMT = "yuv444p"
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Float frames in [0, 1] -> uint8, rounded and clipped: the one conversion every writer and cache uses."""
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
 class VideoError(ValueError):

@@ -41,7 +41,7 @@ RENDER_DIGEST = """
 import hashlib
 from layert2v.config import SynthConfig
 from layert2v.data.synthetic import make_clip
-from layert2v.compose import to_uint8
+from layert2v.io import to_uint8
 digest = hashlib.sha256()
 for index in range(12):
     clip = make_clip(SynthConfig(clips=12, max_fg=3, size=64, frames=9), index)  # the default size: 3 of 12 moved

@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from layert2v.compose import over, to_uint8
+from layert2v.compose import over
 from layert2v.config import PrepareConfig
 from layert2v.data.cache import OUTPUT_KIND, Prepared, reject_reasons, write_outputs
 from layert2v.data.vidlayer import ClipError, ClipSource, Reject, discover
-from layert2v.io import VideoError, probe, read_mask, read_video
+from layert2v.io import VideoError, probe, read_mask, read_video, to_uint8
 from layert2v.outputs import check_output
 from layert2v.progress import progress
 

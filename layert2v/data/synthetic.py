@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from layert2v.compose import over, to_uint8
+from layert2v.compose import over
 from layert2v.config import SynthConfig
 from layert2v.data.vidlayer import write_clip
+from layert2v.io import to_uint8
 
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "hexagon")
 COLOURS = {

@@ -32,10 +32,11 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from layert2v.compose import FORMATS, LayeredVideo, to_uint8
+from layert2v.compose import FORMATS, LayeredVideo
 from layert2v.config import Request as GenerationDefaults
 from layert2v.config import ServeConfig
 from layert2v.editing import Given
+from layert2v.io import to_uint8
 from layert2v.pipeline import RequestError, check_request
 from layert2v.serving import uploads
 from layert2v.serving.jobs import FINISHED, QUEUED, RUNNING, Job, JobStore

@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from layert2v.compose import LayeredVideo, to_uint8
+from layert2v.compose import LayeredVideo
 from layert2v.config import ServeConfig
 from layert2v.editing import MANIFEST, write_manifest
+from layert2v.io import to_uint8
 from layert2v.serving.jobs import Job, JobStore
 from layert2v.serving.source import FolderSource, Loaded, RegistrySource
 
