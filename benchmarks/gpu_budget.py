@@ -116,8 +116,8 @@ class PackedClips:
 
 
 def step_fn(model: LayerDiT, stage: DiTStageConfig, data: PackedClips, device: torch.device):
-    """One optimiser step of the objective in bf16 autocast (what `precision: auto` picks on a GPU); returns the
-    step function and the optimiser's scheduler."""
+    """One optimiser step of the objective in bf16 autocast (what `precision: auto` picks on a GPU) as a function
+    returning the batch's loss; the AdamW and its schedule live in its closure."""
     configured = adamw_warmup_cosine(model.parameters(), stage)
     optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
 
