@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import summary_table
 
 from layert2v.config import Params, load_params
 from layert2v.evaluate import evaluate_pipeline, validation_prompts
@@ -94,19 +95,14 @@ def main() -> None:
     saved = train(args, params)
     base = params.evaluate
     prompts = validation_prompts(args.root / "artifacts" / "prepared", args.clips, 1)
-    print("| step | training loss | seconds | guidance | coherence dB | colour | shape | blockiness |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(summary_table.header(["step", "training loss", "seconds", "guidance"]))
     for step, (folder, loss, seconds) in sorted(saved.items()):
         pipe = LayerT2VPipeline.from_folder(folder)
         for guidance in args.guidance.split(","):
             summary, _ = evaluate_pipeline(
                 pipe, prompts, dataclasses.replace(base, guidance=float(guidance)), 9, (64, 64)
             )
-            print(
-                f"| {step} | {loss:.3f} | {seconds:.0f} | {guidance} | {summary['coherence_db']:.1f} | "
-                f"{summary['colour_adherence']:.0%} | {summary['shape_adherence']:.0%} | {summary['blockiness']:.2f} |",
-                flush=True,
-            )
+            print(summary_table.row([step, f"{loss:.3f}", f"{seconds:.0f}", guidance], summary), flush=True)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,11 @@ or MLflow needed):
 1. `pack --root <make run folder> --out .gpu/data.npz`: the one-foreground training clips of the chain's latent
    cache (what `layert2v train --stage 2` reads) with their prompt states, in fp16, the text trimmed to each
    prompt's tokens, beside the model and stage-2 settings (`data.json`);
-2. `train --data .gpu/data.npz --out DIR --name NAME --seconds S [--batch B] [--model key=value ...]
-   [--snapshots 0.5,1]`: stage 2's objective (`training.objective.flow_losses`: the stage's shift, foreground
+2. `train --data .gpu/data.npz --out DIR --name NAME --seconds S [--steps N] [--batch B] [--model key=value ...]
+   [--stage key=value ...] [--snapshots 0.5,1]`: stage 2's objective (`training.objective.flow_losses`: the stage's shift, foreground
    weight, consistency term, prompt dropout; not the decoded-alpha term, which needs the VAE) in bf16 autocast with
    the stage's AdamW and cosine schedule and EMA, for as many steps as `S` seconds hold at the step time a short
-   probe measures (the schedule is set for that count); the EMA DiT saved in fp16 at the given fractions of the
+   probe measures (or `--steps`; the schedule is set for that count); the EMA DiT saved in fp16 at the given fractions of the
    run as `NAME_step<N>.safetensors`;
 3. `sample --root <make run folder> --weights F [F ...] [--reference <stage-2 model folder>] [--clips 32]`: each
    weights file made a pipeline folder with the chain's stage-1 VAE and sampled on the first `--clips`
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import summary_table
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -77,7 +78,7 @@ def model_config(values: dict) -> ModelConfig:
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """`key=value` pairs (comma-separated values become tuples) for the packed ModelConfig."""
+    """`key=value` pairs (comma-separated values become tuples) for the packed ModelConfig or stage settings."""
     out = {}
     for pair in pairs:
         key, value = pair.split("=", 1)
@@ -157,12 +158,12 @@ def train(args: argparse.Namespace) -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     meta = json.loads((args.data.parent / "data.json").read_text())
     cfg = model_config(meta["model"] | parse_overrides(args.model))
-    stage = dataclasses.replace(
-        DiTStageConfig(**meta["stage2"]), alpha_decode_samples=0, batch_size=args.batch or meta["stage2"]["batch_size"]
-    )
+    stage = DiTStageConfig(**meta["stage2"] | parse_overrides(args.stage) | {"alpha_decode_samples": 0})
+    stage = dataclasses.replace(stage, batch_size=args.batch or stage.batch_size)
     data = PackedClips(args.data, cfg.text_len, device)
     torch.manual_seed(0)
-    stage = dataclasses.replace(stage, max_steps=probe_steps(cfg, stage, data, device, args.seconds))
+    steps = args.steps or probe_steps(cfg, stage, data, device, args.seconds)
+    stage = dataclasses.replace(stage, max_steps=steps)
     snapshots = {max(1, round(float(f) * stage.max_steps)) for f in args.snapshots.split(",")}
     model = LayerDiT(cfg).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -178,16 +179,18 @@ def train(args: argparse.Namespace) -> None:
             mean = float(torch.stack(losses).mean())
             print(f"{args.name} step {n}: loss {mean:.3f}, {time.perf_counter() - start:.0f} s", flush=True)
             losses = []
-        late = time.perf_counter() - start > 1.25 * args.seconds  # the probe was optimistic: stop, keep what ran
+        late = not args.steps and time.perf_counter() - start > 1.25 * args.seconds  # the probe was optimistic
         if n in snapshots or late:
             save_ema(ema, cfg, n, stage.batch_size, args.out / f"{args.name}_step{n}.safetensors")
+            if args.live:
+                save_ema(model, cfg, n, stage.batch_size, args.out / f"{args.name}_live_step{n}.safetensors")
         if late:
             print(f"{args.name}: stopped at step {n} of {stage.max_steps}, over time", flush=True)
             break
 
 
 def save_ema(ema: LayerDiT, cfg: ModelConfig, steps: int, batch: int, path: Path) -> None:
-    """The EMA DiT in fp16 (half the bytes a device call may bring back) with its sizes and budget."""
+    """The EMA (or live) DiT in fp16 (half the bytes a device call may bring back) with its sizes and budget."""
     state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in ema.state_dict().items()}
     meta = {"model": json.dumps(dataclasses.asdict(cfg)), "steps": str(steps), "batch": str(batch)}
     save_file(state, path, metadata=meta)
@@ -216,15 +219,11 @@ def sample(args: argparse.Namespace) -> None:
         folders[f"{weights.stem} (batch {meta['batch']})"] = save_pipeline(
             folder, dit, vae, default_text_encoder_path()
         )
-    print("| model | coherence dB | colour | shape | blockiness | empty layers |")
-    print("|---|---|---|---|---|---|")
+    keys = (*summary_table.SAMPLES, "empty_layers")
+    print(summary_table.header(["model"], keys))
     for name, folder in folders.items():
         summary, _ = evaluate_pipeline(LayerT2VPipeline.from_folder(folder), prompts, params.evaluate, 9, (64, 64))
-        print(
-            f"| {name} | {summary['coherence_db']:.1f} | {summary['colour_adherence']:.0%} | "
-            f"{summary['shape_adherence']:.0%} | {summary['blockiness']:.2f} | {summary['empty_layers']:.0%} |",
-            flush=True,
-        )
+        print(summary_table.row([name], summary, keys), flush=True)
 
 
 def main() -> None:
@@ -238,9 +237,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--name", default="run")
     p.add_argument("--seconds", type=float, default=400)
+    p.add_argument("--steps", type=int, default=0, help="a fixed step count instead of --seconds' probe")
     p.add_argument("--batch", type=int, default=0, help="clips per step (0: the stage's)")
+    p.add_argument("--stage", nargs="*", default=[], help="stage-2 overrides, e.g. lr=0.003 warmup_steps=100")
     p.add_argument("--model", nargs="*", default=[], help="ModelConfig overrides, e.g. patch=1,1,1 dim=128")
     p.add_argument("--snapshots", default="1", help="fractions of the run at which the EMA DiT is saved")
+    p.add_argument("--live", action="store_true", help="save the trained weights beside their EMA")
     p.add_argument("--device", default="cuda")
     p = commands.add_parser("sample")
     p.add_argument("--root", type=Path, required=True)

@@ -22,6 +22,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import summary_table
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,6 +36,8 @@ from layert2v.evaluate import generate, sample_metrics, summarise, validation_pr
 from layert2v.models.layout import ALPHA, Layout
 from layert2v.pipeline import LayerT2VPipeline
 from layert2v.sampling import VelocityFn
+
+KEYS = ("coherence_db", "colour_adherence", "shape_adherence", "empty_layers", "blockiness")
 
 SIZE = (64, 64)
 
@@ -148,7 +151,7 @@ def main() -> None:
     cfg = replace(load_params(args.params).evaluate, seed=args.seed)
     prompts = validation_prompts(args.prepared, args.clips, pipe.cfg.max_fg)
     original = pipeline_module.composite_guided
-    print("| weight | coherence dB | colour | shape | empty | blockiness | seconds |\n|---|---|---|---|---|---|---|")
+    print(summary_table.header(["weight"], KEYS, ("seconds",)))
     for weight in (float(w) for w in args.weights.split(",")):
         rows, start = [], time.perf_counter()
         for prompt in prompts:
@@ -160,12 +163,7 @@ def main() -> None:
             rows.append(sample_metrics(video, prompt, pipe.cfg.vae_cell))
         pipeline_module.composite_guided = original
         summary = summarise(rows, [len(p.foregrounds) for p in prompts])
-        print(
-            f"| {weight} | {summary['coherence_db']:.1f} | {summary['colour_adherence']:.0%} | "
-            f"{summary['shape_adherence']:.0%} | {summary['empty_layers']:.0%} | {summary['blockiness']:.2f} | "
-            f"{time.perf_counter() - start:.0f} |",
-            flush=True,
-        )
+        print(summary_table.row([weight], summary, KEYS, (f"{time.perf_counter() - start:.0f}",)), flush=True)
 
 
 if __name__ == "__main__":

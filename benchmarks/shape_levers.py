@@ -30,6 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import summary_table
 import torch
 
 from layert2v.ceiling import alpha_iou
@@ -77,16 +78,14 @@ def scan(pipe: LayerT2VPipeline, prompts: list[ValPrompt], args: argparse.Namesp
     base = load_params(args.params).evaluate
     name, values = args.set.split("=", 1)
     kind = type(getattr(base, name))
-    print("| setting | coherence dB | colour | shape | blockiness | stutter | seconds |\n|---|---|---|---|---|---|---|")
+    keys = (*summary_table.SAMPLES, "alpha_stutter")
+    print(summary_table.header(["setting"], keys, ("seconds",)))
     for value in values.split(","):
         cfg = replace(base, **{name: kind(value)})
         start = time.perf_counter()
         summary, _ = evaluate_pipeline(pipe, prompts, cfg, args.frames, SIZE)
         print(
-            f"| {name} {value} | {summary['coherence_db']:.1f} | {summary['colour_adherence']:.0%} | "
-            f"{summary['shape_adherence']:.0%} | {summary['blockiness']:.2f} | {summary['alpha_stutter']:.2f} | "
-            f"{time.perf_counter() - start:.0f} |",
-            flush=True,
+            summary_table.row([f"{name} {value}"], summary, keys, (f"{time.perf_counter() - start:.0f}",)), flush=True
         )
 
 
