@@ -7,11 +7,12 @@ or MLflow needed):
    cache (what `layert2v train --stage 2` reads) with their prompt states, in fp16, the text trimmed to each
    prompt's tokens, beside the model and stage-2 settings (`data.json`);
 2. `train --data .gpu/data.npz --out DIR --name NAME --seconds S [--steps N] [--batch B] [--model key=value ...]
-   [--stage key=value ...] [--snapshots 0.5,1]`: stage 2's objective (`training.objective.flow_losses`: the stage's shift, foreground
-   weight, consistency term, prompt dropout; not the decoded-alpha term, which needs the VAE) in bf16 autocast with
-   the stage's AdamW and cosine schedule and EMA, for as many steps as `S` seconds hold at the step time a short
-   probe measures (or `--steps`; the schedule is set for that count); the EMA DiT saved in fp16 at the given fractions of the
-   run as `NAME_step<N>.safetensors`;
+   [--stage key=value ...] [--snapshots 0.5,1] [--live]`: stage 2's objective (`training.objective.flow_losses`: the
+   stage's shift, foreground weight, consistency term, prompt dropout; not the decoded-alpha term, which needs the
+   VAE) in bf16 autocast with the stage's AdamW and cosine schedule and EMA (`--stage` overrides the packed stage
+   settings, e.g. `lr=0.003`), for as many steps as `S` seconds hold at the step time a short probe measures, or for
+   `--steps` (the schedule is set for that count); the EMA DiT saved in fp16 at the given fractions of the run as
+   `NAME_step<N>.safetensors` (with `--live`, the trained weights too, as `NAME_live_step<N>`);
 3. `sample --root <make run folder> --weights F [F ...] [--reference <stage-2 model folder>] [--clips 32]`: each
    weights file made a pipeline folder with the chain's stage-1 VAE and sampled on the first `--clips`
    one-foreground validation clips (`evaluate_pipeline`), with the reference model beside them.
