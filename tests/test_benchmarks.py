@@ -65,3 +65,27 @@ def test_packed_clips_give_back_the_latent_clips_items(monkeypatch: pytest.Monke
     torch.testing.assert_close(batch["clear"], items[0]["clear"])
     with pytest.raises(ValueError, match="not prefixes"):
         pack_items([items[0] | {"text_mask": items[0]["text_mask"].flip(-1)}])
+
+
+def test_summary_rows_line_up_with_their_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import summary_table
+
+    keys = (*summary_table.SAMPLES, "empty_layers")
+    summary = {"coherence_db": 33.61, "colour_adherence": 1.0, "shape_adherence": 0.156, "blockiness": 0.8549}
+    head, rule = summary_table.header(["model"], keys, ("seconds",)).splitlines()
+    row = summary_table.row(["lr3e3"], summary | {"empty_layers": 0.0}, keys, ("658",))
+    assert head == "| model | coherence dB | colour | shape | blockiness | empty layers | seconds |"
+    assert row == "| lr3e3 | 33.6 | 100% | 16% | 0.85 | 0% | 658 |"
+    assert head.count("|") == rule.count("|") == row.count("|")
+
+
+def test_overrides_parse_to_the_types_the_configs_take(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from gpu_budget import parse_overrides
+
+    assert parse_overrides(["lr=0.003", "warmup_steps=100", "patch=1,4,4"]) == {
+        "lr": 0.003,
+        "warmup_steps": 100,
+        "patch": (1, 4, 4),
+    }
