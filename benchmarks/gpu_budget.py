@@ -159,13 +159,14 @@ def train(args: argparse.Namespace) -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     meta = json.loads((args.data.parent / "data.json").read_text())
     cfg = model_config(meta["model"] | parse_overrides(args.model))
-    stage = DiTStageConfig(**meta["stage2"] | parse_overrides(args.stage) | {"alpha_decode_samples": 0})
-    stage = dataclasses.replace(stage, batch_size=args.batch or stage.batch_size)
+    batch = {"batch_size": args.batch} if args.batch else {}
+    stage = DiTStageConfig(**meta["stage2"] | parse_overrides(args.stage) | batch | {"alpha_decode_samples": 0})
     data = PackedClips(args.data, cfg.text_len, device)
     torch.manual_seed(0)
     steps = args.steps or probe_steps(cfg, stage, data, device, args.seconds)
     stage = dataclasses.replace(stage, max_steps=steps)
     snapshots = {max(1, round(float(f) * stage.max_steps)) for f in args.snapshots.split(",")}
+    args.out.mkdir(parents=True, exist_ok=True)
     model = LayerDiT(cfg).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     step, losses, start = step_fn(model, stage, data, device), [], time.perf_counter()
@@ -182,17 +183,18 @@ def train(args: argparse.Namespace) -> None:
             losses = []
         late = not args.steps and time.perf_counter() - start > 1.25 * args.seconds  # the probe was optimistic
         if n in snapshots or late:
-            save_ema(ema, cfg, n, stage.batch_size, args.out / f"{args.name}_step{n}.safetensors")
+            save_weights(ema, cfg, n, stage.batch_size, args.out / f"{args.name}_step{n}.safetensors")
             if args.live:
-                save_ema(model, cfg, n, stage.batch_size, args.out / f"{args.name}_live_step{n}.safetensors")
+                save_weights(model, cfg, n, stage.batch_size, args.out / f"{args.name}_live_step{n}.safetensors")
         if late:
             print(f"{args.name}: stopped at step {n} of {stage.max_steps}, over time", flush=True)
             break
 
 
-def save_ema(ema: LayerDiT, cfg: ModelConfig, steps: int, batch: int, path: Path) -> None:
-    """The EMA (or live) DiT in fp16 (half the bytes a device call may bring back) with its sizes and budget."""
-    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in ema.state_dict().items()}
+def save_weights(dit: LayerDiT, cfg: ModelConfig, steps: int, batch: int, path: Path) -> None:
+    """A DiT (the EMA, or the live one) in fp16 (half the bytes a device call may bring back) with its sizes and
+    budget."""
+    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in dit.state_dict().items()}
     meta = {"model": json.dumps(dataclasses.asdict(cfg)), "steps": str(steps), "batch": str(batch)}
     save_file(state, path, metadata=meta)
 
