@@ -2,12 +2,16 @@
 once was) would otherwise be found only by the next person measuring."""
 
 import importlib
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from .conftest import ROOT
 
@@ -89,3 +93,41 @@ def test_overrides_parse_to_the_types_the_configs_take(monkeypatch: pytest.Monke
         "warmup_steps": 100,
         "patch": (1, 4, 4),
     }
+
+
+def test_chain_time_reads_each_stage_from_its_outputs(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Stages in `dvc.yaml` order, each from the previous one's last output to its own; an up-to-date stage (its
+    outputs older than the stage before it) is `cached` and counts zero in the prepare-to-stage-3 span."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from chain_time import span_minutes, stage_times, step_figures
+
+    stages = {
+        "prepare": {"outs": ["prepared"]},
+        "validate": {"metrics": [{"gate.json": {"cache": False}}]},
+        "stage3_multifg": {"outs": [{"artifacts/train/stage3": {"persist": True}}]},
+        "evaluate": {"outs": ["eval"]},
+    }
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"stage3": {"max_steps": 1000}}}))
+    written = {
+        "data/clip.mp4": 1000.0,
+        "prepared/a.npy": 1060.0,
+        "prepared/sub/b.npy": 1090.0,  # the newest file under a folder ends the stage
+        "gate.json": 500.0,  # older than the stage before: DVC did not run it
+        "artifacts/train/stage3/dit.safetensors": 1690.0,
+        "artifacts/train/stage3/perf.json": 1690.0,
+        "eval/metrics.json": 1750.0,
+    }
+    for name, mtime in written.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"perf/step_s": 0.6}) if name.endswith("perf.json") else "x")
+        os.utime(path, (mtime, mtime))
+
+    rows = stage_times(tmp_path, Path("data"))
+    assert [(row["stage"], row["seconds"]) for row in rows] == [
+        ("prepare", 90.0), ("validate", None), ("stage3_multifg", 600.0), ("evaluate", 60.0)
+    ]  # fmt: skip
+    assert span_minutes(rows) == pytest.approx(11.5)
+    assert step_figures(tmp_path, stages["stage3_multifg"]) == (1000, 0.6)
+    assert step_figures(tmp_path, stages["evaluate"]) is None
