@@ -7,7 +7,8 @@ written its last output to the moment it wrote its own last output (the newest m
 set: its generation is not counted). A stage DVC found up to date wrote nothing, so it reads as `cached` and its
 time counts as zero. Training stages add their step count (`train.<stage>.max_steps` of the folder's
 `params.yaml`) and median step (`perf.json`). The line the issues quote, prepare to the end of stage 3, is the sum
-of the stages from `prepare` through `stage3_multifg`.
+of the stages from `prepare` through `stage3_multifg`. It reads a chain that ran end to end (a fresh `make run`):
+where a later `dvc repro` re-ran only some stages, the first of them also counts the pause before it.
 """
 
 from __future__ import annotations
