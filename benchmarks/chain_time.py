@@ -37,17 +37,18 @@ def newest_mtime(path: Path) -> float | None:
     return max(times, default=None)
 
 
-def stages(root: Path) -> dict[str, dict]:
-    return yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+def read_yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
 
 
-def stage_times(root: Path, data: Path) -> list[dict]:
-    """One row per `dvc.yaml` stage in order: name, end (epoch seconds or None) and seconds (None when cached)."""
+def stage_times(root: Path, data: Path, stages: dict[str, dict]) -> list[dict]:
+    """One row per stage of `stages` (`dvc.yaml`'s, in order): name, end (epoch seconds or None) and seconds (None
+    when cached)."""
     previous = newest_mtime(root / data)
     if previous is None:
         raise FileNotFoundError(f"{root / data} holds no files: give the data the first stage reads with --data")
     rows = []
-    for name, stage in stages(root).items():
+    for name, stage in stages.items():
         ends = [t for t in (newest_mtime(root / p) for p in output_paths(stage)) if t is not None]
         end = max(ends, default=None)
         ran = end is not None and end > previous
@@ -56,7 +57,7 @@ def stage_times(root: Path, data: Path) -> list[dict]:
     return rows
 
 
-def step_figures(root: Path, stage: dict) -> tuple[int, float] | None:
+def step_figures(root: Path, stage: dict, params: dict) -> tuple[int, float] | None:
     """A training stage's configured steps and measured median step (seconds), when both are on disk; None for a
     stage that writes no `artifacts/train/<stage>` folder."""
     folders = [Path(p) for p in output_paths(stage) if Path(p).parent == Path("artifacts/train")]
@@ -64,7 +65,6 @@ def step_figures(root: Path, stage: dict) -> tuple[int, float] | None:
         return None
     key = folders[0].name
     perf = root / folders[0] / "perf.json"
-    params = yaml.safe_load((root / "params.yaml").read_text())
     steps = params.get("train", {}).get(key, {}).get("max_steps")
     if steps is None or not perf.is_file():
         return None
@@ -83,12 +83,13 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("."), help="a folder where `make run` finished")
     parser.add_argument("--data", type=Path, default=Path("data/vidlayer"), help="what the first stage reads")
     args = parser.parse_args()
-    rows, spec = stage_times(args.root, args.data), stages(args.root)
+    stages, params = read_yaml(args.root / "dvc.yaml")["stages"], read_yaml(args.root / "params.yaml")
+    rows = stage_times(args.root, args.data, stages)
     print(f"{args.root.resolve()}\n| stage | finished | minutes | steps x median step |\n|---|---|---|---|")
     for row in rows:
         end = datetime.fromtimestamp(row["end"]).strftime("%Y-%m-%d %H:%M:%S") if row["end"] else "-"
         minutes = "cached" if row["seconds"] is None else f"{row['seconds'] / 60:.1f}"
-        figures = step_figures(args.root, spec[row["stage"]])
+        figures = step_figures(args.root, stages[row["stage"]], params)
         steps = f"{figures[0]} x {figures[1]:.3f} s" if figures else ""
         print(f"| {row['stage']} | {end} | {minutes} | {steps} |")
     print(f"\n{FIRST} to the end of {LAST}: {span_minutes(rows):.1f} min")

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from .conftest import ROOT
 
@@ -107,8 +106,7 @@ def test_chain_time_reads_each_stage_from_its_outputs(monkeypatch: pytest.Monkey
         "stage3_multifg": {"outs": [{"artifacts/train/stage3": {"persist": True}}]},
         "evaluate": {"outs": ["eval"]},
     }
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"stage3": {"max_steps": 1000}}}))
+    params = {"train": {"stage3": {"max_steps": 1000}}}
     written = {
         "data/clip.mp4": 1000.0,
         "prepared/a.npy": 1060.0,
@@ -124,10 +122,10 @@ def test_chain_time_reads_each_stage_from_its_outputs(monkeypatch: pytest.Monkey
         path.write_text(json.dumps({"perf/step_s": 0.6}) if name.endswith("perf.json") else "x")
         os.utime(path, (mtime, mtime))
 
-    rows = stage_times(tmp_path, Path("data"))
+    rows = stage_times(tmp_path, Path("data"), stages)
     assert [(row["stage"], row["seconds"]) for row in rows] == [
         ("prepare", 90.0), ("validate", None), ("stage3_multifg", 600.0), ("evaluate", 60.0)
     ]  # fmt: skip
     assert span_minutes(rows) == pytest.approx(11.5)
-    assert step_figures(tmp_path, stages["stage3_multifg"]) == (1000, 0.6)
-    assert step_figures(tmp_path, stages["evaluate"]) is None
+    assert step_figures(tmp_path, stages["stage3_multifg"], params) == (1000, 0.6)
+    assert step_figures(tmp_path, stages["evaluate"], params) is None
