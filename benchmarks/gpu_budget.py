@@ -9,10 +9,11 @@ or MLflow needed):
 2. `train --data .gpu/data.npz --out DIR --name NAME --seconds S [--steps N] [--batch B] [--model key=value ...]
    [--stage key=value ...] [--snapshots 0.5,1] [--live]`: stage 2's objective (`training.objective.flow_losses`: the
    stage's shift, foreground weight, consistency term, prompt dropout; not the decoded-alpha term, which needs the
-   VAE) in bf16 autocast with the stage's AdamW and cosine schedule and EMA (`--stage` overrides the packed stage
-   settings, e.g. `lr=0.003`), for as many steps as `S` seconds hold at the step time a short probe measures, or for
-   `--steps` (the schedule is set for that count); the EMA DiT saved in fp16 at the given fractions of the run as
-   `NAME_step<N>.safetensors` (with `--live`, the trained weights too, as `NAME_live_step<N>`);
+   VAE) in bf16 autocast with the stage's optimiser (`--stage optimizer=muon` for Muon), cosine schedule and EMA
+   (`--stage` overrides the packed stage settings, e.g. `lr=0.003`), for as many steps as `S` seconds hold at the
+   step time a short probe measures, or for `--steps` (the schedule is set for that count); the EMA DiT saved in
+   fp16 at the given fractions of the run as `NAME_step<N>.safetensors` (with `--live`, the trained weights too, as
+   `NAME_live_step<N>`);
 3. `sample --root <make run folder> --weights F [F ...] [--reference <stage-2 model folder>] [--clips 32]`: each
    weights file made a pipeline folder with the chain's stage-1 VAE and sampled on the first `--clips`
    one-foreground validation clips (`evaluate_pipeline`), with the reference model beside them.
@@ -36,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from layert2v.config import DiTStageConfig, ModelConfig
 from layert2v.models.dit import LayerDiT
 from layert2v.training.objective import ema_decay_at, flow_losses
-from layert2v.training.schedule import adamw_warmup_cosine
+from layert2v.training.schedule import dit_optimizer
 
 SEGMENTS = ("segments", "alpha_grid")  # per-clip latent arrays packed as they are
 
@@ -83,9 +84,17 @@ def parse_overrides(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
         key, value = pair.split("=", 1)
-        parts = [json.loads(v) for v in value.split(",")]
+        parts = [json_or_text(v) for v in value.split(",")]
         out[key] = tuple(parts) if len(parts) > 1 else parts[0]
     return out
+
+
+def json_or_text(value: str) -> object:
+    """A JSON value (numbers, true/false), or the text itself (`optimizer=muon`)."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
 
 
 class PackedClips:
@@ -119,8 +128,8 @@ class PackedClips:
 
 def step_fn(model: LayerDiT, stage: DiTStageConfig, data: PackedClips, device: torch.device):
     """One optimiser step of the objective in bf16 autocast (what `precision: auto` picks on a GPU) as a function
-    returning the batch's loss; the AdamW and its schedule live in its closure."""
-    configured = adamw_warmup_cosine(model.parameters(), stage)
+    returning the batch's loss; the stage's optimiser (`schedule.dit_optimizer`) and schedule live in its closure."""
+    configured = dit_optimizer(model, stage)
     optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
 
     def step() -> torch.Tensor:

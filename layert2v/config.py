@@ -357,6 +357,9 @@ class AlphaStageConfig(StageConfig):
         _require(self.ceiling_clips >= 1, f"ceiling_clips must be >= 1, got {self.ceiling_clips}")
 
 
+OPTIMIZERS = ("adamw", "muon")
+
+
 @dataclass(frozen=True, kw_only=True)
 class DiTStageConfig(StageConfig):
     """Stages 2-3: LayerDiT on the latent cache."""
@@ -370,10 +373,13 @@ class DiTStageConfig(StageConfig):
     prompt_dropout: float = 0.1  # probability that a sample's prompts are dropped to the null prompt (for CFG)
     condition_dropout: float = 0.0  # probability that a sample gets one editing task's segments clean and given
     timestep_shift: float = 1.0  # shift of the training timesteps towards noise (`diffusion.time_shift`)
+    optimizer: str = "adamw"  # adamw, or muon: the transformer blocks' matrices by Muon, the rest by AdamW
+    # (`schedule.MuonAdamW`)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.timestep_shift > 0, f"timestep_shift must be > 0, got {self.timestep_shift}")
+        _require(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         _require(self.alpha_decode_samples >= 0, f"alpha_decode_samples must be >= 0, got {self.alpha_decode_samples}")
         for name in ("alpha_weight", "consistency_weight", "foreground_weight"):
             _require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")

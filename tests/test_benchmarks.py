@@ -87,10 +87,11 @@ def test_overrides_parse_to_the_types_the_configs_take(monkeypatch: pytest.Monke
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from gpu_budget import parse_overrides
 
-    assert parse_overrides(["lr=0.003", "warmup_steps=100", "patch=1,4,4"]) == {
+    assert parse_overrides(["lr=0.003", "warmup_steps=100", "patch=1,4,4", "optimizer=muon"]) == {
         "lr": 0.003,
         "warmup_steps": 100,
         "patch": (1, 4, 4),
+        "optimizer": "muon",
     }
 
 

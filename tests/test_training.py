@@ -19,19 +19,21 @@ import pytest
 import torch
 import yaml
 
-from layert2v.config import StageConfig, model_preset
+from layert2v.config import DiTStageConfig, StageConfig, model_preset
 from layert2v.data.datamodule import LatentClips, PreparedClips, SameKBatches, collate_clips
 from layert2v.data.synthetic import WORDS
 from layert2v.evaluate import reworded_prompts, validation_prompts
 from layert2v.models.checkpoint import known_segments, load_vae, save_vae
+from layert2v.models.dit import LayerDiT
+from layert2v.models.layout import Layout
 from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
 from layert2v.pipeline import LayerT2VPipeline
 from layert2v.quality.report import GateFailed
 from layert2v.quality.sample_gate import sample_gate
 from layert2v.training.encode import encode_prepared
-from layert2v.training.objective import ema_decay_at
+from layert2v.training.objective import ema_decay_at, flow_losses
 from layert2v.training.run import STAGES, _guard_resume, fingerprint, train_stage
-from layert2v.training.schedule import GradNormClip, adamw_warmup_cosine
+from layert2v.training.schedule import GradNormClip, Muon, adamw_warmup_cosine, dit_optimizer
 from layert2v.training.spec import StageContext
 
 from .conftest import ROOT
@@ -210,6 +212,83 @@ def test_stages_clip_gradients_with_the_fused_optimiser_in_bf16(tmp_path: Path) 
     ).fit(Steep(), data)  # fmt: skip
     assert len(after.norms) == 3 and min(before.norms) > 10
     assert max(after.norms) == pytest.approx(1.0, rel=1e-3)
+
+
+def tiny_dit_batch(seed: int) -> tuple[LayerDiT, dict[str, torch.Tensor]]:
+    torch.manual_seed(seed)
+    cfg = model_preset("tiny")
+    layout = Layout(1)
+    batch = {
+        "segments": torch.randn(4, layout.num_segments, cfg.latent_channels, 2, 4, 4),
+        "alpha_grid": torch.rand(4, 1, 1, 2, 4, 4),
+        "text": torch.randn(4, layout.num_prompts, cfg.text_len, cfg.text_dim),
+        "text_mask": torch.ones(4, layout.num_prompts, cfg.text_len, dtype=torch.bool),
+        "clear": torch.zeros(cfg.latent_channels, 2, 4, 4),
+    }
+    return LayerDiT(cfg), batch
+
+
+def test_muon_takes_the_blocks_matrices_learns_and_resumes_from_its_state(tmp_path: Path) -> None:
+    """`optimizer: muon`: the blocks' 2-D weights step by Muon, everything else by AdamW, both on the stage's one
+    schedule; the pair lowers a DiT's loss, and its state round-trips through a checkpoint so a resumed stage takes
+    the step the killed one would have."""
+    stage = DiTStageConfig(max_steps=40, batch_size=4, lr=1e-2, warmup_steps=5, optimizer="muon")
+    dit, batch = tiny_dit_batch(0)
+    configured = dit_optimizer(dit, stage)
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    matrices = {id(p) for group in optimizer.muon.param_groups for p in group["params"]}
+    assert matrices == {id(p) for n, p in dit.named_parameters() if n.startswith("blocks.") and p.ndim == 2}
+    assert len(matrices) + sum(len(g["params"]) for g in optimizer.adamw.param_groups) == len(list(dit.parameters()))
+
+    def step() -> float:
+        torch.manual_seed(len(losses))  # the same noise and timesteps for the original and the resumed run
+        loss = flow_losses(batch, dit, stage, 0.0)["loss"]
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        return loss.item()
+
+    losses: list[float] = []
+    while len(losses) < 30:
+        losses.append(step())
+    assert [g["lr"] for g in optimizer.param_groups] == [scheduler.get_last_lr()[0]] * len(optimizer.param_groups)
+    assert np.mean(losses[-5:]) < 0.95 * np.mean(losses[:5])  # 4 random clips: a slow fit at any rate
+
+    torch.save(
+        {"dit": dit.state_dict(), "opt": optimizer.state_dict(), "sched": scheduler.state_dict()}, tmp_path / "c"
+    )
+    expected = step()
+    after = {k: v.clone() for k, v in dit.state_dict().items()}
+    saved = torch.load(tmp_path / "c", weights_only=True)
+    dit.load_state_dict(saved["dit"])
+    configured = dit_optimizer(dit, stage)
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    optimizer.load_state_dict(saved["opt"])
+    scheduler.load_state_dict(saved["sched"])
+    assert step() == pytest.approx(expected)
+    assert all(torch.allclose(v, after[k]) for k, v in dit.state_dict().items())
+
+
+def test_batched_muon_takes_torchs_muon_steps() -> None:
+    """`schedule.Muon` batches the Newton-Schulz iterations by shape (and keeps them in fp32 where bf16 is emulated):
+    the same steps as `torch.optim.Muon` with the AdamW-matched rate, to its bf16 rounding."""
+    torch.manual_seed(0)
+    shapes = [(24, 24), (24, 24), (64, 24), (24, 64)]
+    ours = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    mine = Muon(ours, lr=0.01, weight_decay=0.1)
+    reference = torch.optim.Muon(theirs, lr=0.01, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    start = [p.detach().clone() for p in ours]
+    for _ in range(3):
+        grads = [torch.randn(shape) for shape in shapes]
+        for params, optimizer in ((ours, mine), (theirs, reference)):
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+    for p, q, p0 in zip(ours, theirs, start, strict=True):
+        moved, expected = p.detach() - p0, q.detach() - p0
+        assert float((moved - expected).norm() / expected.norm()) < 0.06  # bf16 alone moves it 2-4%
 
 
 def test_alpha_on_the_latent_grid() -> None:

@@ -29,7 +29,7 @@ from layert2v.models.dit import LayerDiT
 from layert2v.models.text import default_text_encoder_path
 from layert2v.models.vae import LayerVAE
 from layert2v.training.objective import ema_decay_at, flow_losses
-from layert2v.training.schedule import adamw_warmup_cosine
+from layert2v.training.schedule import dit_optimizer
 from layert2v.training.spec import StageContext, StageSpec, latent_clips
 
 
@@ -81,7 +81,7 @@ class JointLayerTraining(L.LightningModule):
         self.log("val/loss", losses["loss"], prog_bar=True)
 
     def configure_optimizers(self) -> dict:
-        return adamw_warmup_cosine(self.dit.parameters(), self.stage)
+        return dit_optimizer(self.dit, self.stage)
 
 
 def save_model(module: JointLayerTraining, data: L.LightningDataModule, folder: Path, ctx: StageContext) -> list[Path]:
