@@ -41,9 +41,10 @@ def batch(cfg, k: int, size: int, device: str = "cpu") -> dict:
     }
 
 
-def step_fn(model: LayerDiT, inputs: dict, bf16: bool):
-    """One training step (forward, MSE, backward, the stages' AdamW) on the device `inputs` lie on."""
-    optimizer = adamw_warmup_cosine(model.parameters(), StageConfig(max_steps=100, batch_size=1, lr=1e-4))["optimizer"]
+def step_fn(model: LayerDiT, inputs: dict, bf16: bool, optimizer: torch.optim.Optimizer | None = None):
+    """One training step (forward, MSE, backward, `optimizer` or the stages' AdamW) on the device `inputs` lie on."""
+    adamw = StageConfig(max_steps=100, batch_size=1, lr=1e-4)
+    optimizer = optimizer or adamw_warmup_cosine(model.parameters(), adamw)["optimizer"]
     target = torch.randn_like(inputs["latents"])
     device = target.device.type
 

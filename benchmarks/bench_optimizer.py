@@ -14,11 +14,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-from collections.abc import Callable
-from contextlib import nullcontext
 
 import torch
-from bench_dit import batch
+from bench_dit import batch, step_fn
 from timing import median_seconds
 
 from layert2v.config import DiTStageConfig, model_preset
@@ -40,19 +38,6 @@ def optimizers(model: LayerDiT) -> dict[str, torch.optim.Optimizer]:
     }
 
 
-def step_fn(model: LayerDiT, optimizer: torch.optim.Optimizer, inputs: dict, bf16: bool) -> Callable[[], None]:
-    target = torch.randn_like(inputs["latents"])
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
-            loss = (model.forward_layout(**inputs).float() - target).pow(2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -63,7 +48,7 @@ def main() -> None:
     cfg = model_preset("small")
     model = LayerDiT(cfg)
     inputs = batch(cfg, 1, STAGE.batch_size)
-    steps = {name: step_fn(model, opt, inputs, bf16) for name, opt in optimizers(model).items()}
+    steps = {name: step_fn(model, inputs, bf16, opt) for name, opt in optimizers(model).items()}
     print(f"{cpu_model()}, {torch.get_num_threads()} threads, {'bf16 autocast' if bf16 else 'fp32'}; small DiT, K = 1")
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.passes):
