@@ -4,10 +4,11 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from layert2v.config import model_preset
 from layert2v.diffusion import LossWeights, latent_composite, layered_loss, logit_normal_t, noisy, segment_timesteps
-from layert2v.models.dit import LayerDiT
+from layert2v.models.dit import LayerDiT, attention, matmul_attention
 from layert2v.models.layout import Layout, latent_shape
 from layert2v.sampling import composite_guided, euler_sample, guided, sample, shifted_sigmas
 from layert2v.training.objective import draw_known
@@ -153,6 +154,26 @@ def test_per_segment_timesteps_are_the_shared_one_when_equal_and_move_only_by_se
     clean = model.forward_layout(**(x | {"timestep": segment_timesteps(x["timestep"], known)}))
     assert torch.allclose(clean[1], shared[1], atol=1e-5)  # the other sample kept its t everywhere
     assert not torch.allclose(clean[0], shared[0], atol=1e-3)  # t = 0 on one segment is seen by every token
+
+
+def test_attention_is_sdpa_in_fp32_and_the_matmul_form_under_cpu_bf16_autocast() -> None:
+    """The DiT's attention spells softmax(q k^T) v out under CPU bf16 autocast (faster there than SDPA's flash
+    kernel: benchmarks/bench_attention.py): the spelled-out form is SDPA's, masked keys included, and fp32 stays
+    SDPA exactly (the exported graphs and the golden losses)."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, n, 16, generator=g) for n in (12, 10, 10))
+    mask = torch.rand(2, 1, 12, 10, generator=g) < 0.5
+    mask[..., 0], mask[..., 3] = True, False
+    sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.equal(attention(q, k, v, mask), sdpa)
+    assert torch.allclose(matmul_attention(q, k, v, mask), sdpa, atol=1e-6)
+    hidden = v.clone()
+    hidden[:, :, 3] += 100  # a key no query sees
+    assert torch.allclose(matmul_attention(q, k, hidden, mask), sdpa, atol=1e-6)
+    with torch.autocast("cpu", torch.bfloat16):
+        fast = attention(q, k, v, mask)
+        assert torch.equal(fast, matmul_attention(q, k, v, mask))
+    assert fast.dtype == torch.bfloat16 and (fast.float() - sdpa).abs().max() < 0.05
 
 
 def test_pooled_modulation_starts_as_the_model_without_it_and_learns() -> None:

@@ -122,8 +122,27 @@ class Attention(nn.Module):
         )
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:, None])
+        out = attention(q, k, v, None if mask is None else mask[:, None])
         return self.o(out.transpose(1, 2).flatten(2))
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """`[B, h, N, d]` attention; `mask` bool, broadcast to `[B, h, N, S]` (True: visible; no row is all False).
+
+    Under bf16 autocast on a CPU it is two bf16 GEMMs and a softmax (`matmul_attention`): at the DiT's lengths
+    (192-640 tokens) SDPA's CPU flash kernel took 2.4-2.9x as long forward and backward, for the same error
+    against fp32 (`benchmarks/bench_attention.py`). Everywhere else (fp32, the exported graphs, CUDA) it is SDPA."""
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        return matmul_attention(q, k, v, mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v, spelled out; with `mask`, the invisible scores are -inf before the softmax."""
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1).to(v.dtype) @ v
 
 
 class Block(nn.Module):
