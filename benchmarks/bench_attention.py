@@ -1,10 +1,11 @@
 """The DiT's attention under bf16 autocast on a CPU: SDPA's flash kernel against two GEMMs and a softmax, side by side.
 
 Run: `.venv/bin/python benchmarks/bench_attention.py [--repeats 7 --passes 3]`.
-1. The op, forward and backward, at the `small` DiT's training shapes (batch 8, 4 heads of 64, 64 x 64 x 9 frames:
+1. The op, forward and backward (the masked one with the mask in the form the DiT gives each kernel), at the `small` DiT's training shapes (batch 8, 4 heads of 64, 64 x 64 x 9 frames:
    K = 1..3 -> 192-384 video tokens; cross-attention to the 64-token prompts each segment sees), in bf16 and fp32.
-2. The whole training step (`bench_dit.step_fn`, bf16 autocast, K = 1 and 3) with the DiT's `attention` as it is
-   (`matmul_attention` under CPU autocast) and with SDPA in its place, alternating passes.
+2. The whole training step (`bench_dit.step_fn`, bf16 autocast, K = 1 and 3; captions of `CAPTION_TOKENS`) as the
+   DiT is (`matmul_attention` under CPU autocast, the prompts' padding dropped: `visible_text`), with the padding kept,
+   and with SDPA in its place as well (the DiT before both), alternating passes.
 3. Parity: the output and the parameter gradients of one step of each, relative to the same step in fp32.
 Each figure is the median of `repeats` calls; a step figure the median of its passes.
 """
@@ -27,6 +28,8 @@ from layert2v.models import dit
 from layert2v.models.layout import Layout
 
 HEADS, HEAD_DIM, BATCH = 4, 64, 8
+CAPTION_TOKENS = (38, 16)  # real tokens of the overall prompt and of each layer's: about the 90th percentile of the
+# default data's captions (8-55 tokens, median 18), what a batch of 8 holds at most
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -36,11 +39,13 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor |
 KERNELS: dict[str, Callable] = {"sdpa": sdpa, "matmul": dit.matmul_attention}
 
 
-def op_seconds(kernel: Callable, queries: int, keys: int, dtype: torch.dtype, repeats: int) -> float:
+def op_seconds(kernel: Callable, queries: int, keys: int, masked: bool, dtype: torch.dtype, repeats: int) -> float:
     q, k, v = (torch.randn(BATCH, HEADS, n, HEAD_DIM, dtype=dtype, requires_grad=True) for n in (queries, keys, keys))
-    mask = torch.rand(BATCH, 1, queries, keys) < 0.5 if keys != queries else None
+    mask = torch.rand(BATCH, 1, queries, keys) < 0.5 if masked else None
     if mask is not None:
         mask[..., 0] = True
+        with torch.autocast("cpu", dtype, enabled=dtype == torch.bfloat16):
+            mask = dit.attention_mask(mask, q) if kernel is dit.matmul_attention else mask  # what the DiT passes
     grad = torch.randn(BATCH, HEADS, queries, HEAD_DIM, dtype=dtype)
     return median_seconds(lambda: kernel(q, k, v, mask).backward(grad), repeats)
 
@@ -53,7 +58,7 @@ def op_table(repeats: int) -> None:
         tokens = layout.num_segments * 3 * 16  # 3 latent frames of 4 x 4 tokens per segment
         for name, keys in (("self", tokens), ("cross", layout.num_prompts * 64)):
             for dtype in (torch.bfloat16, torch.float32):
-                times = {kernel: op_seconds(fn, tokens, keys, dtype, repeats) for kernel, fn in KERNELS.items()}
+                times = {k: op_seconds(fn, tokens, keys, name == "cross", dtype, repeats) for k, fn in KERNELS.items()}
                 label = f"K = {k} {name} ({tokens} x {keys})"
                 print(
                     f"| {label} | {str(dtype)[6:]} | {times['sdpa'] * 1e3:.1f} ms | {times['matmul'] * 1e3:.1f} ms "
@@ -61,22 +66,41 @@ def op_table(repeats: int) -> None:
                 )
 
 
+def captioned(inputs: dict, layout: Layout) -> dict:
+    """`bench_dit.batch`'s inputs with prompts of `CAPTION_TOKENS` real tokens and the rest padding."""
+    lengths = torch.tensor([CAPTION_TOKENS[0]] + [CAPTION_TOKENS[1]] * (layout.num_prompts - 1))
+    mask = torch.arange(inputs["text_mask"].shape[-1]) < lengths[:, None]  # [P, M]
+    return inputs | {"text_mask": mask.expand_as(inputs["text_mask"]).clone()}
+
+
+VARIANTS = {  # name -> (attention under CPU autocast, the prompts' padding dropped)
+    "SDPA, padding kept": (sdpa, False),
+    "matmul, padding kept": (dit.matmul_attention, False),
+    "matmul, padding dropped": (dit.matmul_attention, True),
+}
+
+
 def step_table(repeats: int, passes: int) -> None:
     cfg = model_preset("small")
-    print("| training step, bf16 autocast, batch 8 | sdpa | matmul (the DiT's) | sdpa / matmul | each pass |")
-    print("|---|---|---|---|---|")
+    names = list(VARIANTS)
+    print(f"| training step, bf16 autocast, batch 8 | {' | '.join(names)} | first / last |")
+    print("|---|" + "---|" * (len(names) + 1))
     for k in (1, 3):
         torch.manual_seed(0)
-        step = step_fn(dit.LayerDiT(cfg), batch(cfg, k, BATCH), bf16=True)
-        times: dict[str, list[float]] = {"sdpa": [], "matmul": []}
+        step = step_fn(dit.LayerDiT(cfg), captioned(batch(cfg, k, BATCH), Layout(k)), bf16=True)
+        times: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(passes):
-            for kernel, fn in KERNELS.items():
-                with mock.patch.object(dit, "attention", lambda q, k, v, m, fn=fn: fn(q, k, v, m)):
+            for name, (fn, drop) in VARIANTS.items():
+                kept = dit.visible_text if drop else lambda text, mask: (text, mask)
+                with (
+                    mock.patch.object(dit, "attention", lambda q, k, v, m, fn=fn: fn(q, k, v, m)),
+                    mock.patch.object(dit, "visible_text", kept),
+                ):
                     step()
-                    times[kernel].append(median_seconds(step, repeats))
-        sdpa_s, matmul_s = (statistics.median(times[name]) for name in ("sdpa", "matmul"))
-        each = ", ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(times["sdpa"], times["matmul"], strict=True))
-        print(f"| K = {k} | {sdpa_s:.3f} s | {matmul_s:.3f} s | {sdpa_s / matmul_s:.2f}x | {each} |")
+                    times[name].append(median_seconds(step, repeats))
+        medians = [statistics.median(times[name]) for name in names]
+        cells = " | ".join(f"{m:.3f} s" for m in medians)
+        print(f"| K = {k} | {cells} | {medians[0] / medians[-1]:.2f}x |")
 
 
 def step_output_and_grads(model: dit.LayerDiT, inputs: dict, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -126,22 +126,47 @@ class Attention(nn.Module):
         return self.o(out.transpose(1, 2).flatten(2))
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """`[B, h, N, d]` attention; `mask` bool, broadcast to `[B, h, N, S]` (True: visible; no row is all False).
+def visible_text(text: torch.Tensor, cross_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """text `[B, S, D]` and cross_mask `[B, N, S]` cut to the text positions some token of the batch may see.
 
-    Under bf16 autocast on a CPU it is two bf16 GEMMs and a softmax (`matmul_attention`): at the DiT's lengths
-    (192-640 tokens) SDPA's CPU flash kernel took 2.4-2.9x as long forward and backward, for the same error
-    against fp32 (`benchmarks/bench_attention.py`). Everywhere else (fp32, the exported graphs, CUDA) it is SDPA."""
-    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+    Prompts are padded to `text_len` (64) tokens and most captions hold 8-40, so most of the cross-attention's keys are
+    padding that every query masks out, at the cost of real ones; dropping them changes nothing but the time. Kept
+    whole where the shapes must not depend on the data: ONNX export and `torch.compile`."""
+    if torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return text, cross_mask
+    seen = cross_mask.any(1).any(0)  # [S]
+    return (text, cross_mask) if bool(seen.all()) else (text[:, seen], cross_mask[..., seen])
+
+
+def matmul_path(x: torch.Tensor) -> bool:
+    """Whether `attention` spells attention out for `x`: under bf16 autocast on a CPU, where SDPA's flash kernel
+    took 2-2.8x as long forward and backward at the DiT's lengths (192-384 tokens) for the same error against fp32
+    (`benchmarks/bench_attention.py`). Everywhere else (fp32, the exported graphs, CUDA) it is SDPA."""
+    return x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """`[B, h, N, d]` attention; `mask` (from `attention_mask`) broadcast to `[B, h, N, S]`."""
+    if matmul_path(q):
         return matmul_attention(q, k, v, mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+def attention_mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The bool visibility mask (True: visible; no row all False) in the form `attention` takes for `x`: as it is for
+    SDPA, an additive bias (0 / -inf) in the autocast dtype for `matmul_attention`, built once per forward: adding
+    it took half the time of filling the scores by the mask, and its backward is free."""
+    if not matmul_path(x):
+        return mask
+    bias = torch.zeros(mask.shape, dtype=torch.get_autocast_dtype("cpu"), device=mask.device)
+    return bias.masked_fill(~mask, float("-inf"))
+
+
 def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v, spelled out; with `mask`, the invisible scores are -inf before the softmax."""
+    """softmax(q k^T / sqrt(d) + bias) v, spelled out; a bool `mask` sets the invisible scores to -inf."""
     scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores + mask if mask.is_floating_point() else scores.masked_fill(~mask, float("-inf"))
     return scores.softmax(-1).to(v.dtype) @ v
 
 
@@ -276,7 +301,8 @@ class LayerDiT(nn.Module):
         t_emb, e = per_frame(t_emb), per_frame(e)  # per latent frame, unless one for all
         if layer_ids is not None and instance_ids is not None:
             e = e + self.layer_modulation(layer_ids, instance_ids)[None]
-        context = self.text_embedding(text)
+        text, cross_mask = visible_text(text, cross_mask)
+        context, cross_mask = self.text_embedding(text), attention_mask(cross_mask, x)
         for block in self.blocks:
             x = block(x, e, context, cross_mask, rope)
         x = self.head(x, t_emb)  # [B, N, C * pt * ph * pw]
