@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from layert2v.config import model_preset
 from layert2v.diffusion import LossWeights, latent_composite, layered_loss, logit_normal_t, noisy, segment_timesteps
-from layert2v.models.dit import LayerDiT, attention, matmul_attention
+from layert2v.models import dit
+from layert2v.models.dit import LayerDiT, attention, attention_mask, matmul_attention
 from layert2v.models.layout import Layout, latent_shape
 from layert2v.sampling import composite_guided, euler_sample, guided, sample, shifted_sigmas
 from layert2v.training.objective import draw_known
@@ -170,10 +171,37 @@ def test_attention_is_sdpa_in_fp32_and_the_matmul_form_under_cpu_bf16_autocast()
     hidden = v.clone()
     hidden[:, :, 3] += 100  # a key no query sees
     assert torch.allclose(matmul_attention(q, k, hidden, mask), sdpa, atol=1e-6)
+    assert torch.equal(attention_mask(mask, q), mask)
     with torch.autocast("cpu", torch.bfloat16):
-        fast = attention(q, k, v, mask)
-        assert torch.equal(fast, matmul_attention(q, k, v, mask))
+        bias = attention_mask(mask, q)
+        fast = attention(q, k, v, bias)
+        assert torch.equal(fast, matmul_attention(q, k, v, mask))  # the additive bias is the mask, exactly
+    assert bias.dtype == torch.bfloat16 and torch.equal(bias == 0, mask)
     assert fast.dtype == torch.bfloat16 and (fast.float() - sdpa).abs().max() < 0.05
+
+
+def test_the_prompts_padding_is_dropped_from_the_cross_attention_without_changing_the_output(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`visible_text`: the text positions no token may see (every prompt is padded to text_len) are cut from the
+    keys, which leaves the output as it was, in fp32 and on the bf16 matmul path."""
+    torch.manual_seed(0)
+    model = LayerDiT(CFG).eval()
+    torch.nn.init.normal_(model.head.head.weight, std=0.02)
+    x = inputs(2)  # 5 real tokens of each prompt's text_len
+    keys = []
+    model.blocks[0].cross_attn.k.register_forward_hook(lambda _m, _i, out: keys.append(out.shape[1]))
+    with torch.no_grad():
+        cut = model.forward_layout(**x)
+        with torch.autocast("cpu", torch.bfloat16):
+            cut_bf16 = model.forward_layout(**x)
+        monkeypatch.setattr(dit, "visible_text", lambda text, mask: (text, mask))
+        whole = model.forward_layout(**x)
+        with torch.autocast("cpu", torch.bfloat16):
+            whole_bf16 = model.forward_layout(**x)
+    assert keys == [x["layout"].num_prompts * 5] * 2 + [x["layout"].num_prompts * CFG.text_len] * 2
+    assert torch.allclose(cut, whole, atol=1e-6)
+    assert torch.allclose(cut_bf16.float(), whole_bf16.float(), atol=2e-2)
 
 
 def test_pooled_modulation_starts_as_the_model_without_it_and_learns() -> None:
