@@ -1,8 +1,9 @@
 """The DiT's attention under bf16 autocast on a CPU: SDPA's flash kernel against two GEMMs and a softmax, side by side.
 
 Run: `.venv/bin/python benchmarks/bench_attention.py [--repeats 7 --passes 3]`.
-1. The op, forward and backward (the masked one with the mask in the form the DiT gives each kernel), at the `small` DiT's training shapes (batch 8, 4 heads of 64, 64 x 64 x 9 frames:
-   K = 1..3 -> 192-384 video tokens; cross-attention to the 64-token prompts each segment sees), in bf16 and fp32.
+1. The op, forward and backward, at the `small` DiT's training shapes (batch 8, 4 heads of 64, 64 x 64 x 9 frames:
+   K = 1..3 -> 192-384 video tokens; cross-attention to the 64-token prompts each segment sees, its mask in the
+   form the DiT gives each kernel), in bf16 and fp32.
 2. The whole training step (`bench_dit.step_fn`, bf16 autocast, K = 1 and 3; captions of `CAPTION_TOKENS`) as the
    DiT is (`matmul_attention` under CPU autocast, the prompts' padding dropped: `visible_text`), with the padding kept,
    and with SDPA in its place as well (the DiT before both), alternating passes.
@@ -58,7 +59,10 @@ def op_table(repeats: int) -> None:
         tokens = layout.num_segments * 3 * 16  # 3 latent frames of 4 x 4 tokens per segment
         for name, keys in (("self", tokens), ("cross", layout.num_prompts * 64)):
             for dtype in (torch.bfloat16, torch.float32):
-                times = {k: op_seconds(fn, tokens, keys, name == "cross", dtype, repeats) for k, fn in KERNELS.items()}
+                times = {
+                    kernel: op_seconds(fn, tokens, keys, name == "cross", dtype, repeats)
+                    for kernel, fn in KERNELS.items()
+                }
                 label = f"K = {k} {name} ({tokens} x {keys})"
                 print(
                     f"| {label} | {str(dtype)[6:]} | {times['sdpa'] * 1e3:.1f} ms | {times['matmul'] * 1e3:.1f} ms "

@@ -129,9 +129,10 @@ class Attention(nn.Module):
 def visible_text(text: torch.Tensor, cross_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """text `[B, S, D]` and cross_mask `[B, N, S]` cut to the text positions some token of the batch may see.
 
-    Prompts are padded to `text_len` (64) tokens and most captions hold 8-40, so most of the cross-attention's keys are
-    padding that every query masks out, at the cost of real ones; dropping them changes nothing but the time. Kept
-    whole where the shapes must not depend on the data: ONNX export and `torch.compile`."""
+    Prompts are padded to `text_len` (64) tokens and the default data's captions hold 8-55 (median 18), so most of
+    the cross-attention's keys are padding that every query masks out, at the cost of real ones; dropping them
+    changes nothing but the time. Kept whole where the shapes must not depend on the data: ONNX export and
+    `torch.compile`."""
     if torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
         return text, cross_mask
     seen = cross_mask.any(1).any(0)  # [S]
@@ -139,7 +140,7 @@ def visible_text(text: torch.Tensor, cross_mask: torch.Tensor) -> tuple[torch.Te
 
 
 def matmul_path(x: torch.Tensor) -> bool:
-    """Whether `attention` spells attention out for `x`: under bf16 autocast on a CPU, where SDPA's flash kernel
+    """Whether `attention` spells attention out for `x`: under autocast (bf16) on a CPU, where SDPA's flash kernel
     took 2-2.8x as long forward and backward at the DiT's lengths (192-384 tokens) for the same error against fp32
     (`benchmarks/bench_attention.py`). Everywhere else (fp32, the exported graphs, CUDA) it is SDPA."""
     return x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
