@@ -45,8 +45,7 @@ def op_seconds(kernel: Callable, queries: int, keys: int, masked: bool, dtype: t
     mask = torch.rand(BATCH, 1, queries, keys) < 0.5 if masked else None
     if mask is not None:
         mask[..., 0] = True
-        with torch.autocast("cpu", dtype, enabled=dtype == torch.bfloat16):
-            mask = dit.attention_mask(mask, q) if kernel is dit.matmul_attention else mask  # what the DiT passes
+        mask = dit.additive_bias(mask, dtype) if kernel is dit.matmul_attention else mask  # what the DiT passes
     grad = torch.randn(BATCH, HEADS, queries, HEAD_DIM, dtype=dtype)
     return median_seconds(lambda: kernel(q, k, v, mask).backward(grad), repeats)
 

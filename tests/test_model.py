@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from layert2v.config import model_preset
 from layert2v.diffusion import LossWeights, latent_composite, layered_loss, logit_normal_t, noisy, segment_timesteps
 from layert2v.models import dit
-from layert2v.models.dit import LayerDiT, attention, attention_mask, matmul_attention
+from layert2v.models.dit import LayerDiT, additive_bias, attention, attention_mask, matmul_attention
 from layert2v.models.layout import Layout, latent_shape
 from layert2v.sampling import composite_guided, euler_sample, guided, sample, shifted_sigmas
 from layert2v.training.objective import draw_known
@@ -167,15 +167,15 @@ def test_attention_is_sdpa_in_fp32_and_the_matmul_form_under_cpu_bf16_autocast()
     mask[..., 0], mask[..., 3] = True, False
     sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert torch.equal(attention(q, k, v, mask), sdpa)
-    assert torch.allclose(matmul_attention(q, k, v, mask), sdpa, atol=1e-6)
+    assert torch.allclose(matmul_attention(q, k, v, additive_bias(mask, q.dtype)), sdpa, atol=1e-6)
     hidden = v.clone()
     hidden[:, :, 3] += 100  # a key no query sees
-    assert torch.allclose(matmul_attention(q, k, hidden, mask), sdpa, atol=1e-6)
+    assert torch.allclose(matmul_attention(q, k, hidden, additive_bias(mask, q.dtype)), sdpa, atol=1e-6)
     assert torch.equal(attention_mask(mask, q), mask)
     with torch.autocast("cpu", torch.bfloat16):
         bias = attention_mask(mask, q)
         fast = attention(q, k, v, bias)
-        assert torch.equal(fast, matmul_attention(q, k, v, mask))  # the additive bias is the mask, exactly
+        assert torch.equal(fast, matmul_attention(q, k, v, additive_bias(mask, torch.bfloat16)))
     assert bias.dtype == torch.bfloat16 and torch.equal(bias == 0, mask)
     assert fast.dtype == torch.bfloat16 and (fast.float() - sdpa).abs().max() < 0.05
 

@@ -157,18 +157,18 @@ def attention_mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The bool visibility mask (True: visible; no row all False) in the form `attention` takes for `x`: as it is for
     SDPA, an additive bias (0 / -inf) in the autocast dtype for `matmul_attention`, built once per forward: adding
     it took half the time of filling the scores by the mask, and its backward is free."""
-    if not matmul_path(x):
-        return mask
-    bias = torch.zeros(mask.shape, dtype=torch.get_autocast_dtype("cpu"), device=mask.device)
-    return bias.masked_fill(~mask, float("-inf"))
+    return additive_bias(mask, torch.get_autocast_dtype("cpu")) if matmul_path(x) else mask
 
 
-def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + bias) v, spelled out; a bool `mask` sets the invisible scores to -inf."""
+def additive_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool visibility mask as the scores' additive bias: 0 where visible, -inf elsewhere."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+
+
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + bias) v, spelled out (`bias` from `additive_bias`)."""
     scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    if mask is not None:
-        scores = scores + mask if mask.is_floating_point() else scores.masked_fill(~mask, float("-inf"))
-    return scores.softmax(-1).to(v.dtype) @ v
+    return (scores if bias is None else scores + bias).softmax(-1).to(v.dtype) @ v
 
 
 class Block(nn.Module):
