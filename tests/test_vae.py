@@ -380,3 +380,25 @@ def test_composite_is_the_encoded_over_of_the_decoded_layers() -> None:
     c1, c2, back = (vae.decode_rgb(z) for z in (fg1, fg2, bg))
     by_hand = c1.clamp(max=0.5) + 0.5 * (c2.clamp(max=0.5) + 0.5 * back)
     assert torch.allclose(vae.composite([fg1, fg2], [a1, a2], bg), vae.encode_rgb(by_hand), atol=1e-5)
+
+
+def test_the_refine_head_convolves_channels_last_frames_to_the_plain_layouts_values() -> None:
+    """The head's frames go in channels-last (oneDNN's thin convolutions are faster so: `benchmarks/bench_vae.py`);
+    the layout must not change the result, forward or backward, against the same convolutions on plain frames."""
+    torch.manual_seed(0)
+    head = LayerVAE(model_preset("tiny", vae_refine=8)).vae.refine
+    torch.nn.init.normal_(head.net[2].weight, std=0.1)  # a trained head: zero at init would hide the convolutions
+    layouts = []
+    head.net[0].register_forward_pre_hook(
+        lambda _, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    video = torch.rand(2, 3, 5, 16, 16, requires_grad=True)
+    out = head(video)
+    (grad,) = torch.autograd.grad(out.square().sum(), video)
+    plain = video.detach().transpose(1, 2).flatten(0, 1).contiguous().requires_grad_()
+    reference = video.detach() + head.net(plain).unflatten(0, (2, -1)).transpose(1, 2)
+    (plain_grad,) = torch.autograd.grad(reference.square().sum(), plain)
+    assert layouts[0] and not plain.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
+    expected = plain_grad.unflatten(0, (2, -1)).transpose(1, 2)  # through the head only; the residual adds 2 * out
+    torch.testing.assert_close(grad - 2 * out.detach(), expected, rtol=1e-5, atol=1e-5)
