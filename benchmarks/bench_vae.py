@@ -1,6 +1,6 @@
 """The patch VAE's refine head in channels-last against the plain (contiguous) layout, side by side.
 
-Run: `.venv/bin/python benchmarks/bench_vae.py [--repeats 7 --passes 3]`.
+Run: `.venv/bin/python benchmarks/bench_vae.py [--repeats 7 --passes 3] [--fp32-only]`.
 The default model's autoencoder (`params.yaml`: 8-pixel cells, refine head of width 32, context branch), random
 weights (the head's output conv is zero at init, so it is filled first, as after training), fp32 and bf16 autocast:
 1. the refine head alone, forward and backward, on stage 0's frames (batch 2 x 3 streams x 9 frames of 64 x 64);
@@ -99,6 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--fp32-only", action="store_true", help="skip bf16 (a CPU without bf16 kernels emulates it)")
     args = parser.parse_args()
     print(f"CPU: {cpu_model()}; threads {torch.get_num_threads()}")
     print(
@@ -107,7 +108,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     module = stage0_module()
     for name, call in cases(module).items():
-        for bf16 in (False, True):
+        for bf16 in (False,) if args.fp32_only else (False, True):
             seconds: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
             outputs: dict[str, torch.Tensor] = {}
             reference = timed(call, "contiguous", False, 1)[1]
