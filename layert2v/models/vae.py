@@ -122,8 +122,9 @@ class _Refine(nn.Module):
     """`x + conv(silu(conv(x)))` per frame at full resolution, zero at init: 3x3 kernels that cross cell borders.
 
     The frames go in channels-last: oneDNN's kernels for these thin (3-channel) convolutions ran forward and backward
-    1.4-1.6x faster that way, fp32 and bf16, and the default chain's stage-0 step went from 0.091 to 0.061 s on 2
-    cores (`benchmarks/bench_vae.py`, docs/results.md). Only the memory layout differs; the values are the same."""
+    1.4-1.6x faster that way, fp32 and bf16 (1.2x with AVX2 kernels alone), and the default chain's stage-0 step went
+    from 0.091 to 0.061 s on 2 cores (`benchmarks/bench_vae.py`, docs/results.md). Only the memory layout differs; the
+    values are the same."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
