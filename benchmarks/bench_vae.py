@@ -108,10 +108,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     module = stage0_module()
     for name, call in cases(module).items():
+        reference = timed(call, "contiguous", False, 1)[1]
         for bf16 in (False,) if args.fp32_only else (False, True):
             seconds: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
             outputs: dict[str, torch.Tensor] = {}
-            reference = timed(call, "contiguous", False, 1)[1]
             for _ in range(args.passes):
                 for layout in LAYOUTS:
                     s, outputs[layout] = timed(call, layout, bf16, args.repeats)

@@ -21,6 +21,7 @@ from timing import median_seconds
 
 from layert2v.config import load_params
 from layert2v.hostcache import cpu_model
+from layert2v.models.layout import Layout
 from layert2v.training import stage2_joint, stage3_multifg
 from layert2v.training.spec import StageContext, StageSpec, latent_clips
 
@@ -31,7 +32,7 @@ def first_batches(ctx: StageContext, spec: StageSpec, max_fg: int) -> dict[int, 
     data.setup("fit")
     batches: dict[int, dict] = {}
     for batch in data.train_dataloader():
-        batches.setdefault((batch["segments"].shape[1] - 2) // 2, batch)  # [full, bg, (fg, alpha) x K]
+        batches.setdefault(Layout.from_segments(batch["segments"].shape[1]).num_fg, batch)
         if len(batches) == max_fg:
             break
     return dict(sorted(batches.items()))
