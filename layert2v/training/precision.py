@@ -5,7 +5,9 @@ a Zen 5, with the chain's gate figures unchanged within noise, but the `tiny` pr
 not GEMMs) and a CPU without native bf16 kernels gains nothing (docs/results.md, Benchmarks). So no fixed setting is
 right everywhere: `auto` times a few forward + backward passes of the stage's own module on one of its batches in
 each precision, keeps bf16-mixed only when it is at least `MIN_SPEEDUP` faster, and caches the verdict per host
-(`hostcache`), so each host and stage shape pays the probe (seconds) once.
+(`hostcache`), so each host and stage shape pays the probe (seconds) once. Where oneDNN has no bf16 kernels (AVX2-only
+CPUs) there is nothing to time: bf16 is emulated there, and its probe alone took 4 minutes of the first chain (stage
+3's bf16 step 41 s against 1.3 s in fp32 on a Zen 3), so `auto` is 32-true without one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from layert2v.hostcache import CACHE_DIR, cached_verdict, median_seconds, warn_if_bf16_is_emulated
+from layert2v.hostcache import CACHE_DIR, cached_verdict, median_seconds, native_bf16, warn_if_bf16_is_emulated
 
 CACHE = CACHE_DIR / "precision.json"
 MIN_SPEEDUP = 1.1  # bf16 rounds every GEMM input: below this gain it is not worth it
@@ -66,14 +68,15 @@ def resolve_precision(
 ) -> tuple[str, dict[str, float]]:
     """The Lightning precision to train with and the probe's seconds (empty when none ran). `configured` other than
     `auto` is kept. On a GPU, `auto` is bf16-mixed where the GPU has bf16; on a CPU it is the probe's verdict, for
-    one process only: DDP ranks must agree, and a probe per rank might not, so they take 32-true."""
+    one process only: DDP ranks must agree, and a probe per rank might not, so they take 32-true; a CPU without
+    bf16 kernels takes 32-true unprobed."""
     if configured != "auto":
         if configured == "bf16-mixed" and not torch.cuda.is_available():
             warn_if_bf16_is_emulated("train.precision")
         return configured, {}
     if torch.cuda.is_available():
         return ("bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"), {}
-    if processes > 1:
+    if processes > 1 or not native_bf16():
         return "32-true", {}
     with torch.random.fork_rng():  # a probe must not change what the seeded run trains (a loader draws a seed too)
         batch = _batch(data)
