@@ -1,10 +1,10 @@
-"""The DiT's elementwise work in fused forms against its plain products and sums, side by side on the step.
+"""The DiT's elementwise work in fused forms against plain products and sums, side by side on the step.
 
 Run: `.venv/bin/python benchmarks/bench_elementwise.py [--repeats 5 --passes 3 --bf16]`.
 Between its GEMMs a DiT block modulates (`x * (1 + scale) + shift`, twice), gates its residuals (`x + y * gate`,
-twice) and rotates q and k (RoPE), each as plain products and sums. Candidates: the first two as one fused
-multiply-add each (`torch.addcmul`), the rotation in fp32 as one complex multiplication. This times the `small`
-training step (forward, MSE, backward, AdamW; batch 8, K = 1 and 3, captions as `bench_attention.py`) and a
+twice) and rotates q and k (RoPE). The DiT does the first two as one fused multiply-add each (`torch.addcmul`) and,
+in eager fp32, the rotation as one complex multiplication; before, each was plain products and sums. This times the
+`small` training step (forward, MSE, backward, AdamW; batch 8, K = 1 and 3, captions as `bench_attention.py`) and a
 denoising step (batch 2, no gradients) with each form patched in, alternating passes, and prints each form's largest
 output difference to the plain one. fp32 by default: what `train.precision: auto` trains in where the CPU has no
 native bf16 (AVX2 hosts); `--bf16` under bf16 autocast, where RoPE keeps its real form.
@@ -29,59 +29,41 @@ from layert2v.models import dit
 from layert2v.models.layout import Layout
 
 
-def fused_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """`dit.modulate` as one fused multiply-add."""
-    runs = shift.shape[1]
-    return torch.addcmul(shift[:, :, None], x.unflatten(1, (runs, -1)), 1 + scale[:, :, None]).flatten(1, 2)
+def plain_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """`dit.modulate` as a product and a sum (the DiT before)."""
+    return (x.unflatten(1, (shift.shape[1], -1)) * (1 + scale[:, :, None]) + shift[:, :, None]).flatten(1, 2)
 
 
-def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """`x + dit.per_group(y, gate)` as one fused multiply-add."""
-    runs = gate.shape[1]
-    return torch.addcmul(x.unflatten(1, (runs, -1)), y.unflatten(1, (runs, -1)), gate[:, :, None]).flatten(1, 2)
-
-
-def fused_block_forward(
-    self: dit.Block,
-    x: torch.Tensor,
-    e: torch.Tensor,
-    context: torch.Tensor,
-    mask: torch.Tensor,
-    rope: tuple[torch.Tensor, torch.Tensor],
-) -> torch.Tensor:
-    """`dit.Block.forward` with its two gated residuals fused."""
-    shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation + e).unbind(2)
-    x = gated_residual(x, self.self_attn(dit.modulate(self.norm1(x), shift_sa, scale_sa), rope=rope), gate_sa)
-    x = x + self.cross_attn(self.norm3(x), context=context, mask=mask)
-    return gated_residual(x, self.ffn(dit.modulate(self.norm2(x), shift_ff, scale_ff)), gate_ff)
+def plain_gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """`dit.gated_residual` as a product and a sum (the DiT before)."""
+    return x + (y.unflatten(1, (gate.shape[1], -1)) * gate[:, :, None]).flatten(1, 2)
 
 
 APPLY_ROPE = dit.apply_rope
 
 
-def complex_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """`dit.apply_rope` as one complex multiplication where the dtype has a complex type (fp32)."""
-    if x.dtype != torch.float32:
+def real_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`dit.apply_rope` in its real form, the one graphs and bf16 take."""
+    with mock.patch.object(dit, "traced", lambda: True):
         return APPLY_ROPE(x, cos, sin)
-    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * torch.complex(cos, sin)).flatten(-2)
 
 
 FORMS = {  # name -> (fused multiply-adds, complex RoPE)
-    "plain (the DiT)": (False, False),
+    "plain (before)": (False, False),
     "addcmul": (True, False),
     "complex RoPE": (False, True),
-    "both": (True, True),
+    "both (the DiT)": (True, True),
 }
 
 
 def patched(name: str) -> ExitStack:
     fused, complex_form = FORMS[name]
     stack = ExitStack()
-    if fused:
-        stack.enter_context(mock.patch.object(dit, "modulate", fused_modulate))
-        stack.enter_context(mock.patch.object(dit.Block, "forward", fused_block_forward))
-    if complex_form:
-        stack.enter_context(mock.patch.object(dit, "apply_rope", complex_rope))
+    if not fused:
+        stack.enter_context(mock.patch.object(dit, "modulate", plain_modulate))
+        stack.enter_context(mock.patch.object(dit, "gated_residual", plain_gated_residual))
+    if not complex_form:
+        stack.enter_context(mock.patch.object(dit, "apply_rope", real_rope))
     return stack
 
 
@@ -110,7 +92,7 @@ def differences(model: dit.LayerDiT, inputs: dict, bf16: bool) -> str:
     for name in FORMS:
         with patched(name), torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
             outputs[name] = model.forward_layout(**inputs).float()
-    plain = outputs["plain (the DiT)"]
+    plain = outputs["plain (before)"]
     return ", ".join(f"{name} {(output - plain).abs().max().item():.1e}" for name, output in outputs.items())
 
 
@@ -121,7 +103,7 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="under bf16 autocast (native bf16 hosts)")
     args = parser.parse_args()
     print(f"{cpu_model()}, {torch.get_num_threads()} threads, {'bf16 autocast' if args.bf16 else 'fp32'}\n")
-    print(f"| step | {' | '.join(FORMS)} | plain / both |")
+    print(f"| step | {' | '.join(FORMS)} | before / the DiT |")
     print("|---|" + "---|" * (len(FORMS) + 1))
     cfg = model_preset("small")
     notes = []

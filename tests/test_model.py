@@ -399,3 +399,20 @@ def test_decoded_alpha_term_uses_the_decoder() -> None:
         [torch.nn.functional.smooth_l1_loss(decode(z), a) for z, a in zip(layout.split(x0)[3::2], truth, strict=True)]
     ).mean()
     assert torch.allclose(losses["alpha"], expected) and torch.allclose(losses["loss"], losses["fm"] + 0.1 * expected)
+
+
+def test_the_fused_elementwise_forms_equal_the_plain_products_and_sums(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RoPE as a complex product (eager fp32) rotates as the real form that graphs and bf16 take; the modulation and
+    the gated residual as fused multiply-adds give `x * (1 + scale) + shift` and `x + y * gate` per run of tokens."""
+    torch.manual_seed(0)
+    q = torch.randn(2, 3 * 16, 4, 24).transpose(1, 2)  # [B, h, N, d], a strided view as the DiT's heads
+    cos, sin = dit.rope_cos_sin((3, 4, 4), 24)
+    rotated = dit.apply_rope(q, cos, sin)
+    monkeypatch.setattr(dit, "traced", lambda: True)
+    assert torch.allclose(rotated, dit.apply_rope(q, cos, sin), atol=1e-6)
+    norms = q.unflatten(-1, (-1, 2)).norm(dim=-1)
+    assert torch.allclose(rotated.unflatten(-1, (-1, 2)).norm(dim=-1), norms, atol=1e-5)  # a rotation
+    x, y, shift, scale, gate = torch.randn(2, 48, 8), torch.randn(2, 48, 8), *torch.randn(3, 2, 3, 8)
+    per_token = lambda v: v.repeat_interleave(16, dim=1)  # noqa: E731
+    assert torch.allclose(dit.modulate(x, shift, scale), x * (1 + per_token(scale)) + per_token(shift), atol=1e-6)
+    assert torch.allclose(dit.gated_residual(x, y, gate), x + y * per_token(gate), atol=1e-6)
