@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from layert2v import hostcache
+from layert2v.training import precision
 from layert2v.training.precision import resolve_precision
 
 
@@ -55,19 +56,15 @@ def test_explicit_bf16_training_warns_only_where_bf16_is_emulated(
 def test_auto_precision_is_fp32_unprobed_where_bf16_is_emulated(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without bf16 kernels (an AVX2-only EPYC: stage 3's bf16 probe step took 41 s against 1.3 s in fp32) `auto`
     trains in fp32 and times nothing; with them it probes."""
-    from layert2v.training import precision
-
+    seconds = {"32-true": 2.0, "bf16-mixed": 1.0}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     probes = []
-    monkeypatch.setattr(precision, "cached_verdict", lambda *args: probes.append(args) or {"seconds": SECONDS})
+    monkeypatch.setattr(precision, "cached_verdict", lambda *args: probes.append(args) or {"seconds": seconds})
     monkeypatch.setattr(precision, "_batch", lambda data: {})
     monkeypatch.setattr(precision, "_subject", lambda module, batch: "step")
     monkeypatch.setattr(precision, "native_bf16", lambda: False)
     assert resolve_precision("auto", None, None) == ("32-true", {})  # type: ignore[arg-type]  # no probe runs
     assert probes == []
     monkeypatch.setattr(precision, "native_bf16", lambda: True)
-    assert resolve_precision("auto", None, None) == ("bf16-mixed", SECONDS)  # type: ignore[arg-type]
+    assert resolve_precision("auto", None, None) == ("bf16-mixed", seconds)  # type: ignore[arg-type]
     assert len(probes) == 1
-
-
-SECONDS = {"32-true": 2.0, "bf16-mixed": 1.0}
