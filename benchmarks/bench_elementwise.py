@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from unittest import mock
 
 import torch
@@ -69,7 +69,7 @@ def patched(name: str) -> ExitStack:
 
 def denoise_fn(model: dit.LayerDiT, inputs: dict, bf16: bool):
     def step() -> None:
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             model.forward_layout(**inputs)
 
     return step
@@ -90,7 +90,7 @@ def row(label: str, step, repeats: int, passes: int) -> None:
 def differences(model: dit.LayerDiT, inputs: dict, bf16: bool) -> str:
     outputs = {}
     for name in FORMS:
-        with patched(name), torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+        with patched(name), torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             outputs[name] = model.forward_layout(**inputs).float()
     plain = outputs["plain (before)"]
     return ", ".join(f"{name} {(output - plain).abs().max().item():.1e}" for name, output in outputs.items())
