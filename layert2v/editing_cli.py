@@ -51,13 +51,15 @@ def write_layered(
 
 
 def load_pipeline(args: argparse.Namespace):
-    """The model of `--model` on `--backend` (`auto` resolved by `export.probe.pick_backend`)."""
+    """The model of `--model` on `--backend` (`auto` resolved per K by `export.probe.pick_backend`)."""
     from layert2v.export.probe import pick_backend
     from layert2v.pipeline import LayerT2VPipeline
 
     onnx = Path(args.onnx) if args.onnx else Path(args.model) / "onnx"
-    backend = pick_backend(args.backend, Path(args.model), onnx)
-    return LayerT2VPipeline.from_folder(args.model, backend=backend, onnx=args.onnx, precision=args.precision)
+    chosen = pick_backend(args.backend, Path(args.model), onnx)
+    return LayerT2VPipeline.from_folder(
+        args.model, backend=chosen.backend, onnx=args.onnx, precision=args.precision, eager_ks=chosen.eager_ks
+    )
 
 
 def sampling_options(args: argparse.Namespace) -> dict:

@@ -125,7 +125,8 @@ class LayerT2VPipeline:
     """Holds the DiT, the VAE and the frozen text encoder; `generate` makes one layered clip.
 
     `denoiser` answers `forward_layout` for the sampler: the DiT itself for `torch`, an `OrtDenoiser` or a
-    `TrtDenoiser` over an export folder for the other backends (`from_folder` builds them).
+    `TrtDenoiser` over an export folder for the other backends (`from_folder` builds them), except at the Ks in
+    `eager_ks`, which the DiT answers (where the backend probe timed eager faster at that K: `export.probe`).
     """
 
     def __init__(
@@ -138,11 +139,13 @@ class LayerT2VPipeline:
         limits: RequestLimits | None = None,
         known_segments: str = "replace",
         precision: str | None = None,
+        eager_ks: frozenset[int] = frozenset(),
     ) -> None:
         in_torch = backend in ("torch", "compile")
         _check(
             in_torch == (denoiser is None), f"backend {backend!r} needs {'no' if in_torch else 'an exported'} denoiser"
         )
+        _check(not (in_torch and eager_ks), f"eager_ks name Ks the DiT answers instead of graphs; {backend} has none")
         _check(
             precision in (None, *TORCH_PRECISIONS) or not in_torch,
             f"the {backend} backend runs in {' or '.join(TORCH_PRECISIONS)}, not {precision!r}",
@@ -157,7 +160,7 @@ class LayerT2VPipeline:
         self.dit, self.vae, self.text_encoder, self.backend = dit.eval(), vae.eval(), text_encoder, backend
         if backend == "compile":
             self.dit.compile(dynamic=False)  # in place: `forward_layout`'s call of the module runs compiled
-        self.denoiser = denoiser
+        self.denoiser, self.eager_ks = denoiser, frozenset(eager_ks)
         self.bf16 = in_torch and precision == "bf16"
         if self.bf16 and next(self.dit.parameters()).device.type == "cpu":
             warn_if_bf16_is_emulated("precision")
@@ -179,11 +182,13 @@ class LayerT2VPipeline:
         text_encoder: Path | None = None,
         onnx: Path | str | None = None,
         precision: str | None = None,
+        eager_ks: frozenset[int] = frozenset(),
     ) -> LayerT2VPipeline:
         """Load a model folder written by `save`; a missing file is an error naming it. The `onnxruntime` and
         `tensorrt` backends read the export folder `onnx` (default `<folder>/onnx`) in `precision` (default
-        fp32 for onnxruntime, fp16 for TensorRT); `torch` and `compile` run the DiT in fp32 or, with `bf16`, under
-        bf16 autocast (faster where the CPU has bf16 kernels, not exact: docs/serving.md)."""
+        fp32 for onnxruntime, fp16 for TensorRT), but the Ks in `eager_ks` on the DiT in fp32; `torch` and `compile`
+        run the DiT in fp32 or, with `bf16`, under bf16 autocast (faster where the CPU has bf16 kernels, not exact:
+        docs/serving.md)."""
         folder = Path(folder)
         dit, vae = load_dit(folder), load_vae(folder)
         encoder_path = text_encoder if text_encoder is not None else text_encoder_path(folder)
@@ -197,6 +202,7 @@ class LayerT2VPipeline:
             make_denoiser(backend, graphs, dit.cfg, None if in_torch else precision),
             known_segments=known_segments(folder),
             precision=precision if in_torch else None,
+            eager_ks=eager_ks,
         )
 
     # ------------------------------------------------------------ generation
@@ -263,8 +269,9 @@ class LayerT2VPipeline:
             composite_guidance, composite_sigma,
         )  # fmt: skip
         layout = check_request(self.cfg, request, self.limits)
-        if self.denoiser is not None:
-            self.denoiser.check(frames, height, width, len(foreground_prompts))
+        graphs = None if layout.num_fg in self.eager_ks else self.denoiser
+        if graphs is not None:
+            graphs.check(frames, height, width, layout.num_fg)
         self.warn_long_prompts(request.prompts())
         cond = self.encode_prompts(request.prompts())
         if negative_prompt is None:
@@ -275,7 +282,7 @@ class LayerT2VPipeline:
         def velocity(x: torch.Tensor, t: torch.Tensor, doubled: bool) -> torch.Tensor:
             text, mask = (torch.cat([cond[0], uncond[0]]), torch.cat([cond[1], uncond[1]])) if doubled else cond
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                out = (self.denoiser or self.dit).forward_layout(x, t * 1000, text, mask, layout)
+                out = (graphs or self.dit).forward_layout(x, t * 1000, text, mask, layout)
             return out.float()
 
         shape = (1, self.cfg.latent_channels, *latent_shape(frames, height, width, self.cfg.vae_cell))

@@ -14,11 +14,12 @@ import torch
 from layert2v.cli import main
 from layert2v.config import ExportConfig, model_preset
 from layert2v.editing import Given
-from layert2v.export.folder import ClipShape
-from layert2v.export.onnx import export_model, parity_gate
+from layert2v.export.folder import BATCHED, INPUTS, ClipShape
+from layert2v.export.onnx import export_model, parity_gate, step_inputs
 from layert2v.export.runtime import session
 from layert2v.models.checkpoint import load_dit
 from layert2v.models.dit import LayerDiT
+from layert2v.models.layout import Layout
 from layert2v.models.text import load_text_encoder
 from layert2v.models.vae import LayerVAE
 from layert2v.pipeline import LayerT2VPipeline
@@ -60,6 +61,7 @@ def test_export_writes_checked_graphs_with_dynamic_batch_and_parity(exported: tu
     inputs = {i.name: i.shape for i in session(out / "dit_k2.onnx").get_inputs()}
     assert inputs["latents"][0] == inputs["cross_mask"][0] == "batch"  # dynamic, for CFG's batch of 2
     assert inputs["latents"][1:] == [16, 12, 4, 4] and inputs["layer_ids"] == [48]
+    assert isinstance(inputs["text_positions"][0], str)  # dynamic: the graph reads only the prompts' real tokens
     figures = json.loads((out / "parity.json").read_text())
     assert figures["k1_fp32_max_abs"] <= 1e-3 and figures["k2_fp32_max_abs"] <= 1e-3
     assert 0 < figures["k2_fp16_max_abs"] <= 5e-2 and figures["k2_fp16_reference_max_abs"] > 0.1
@@ -102,6 +104,36 @@ def test_onnxruntime_backend_takes_given_layers_clean_as_torch_does(
     stale = LayerT2VPipeline.from_folder(model, backend="onnxruntime", onnx=old)
     with pytest.raises(ValueError, match="one timestep per sample, not per segment: export again"):
         stale.generate(*ARGS, ["a red circle"], given=given, **request)
+
+
+def test_an_export_from_before_text_positions_still_runs(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    """Registered versions carry graphs that take every text position (no `text_positions` input): the runtime
+    feeds them what they take, and they sample what torch samples."""
+    model, out = exported
+    old = tmp_path / "old_export"
+    shutil.copytree(out, old)
+    dit = load_dit(model).eval()
+    example = dict(zip(INPUTS, step_inputs(CFG, Layout(1), SHAPE, 2, seed=0).values(), strict=True))
+    before = [name for name in INPUTS if name != "text_positions"]
+    dynamic = {name: ({0: torch.export.Dim("batch", min=1, max=2)} if name in BATCHED else None) for name in before}
+    program = torch.onnx.export(
+        dit,
+        tuple(example[name] for name in before),
+        dynamo=True,
+        dynamic_shapes=dynamic,
+        input_names=before,
+        output_names=["velocity"],
+    )
+    program.save(str(old / "dit_k1.onnx"))
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps(manifest | {"inputs": before}))
+    assert [i.name for i in session(old / "dit_k1.onnx").get_inputs()] == before
+    request = {"frames": 5, "height": 32, "width": 32, "steps": 3, "guidance": 3.0, "seed": 4}
+    want = LayerT2VPipeline.from_folder(model).generate(*ARGS, ["a red circle"], **request)
+    got = LayerT2VPipeline.from_folder(model, backend="onnxruntime", onnx=old).generate(
+        *ARGS, ["a red circle"], **request
+    )
+    assert np.abs(got.full - want.full).max() < 1e-3
 
 
 def test_onnxruntime_backend_refuses_a_size_it_was_not_exported_for(exported: tuple[Path, Path]) -> None:
@@ -188,7 +220,7 @@ def test_registered_version_carries_the_graphs_and_serves_on_onnxruntime(
     assert clip["full"].shape == (5, 32, 32, 3) and len(clip["alphas"]) == 2
 
 
-def test_auto_backend_probes_the_faster_cpu_path_once_per_host_and_model(
+def test_auto_backend_probes_the_faster_cpu_path_per_k_once_per_host_and_model(
     exported: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from layert2v.export import probe
@@ -196,15 +228,55 @@ def test_auto_backend_probes_the_faster_cpu_path_once_per_host_and_model(
 
     model, onnx = exported
     cache = tmp_path / "backends.json"
-    chosen, seconds = probe.fastest(model, onnx, cache)
-    assert set(seconds) == {"torch", "onnxruntime"} and chosen == min(seconds, key=seconds.get)
-    [entry] = json.loads(cache.read_text()).values()
-    assert entry["cpu"] == cpu_model() and entry["threads"] == torch.get_num_threads() and entry["fastest"] == chosen
+    verdicts = probe.fastest(model, onnx, cache)
+    assert set(verdicts) == {1, 2}  # every K the export has graphs for
+    for verdict in verdicts.values():
+        seconds = verdict["seconds"]
+        assert set(seconds) == {"torch", "onnxruntime"} and verdict["fastest"] == min(seconds, key=seconds.get)
+    entries = json.loads(cache.read_text()).values()
+    assert len(entries) == 2 and {e["cpu"] for e in entries} == {cpu_model()}
+    assert {e["threads"] for e in entries} == {torch.get_num_threads()}
 
     def no_second_probe(*args, **kwargs):
-        raise AssertionError("the verdict is cached")
+        raise AssertionError("the verdicts are cached")
 
     monkeypatch.setattr(probe, "probe", no_second_probe)
-    assert probe.pick_backend("auto", model, onnx, cache) == chosen
-    assert probe.pick_backend("auto", model, None, cache) == "torch"  # no graphs: torch
-    assert probe.pick_backend("onnxruntime", model, None, cache) == "onnxruntime"  # explicit wins
+    assert probe.pick_backend("auto", model, onnx, cache) == probe.choice(verdicts)
+    assert probe.pick_backend("auto", model, None, cache) == probe.Choice("torch")  # no graphs: torch
+    assert probe.pick_backend("onnxruntime", model, None, cache) == probe.Choice("onnxruntime")  # explicit wins
+
+
+def test_a_choice_takes_the_graphs_only_at_the_ks_where_they_won() -> None:
+    from layert2v.export.probe import Choice, choice
+
+    def won(*backends: str) -> dict[int, dict]:
+        return {k: {"fastest": backend} for k, backend in enumerate(backends, start=1)}
+
+    assert choice(won("torch", "torch", "torch")) == Choice("torch")
+    assert choice(won("onnxruntime", "onnxruntime")) == Choice("onnxruntime")
+    mixed = choice(won("onnxruntime", "torch", "torch"))
+    assert mixed == Choice("onnxruntime", frozenset({2, 3})) and str(mixed) == "onnxruntime (torch at K=2,3)"
+
+
+def test_eager_ks_run_on_the_dit_and_the_others_on_the_graphs(
+    exported: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mixed pipeline a per-K verdict builds: K = 2 on the DiT (exactly torch's sample, and free of the graphs'
+    fixed clip size), K = 1 on onnxruntime (its graph runs, and refuses another size as before)."""
+    from layert2v.export.runtime import OrtDenoiser
+
+    model, out = exported
+    mixed = LayerT2VPipeline.from_folder(model, backend="onnxruntime", onnx=out, eager_ks=frozenset({2}))
+    graph_calls = []
+    run = OrtDenoiser.run
+    monkeypatch.setattr(OrtDenoiser, "run", lambda self, k, inputs: graph_calls.append(k) or run(self, k, inputs))
+    request = {"frames": 9, "height": 32, "width": 32, "steps": 2, "seed": 4}
+    want = LayerT2VPipeline.from_folder(model).generate(*ARGS, ["a red circle", "a star"], **request)
+    got = mixed.generate(*ARGS, ["a red circle", "a star"], **request)
+    assert np.array_equal(got.full, want.full) and graph_calls == []
+    with pytest.raises(ValueError, match=r"for 5 frames of 32x32, not 9 of 32x32: export again"):
+        mixed.generate(*ARGS, ["a red circle"], **request)
+    mixed.generate(*ARGS, ["a red circle"], **(request | {"frames": 5}))
+    assert graph_calls and set(graph_calls) == {1}
+    with pytest.raises(ValueError, match="eager_ks name Ks the DiT answers instead of graphs; torch has none"):
+        LayerT2VPipeline.from_folder(model, eager_ks=frozenset({2}))

@@ -16,8 +16,11 @@ from pathlib import Path
 from layert2v.config import ModelConfig
 from layert2v.models.layout import Layout
 
-INPUTS = ("latents", "timestep", "text", "cross_mask", "layer_ids", "instance_ids")
+INPUTS = ("latents", "timestep", "text", "cross_mask", "layer_ids", "instance_ids", "text_positions")
 BATCHED = ("latents", "timestep", "text", "cross_mask")
+# `[S']` long, its length dynamic: the text positions the cross-attention reads (`dit.visible_positions`), so a
+# graph skips the prompts' padding as eager torch does; exports whose manifest lacks it read every position
+TEXT_POSITIONS = "text_positions"
 TIMESTEP = "per_segment"  # graphs take `[B, L]` timesteps (0 on given layers); exports without this key take `[B]`
 
 

@@ -5,9 +5,11 @@ batch does not (dynamic, 1..`max_batch`, so both guidance branches run in one ca
 of `LayerDiT.forward`:
 
     latents [B, C, T, H, W]  timestep [B, L] (0..1000 per segment, fp32)  text [B, S, D_text]
-    cross_mask bool [B, N, S]  layer_ids int64 [N]  instance_ids int64 [N]     ->  velocity [B, C, T, H, W]
+    cross_mask bool [B, N, S]  layer_ids int64 [N]  instance_ids int64 [N]  text_positions int64 [S']
+                                                                              ->  velocity [B, C, T, H, W]
 
-`models.dit.layout_inputs` builds the last three from a `Layout` and the prompts' text mask. The exporter is
+`models.dit.layout_inputs` builds the mask and the ids from a `Layout` and the prompts' text mask, and
+`visible_positions` the text positions some token sees (S' dynamic: the graph skips the prompts' padding). The exporter is
 torch's dynamo exporter (`torch.export` + onnxscript); every file is checked with `onnx.checker`. The 16-bit
 graph is the model cast to fp16 before export (timestep stays fp32), so TensorRT's strongly typed build and
 onnxruntime both compute in the precision the file states.
@@ -28,10 +30,10 @@ from pathlib import Path
 import torch
 
 from layert2v.config import ExportConfig, ModelConfig
-from layert2v.export.folder import BATCHED, INPUTS, TIMESTEP, ClipShape, graph_name, read_manifest
+from layert2v.export.folder import BATCHED, INPUTS, TEXT_POSITIONS, TIMESTEP, ClipShape, graph_name, read_manifest
 from layert2v.export.runtime import GraphDenoiser, make_denoiser
 from layert2v.models.checkpoint import load_dit
-from layert2v.models.dit import LayerDiT, layout_inputs
+from layert2v.models.dit import LayerDiT, layout_inputs, visible_positions
 from layert2v.models.layout import Layout
 from layert2v.quality.report import GateFailed, GateReport, run_metric_gate
 
@@ -41,7 +43,8 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 def step_inputs(cfg: ModelConfig, layout: Layout, shape: ClipShape, batch: int, seed: int) -> dict[str, torch.Tensor]:
     """Seeded inputs of one denoising step: noise-like latents, a random timestep per sample on every segment but
     those one editing task gives (0 there, in the first sample: the conditional input), random text states and
-    prompts of random lengths (the first token always real, as the tokenizer guarantees)."""
+    prompts of random lengths (the first token always real, as the tokenizer guarantees), and the text positions
+    their tokens see."""
     generator = torch.Generator().manual_seed(seed)
     latents = torch.randn(shape.latents(cfg, layout, batch), generator=generator)
     timestep = (torch.rand(batch, 1, generator=generator) * 1000).repeat(1, layout.num_segments)
@@ -51,7 +54,8 @@ def step_inputs(cfg: ModelConfig, layout: Layout, shape: ClipShape, batch: int, 
     lengths = torch.randint(1, cfg.text_len + 1, (batch, layout.num_prompts, 1), generator=generator)
     text_mask = torch.arange(cfg.text_len)[None, None] < lengths
     mask, layer_ids, instance_ids = layout_inputs(cfg, latents.shape, text_mask, layout)
-    return dict(zip(INPUTS, (latents, timestep, text, mask, layer_ids, instance_ids), strict=True))
+    positions = visible_positions(mask)
+    return dict(zip(INPUTS, (latents, timestep, text, mask, layer_ids, instance_ids, positions), strict=True))
 
 
 def _cast(inputs: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -69,6 +73,7 @@ def export_step(dit: LayerDiT, num_fg: int, shape: ClipShape, path: Path, precis
     example = _cast(step_inputs(dit.cfg, Layout(num_fg), shape, cfg.max_batch, seed=0), dtype)
     batch = Dim("batch", min=1, max=cfg.max_batch)
     dynamic = {name: ({0: batch} if name in BATCHED else None) for name in INPUTS}
+    dynamic[TEXT_POSITIONS] = {0: Dim("positions", min=1, max=example["text"].shape[1])}
     program = torch.onnx.export(
         model,
         tuple(example.values()),

@@ -1,16 +1,21 @@
-"""Which backend is fastest on this host: a short probe, cached per CPU model and thread count (`hostcache`).
+"""Which backend is fastest on this host, per K: a short probe, cached per CPU model and thread count (`hostcache`).
 
-No fixed order is right on every CPU: onnxruntime ran a denoising step 1.31x faster than torch eager on a Zen 5
-host and 0.82-0.93x as fast on an Intel Xeon of the same machine kind (docs/results.md, Export and backends).
-`fastest` times a few denoising steps (batch 2, K = 1 and the model's K_max, the export's clip shape) on torch and
-onnxruntime (each on torch's thread count) and keeps the faster; the verdict is cached keyed by CPU model, thread
-count and the export's graph hashes, so a service or `generate` pays the probe once per host and model.
+No fixed order is right on every CPU, nor for every K on one CPU: onnxruntime ran a denoising step 1.31x faster
+than torch eager on a Zen 5 host and 0.82-0.93x as fast on an Intel Xeon of the same machine kind, and on an
+AVX2-only Zen 3 it won at K = 1 (1.36x) and lost at K = 3 (0.91x) (docs/results.md, Export and backends).
+`fastest` times a few denoising steps (batch 2, every K the export has graphs for, the export's clip shape) on torch
+and onnxruntime (each on torch's thread count) and keeps the faster at each K; each K's verdict is cached keyed by
+CPU model, thread count, the export's graph hashes and K, so a service or `generate` pays the probe once per host
+and model. `pick_backend` turns the verdicts into a `Choice`: the graphs for the Ks where they won, the PyTorch DiT
+for the others.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,10 +27,24 @@ from layert2v.models.layout import Layout
 CACHE = CACHE_DIR / "backends.json"
 
 
-def _subject(onnx: Path) -> str:
-    """What the probe times: the export's graphs (their hashes)."""
+@dataclass(frozen=True)
+class Choice:
+    """The backend a pipeline is built on, and the Ks its PyTorch DiT answers instead of `backend`'s graphs (where
+    the probe timed eager faster at that K)."""
+
+    backend: str
+    eager_ks: frozenset[int] = field(default_factory=frozenset)
+
+    def __str__(self) -> str:
+        if not self.eager_ks:
+            return self.backend
+        return f"{self.backend} (torch at K={','.join(map(str, sorted(self.eager_ks)))})"
+
+
+def _subject(onnx: Path, k: int) -> str:
+    """What the probe times: the export's graphs (their hashes), at K = `k`."""
     manifest = read_manifest(onnx)
-    return json.dumps(manifest.get("sha256", manifest.get("files")), sort_keys=True)
+    return json.dumps({"graphs": manifest.get("sha256", manifest.get("files")), "k": k}, sort_keys=True)
 
 
 def _step_seconds(pipeline, k: int, shape: ClipShape, repeats: int) -> float:
@@ -41,31 +60,44 @@ def _step_seconds(pipeline, k: int, shape: ClipShape, repeats: int) -> float:
         return median_seconds(call, repeats, warmup=1)
 
 
-def probe(model: Path, onnx: Path, repeats: int = 3) -> dict[str, float]:
-    """Seconds of one denoising step at K = 1 plus one at K = K_max, per CPU backend."""
+def graph_ks(onnx: Path) -> list[int]:
+    """The Ks the export folder has graphs for."""
+    return sorted(int(k) for k in read_manifest(onnx)["files"])
+
+
+def probe(model: Path, onnx: Path, repeats: int = 3) -> dict[int, dict[str, float]]:
+    """Seconds of one denoising step per K the export has graphs for, per CPU backend."""
     from layert2v.pipeline import LayerT2VPipeline
 
     shape = ClipShape(**read_manifest(onnx)["shape"])
-    seconds = {}
+    seconds: dict[int, dict[str, float]] = {k: {} for k in graph_ks(onnx)}
     for backend in ("torch", "onnxruntime"):
         pipeline = LayerT2VPipeline.from_folder(model, backend=backend, onnx=onnx if backend != "torch" else None)
-        seconds[backend] = sum(_step_seconds(pipeline, k, shape, repeats) for k in sorted({1, pipeline.cfg.max_fg}))
+        for k in seconds:
+            seconds[k][backend] = _step_seconds(pipeline, k, shape, repeats)
     return seconds
 
 
-def fastest(model: Path, onnx: Path, cache: Path = CACHE) -> tuple[str, dict[str, float]]:
-    """The faster CPU backend for `model` with its export `onnx` on this host, and the probe's seconds (cached)."""
-    verdict = cached_verdict(cache, _subject(onnx), lambda: probe(model, onnx))
-    return verdict["fastest"], verdict["seconds"]
+def fastest(model: Path, onnx: Path, cache: Path = CACHE) -> dict[int, dict]:
+    """Per K, the verdict of the faster CPU backend for `model` with its export `onnx` on this host (`fastest`, and
+    the probe's `seconds` per backend), cached; one probe times every K a missing verdict needs."""
+    measured = functools.cache(lambda: probe(model, onnx))
+    return {k: cached_verdict(cache, _subject(onnx, k), lambda k=k: measured()[k]) for k in graph_ks(onnx)}
 
 
-def pick_backend(configured: str, model: Path, onnx: Path | None, cache: Path = CACHE) -> str:
-    """`configured`, or for `auto` the best this host runs: TensorRT on a CUDA GPU with TensorRT installed, else the
-    faster of onnxruntime and torch here (`fastest`) when the model has its ONNX graphs, else torch."""
+def choice(verdicts: dict[int, dict]) -> Choice:
+    """onnxruntime with the Ks torch won on the DiT, or torch where onnxruntime won at no K."""
+    eager = frozenset(k for k, verdict in verdicts.items() if verdict["fastest"] == "torch")
+    return Choice("torch") if eager == set(verdicts) else Choice("onnxruntime", eager)
+
+
+def pick_backend(configured: str, model: Path, onnx: Path | None, cache: Path = CACHE) -> Choice:
+    """`configured`, or for `auto` the best this host runs: TensorRT on a CUDA GPU with TensorRT installed, else at
+    each K the faster of onnxruntime and torch here (`fastest`) when the model has its ONNX graphs, else torch."""
     if configured != "auto":
-        return configured
+        return Choice(configured)
     if onnx is None or not Path(onnx).is_dir():
-        return "torch"
+        return Choice("torch")
     if torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None:
-        return "tensorrt"
-    return fastest(Path(model), Path(onnx), cache)[0]
+        return Choice("tensorrt")
+    return choice(fastest(Path(model), Path(onnx), cache))

@@ -20,7 +20,7 @@ import torch
 from layert2v.config import ModelConfig
 from layert2v.export.folder import INPUTS, TIMESTEP, ClipShape, read_manifest
 from layert2v.export.tensorrt import build_engine, require_gpu
-from layert2v.models.dit import layout_inputs
+from layert2v.models.dit import layout_inputs, visible_positions
 from layert2v.models.layout import Layout
 
 Backend = Literal["torch", "compile", "onnxruntime", "tensorrt"]
@@ -34,6 +34,7 @@ class GraphDenoiser(ABC):
     def __init__(self, folder: Path | str, cfg: ModelConfig, precision: str) -> None:
         self.folder, self.cfg, self.precision = Path(folder), cfg, precision
         self.manifest = read_manifest(self.folder)
+        self.inputs = tuple(self.manifest["inputs"])  # an older export's graphs take fewer (`folder.INPUTS`)
         self.shape = ClipShape(**self.manifest["shape"])
         available = {p for per_k in self.manifest["files"].values() for p in per_k}
         if precision not in available:
@@ -58,7 +59,8 @@ class GraphDenoiser(ABC):
         """What `LayerDiT.forward_layout` computes, by the exported graph for `layout.num_fg`; `timestep` `[B]` or
         `[B, L]` as there."""
         mask, layer_ids, instance_ids = layout_inputs(self.cfg, latents.shape, text_mask, layout)
-        inputs = (latents, self._timesteps(timestep, layout), text, mask, layer_ids, instance_ids)
+        timestep = self._timesteps(timestep, layout)
+        inputs = (latents, timestep, text, mask, layer_ids, instance_ids, visible_positions(mask))
         return self.run(layout.num_fg, dict(zip(INPUTS, inputs, strict=True)))
 
     def _timesteps(self, timestep: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -71,9 +73,13 @@ class GraphDenoiser(ABC):
             raise ValueError(f"the graphs in {self.folder} take one timestep per sample, not per segment: export again")
         return per_segment[:, 0].contiguous()
 
+    def graph_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`inputs` (every name of `folder.INPUTS`) cut to those this export's graphs take."""
+        return {name: inputs[name] for name in self.inputs}
+
     @abstractmethod
     def run(self, num_fg: int, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The fp32 velocity `[B, C, T, H, W]` of the graph for K = `num_fg` on the graph's named inputs."""
+        """The fp32 velocity `[B, C, T, H, W]` of the graph for K = `num_fg` on the named inputs of `folder.INPUTS`."""
 
 
 def session(path: Path, providers: list[str] | None = None, threads: int | None = None):
@@ -108,7 +114,7 @@ class OrtDenoiser(GraphDenoiser):
         return self.sessions[num_fg]
 
     def run(self, num_fg: int, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        feed = {name: tensor.numpy() for name, tensor in inputs.items()}
+        feed = {name: tensor.numpy() for name, tensor in self.graph_inputs(inputs).items()}
         feed["latents"], feed["text"] = feed["latents"].astype(self.dtype), feed["text"].astype(self.dtype)
         feed["timestep"] = feed["timestep"].astype(np.float32)
         velocity = self._session(num_fg).run(["velocity"], feed)[0]
@@ -140,7 +146,7 @@ class TrtDenoiser(GraphDenoiser):
         dtype = torch.float16 if self.precision == "fp16" else torch.float32
         on_gpu = {
             name: tensor.to("cuda", dtype if name in ("latents", "text") else tensor.dtype).contiguous()
-            for name, tensor in inputs.items()
+            for name, tensor in self.graph_inputs(inputs).items()
         }  # alive until synchronize()
         on_gpu["timestep"] = on_gpu["timestep"].float()
         for name, tensor in on_gpu.items():

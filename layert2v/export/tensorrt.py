@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from layert2v.export.folder import BATCHED
+from layert2v.export.folder import BATCHED, TEXT_POSITIONS
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -59,11 +59,14 @@ def build_engine(onnx_path: Path, cache_dir: Path, onnx_sha256: str, max_batch: 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_gib << 30)
     profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        if tensor.name in BATCHED:
+    inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
+    for name, tensor in inputs.items():
+        if name in BATCHED:
             rest = tuple(tensor.shape)[1:]
-            profile.set_shape(tensor.name, (1, *rest), (max_batch, *rest), (max_batch, *rest))
+            profile.set_shape(name, (1, *rest), (max_batch, *rest), (max_batch, *rest))
+        elif name == TEXT_POSITIONS:  # 1 .. every position of the (static) text input
+            positions = inputs["text"].shape[1]
+            profile.set_shape(name, (1,), (positions,), (positions,))
     config.add_optimization_profile(profile)
     plan = builder.build_serialized_network(network, config)
     if plan is None:

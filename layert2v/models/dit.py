@@ -149,12 +149,18 @@ def visible_text(text: torch.Tensor, cross_mask: torch.Tensor) -> tuple[torch.Te
 
     Prompts are padded to `text_len` (64) tokens and the default data's captions hold 8-55 (median 18), so most of
     the cross-attention's keys are padding that every query masks out, at the cost of real ones; dropping them
-    changes nothing but the time. Kept whole where the shapes must not depend on the data: ONNX export and
-    `torch.compile`."""
+    changes nothing but the time. Kept whole where the shapes must not depend on the data: `torch.compile`, and ONNX
+    export, whose graphs take the cut as an input instead (`visible_positions`, `forward`'s `text_positions`)."""
     if traced():
         return text, cross_mask
     seen = cross_mask.any(1).any(0)  # [S]
     return (text, cross_mask) if bool(seen.all()) else (text[:, seen], cross_mask[..., seen])
+
+
+def visible_positions(cross_mask: torch.Tensor) -> torch.Tensor:
+    """The text positions `[S']` (long) some token of the batch may see in cross_mask `[B, N, S]`: what
+    `visible_text` keeps, computed outside a graph that cannot have a data-dependent shape (its runtime passes them)."""
+    return cross_mask.any(1).any(0).nonzero().squeeze(1)
 
 
 def matmul_path(x: torch.Tensor) -> bool:
@@ -295,10 +301,12 @@ class LayerDiT(nn.Module):
         cross_mask: torch.Tensor,
         layer_ids: torch.Tensor | None = None,
         instance_ids: torch.Tensor | None = None,
+        text_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """latents `[B, C, T, H, W]`, timestep `[B]` in 0..1000 or `[B, L]` (one per segment: the tokens split into
         L equal runs), text `[B, S, text_dim]`, cross_mask bool `[B, N, S]`, ids long `[N]` (None: the base model,
-        no layer tables).
+        no layer tables), text_positions long `[S']`: the text positions the cross-attention reads (None: those
+        some token may see, `visible_text`; exported graphs take them from `visible_positions`).
 
         Per-segment timesteps are how a known layer is given (`t = 0` on its segment while the others are noised):
         Wan modulates every token from its timestep already, so this only repeats the embedding per segment."""
@@ -320,7 +328,10 @@ class LayerDiT(nn.Module):
         t_emb, e = per_frame(t_emb), per_frame(e)  # per latent frame, unless one for all
         if layer_ids is not None and instance_ids is not None:
             e = e + self.layer_modulation(layer_ids, instance_ids)[None]
-        text, cross_mask = visible_text(text, cross_mask)
+        if text_positions is None:
+            text, cross_mask = visible_text(text, cross_mask)
+        else:
+            text, cross_mask = text.index_select(1, text_positions), cross_mask.index_select(2, text_positions)
         context, cross_mask = self.text_embedding(text), attention_mask(cross_mask, x)
         for block in self.blocks:
             x = block(x, e, context, cross_mask, rope)

@@ -30,14 +30,19 @@ class Loaded:
 
 
 def load(folder: Path, onnx: Path | None, cfg: ServeConfig, version: str, uri: str) -> Loaded:
-    """The pipeline on `cfg.backend` (`auto` resolved here), bf16 autocast on the torch backends with `cfg.bf16`."""
+    """The pipeline on `cfg.backend` (`auto` resolved here, per K), bf16 autocast on the torch backends with
+    `cfg.bf16`."""
     chosen = pick_backend(cfg.backend, folder, onnx)
-    bf16 = cfg.bf16 and chosen in ("torch", "compile")
+    bf16 = cfg.bf16 and chosen.backend in ("torch", "compile")
     pipeline = LayerT2VPipeline.from_folder(
-        folder, backend=chosen, onnx=onnx if chosen != "torch" else None, precision="bf16" if bf16 else None
+        folder,
+        backend=chosen.backend,
+        onnx=onnx if chosen.backend != "torch" else None,
+        precision="bf16" if bf16 else None,
+        eager_ks=chosen.eager_ks,
     )
     pipeline.limits = cfg.limits()
-    return Loaded(pipeline, version, uri, f"{chosen} (bf16)" if bf16 else chosen)
+    return Loaded(pipeline, version, uri, f"{chosen} (bf16)" if bf16 else str(chosen))
 
 
 class FolderSource:

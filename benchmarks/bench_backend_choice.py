@@ -1,0 +1,82 @@
+"""`generate` on the backend `auto` picks per K against torch and onnxruntime alone, side by side in one run.
+
+Run: `.venv/bin/python benchmarks/bench_backend_choice.py --model <model folder> --onnx <its export> [--passes 3]`.
+`auto` times a denoising step of every K on both CPU backends (`export.probe`, here into a fresh cache so the probe
+runs now) and builds each K on the faster; a single verdict for all K left one of them on the slower backend on a
+host where onnxruntime won at K = 1 and lost at K = 3. This prints the probe's seconds and verdict per K, then
+`generate` (the export's clip shape, `--steps` sampler steps, `generate`'s other defaults) for K = 1..K_max on
+torch, onnxruntime and the `auto` choice, the three pipelines called in turn for `passes` passes, each figure the
+median over its passes of the median of `repeats` calls, and `auto`'s time over the faster single backend's at each K.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+from timing import median_seconds
+
+from layert2v.export.folder import ClipShape, read_manifest
+from layert2v.export.probe import fastest, graph_ks, pick_backend
+from layert2v.hostcache import cpu_model
+from layert2v.pipeline import LayerT2VPipeline
+
+PROMPTS = ("a scene", "a still grey wall")
+FOREGROUNDS = ["a red circle", "a blue star", "a green square", "a yellow triangle"]
+
+
+def pipelines(model: Path, onnx: Path, cache: Path) -> dict[str, LayerT2VPipeline]:
+    """torch, onnxruntime, and what `auto` builds from the probe's verdicts in `cache`."""
+    chosen = pick_backend("auto", model, onnx, cache)
+    auto = LayerT2VPipeline.from_folder(
+        model, backend=chosen.backend, onnx=onnx if chosen.backend != "torch" else None, eager_ks=chosen.eager_ks
+    )
+    print(f"auto: {chosen}")
+    return {
+        "torch": LayerT2VPipeline.from_folder(model),
+        "onnxruntime": LayerT2VPipeline.from_folder(model, backend="onnxruntime", onnx=onnx),
+        "auto": auto,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--onnx", type=Path, required=True, help="the model's export folder (`layert2v export onnx`)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--passes", type=int, default=3)
+    args = parser.parse_args()
+    print(f"{cpu_model()}, {torch.get_num_threads()} threads")
+    with tempfile.TemporaryDirectory() as tmp:
+        verdicts = fastest(args.model, args.onnx, Path(tmp) / "backends.json")
+        print("probe: denoising step, batch 2, median s")
+        for k, verdict in verdicts.items():
+            seconds = verdict["seconds"]
+            ratio = seconds["torch"] / seconds["onnxruntime"]
+            print(f"  K = {k}: torch {seconds['torch']:.4f}, onnxruntime {seconds['onnxruntime']:.4f} "
+                  f"(onnxruntime {ratio:.2f}x): {verdict['fastest']}")  # fmt: skip
+        pipes = pipelines(args.model, args.onnx, Path(tmp) / "backends.json")
+    shape = ClipShape(**read_manifest(args.onnx)["shape"])
+    request = {"frames": shape.frames, "height": shape.height, "width": shape.width, "steps": args.steps}
+    ks = graph_ks(args.onnx)
+    passes: dict[tuple[str, int], list[float]] = {(name, k): [] for name in pipes for k in ks}
+    for _ in range(args.passes):
+        for k in ks:
+            for name, pipe in pipes.items():
+                call = lambda pipe=pipe, k=k: pipe.generate(*PROMPTS, FOREGROUNDS[:k], **request)  # noqa: E731
+                passes[name, k].append(median_seconds(call, args.repeats, warmup=1))
+    print(f"\ngenerate, {args.steps} steps, {shape.frames}x{shape.height}x{shape.width}: median s (passes)")
+    print("| K | torch | onnxruntime | auto | auto / the faster alone |\n|---|---|---|---|---|")
+    for k in ks:
+        median = {name: statistics.median(passes[name, k]) for name in pipes}
+        cells = [f"{median[n]:.2f} ({' / '.join(f'{s:.2f}' for s in passes[n, k])})" for n in pipes]
+        best = min(median["torch"], median["onnxruntime"])
+        print(f"| {k} | " + " | ".join(cells) + f" | {median['auto'] / best:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
