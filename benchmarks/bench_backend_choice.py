@@ -1,10 +1,13 @@
-"""`generate` on the backend `auto` picks per K against torch and onnxruntime alone, side by side in one run.
+"""`generate` on the backend `auto` picks per K against torch and onnxruntime alone, side by side in one run; and
+what the graphs' skipping of the prompts' padding buys each backend's step.
 
 Run: `.venv/bin/python benchmarks/bench_backend_choice.py --model <model folder> --onnx <its export> [--passes 3]`.
 `auto` times a denoising step of every K on both CPU backends (`export.probe`, here into a fresh cache so the probe
 runs now) and builds each K on the faster; a single verdict for all K left one of them on the slower backend on a
-host where onnxruntime won at K = 1 and lost at K = 3. This prints the probe's seconds and verdict per K, then
-`generate` (the export's clip shape, `--steps` sampler steps, `generate`'s other defaults) for K = 1..K_max on
+host where onnxruntime won at K = 1 and lost at K = 3. This prints the probe's seconds and verdict per K; the
+guided denoising step `generate` runs (its prompts and the null prompts, batch 2) on each backend with the text
+positions no token sees skipped (`dit.visible_positions`, what both backends do) and read (every position: what the
+graphs did before they took `text_positions`); then `generate` (the export's clip shape, `--steps` sampler steps, `generate`'s other defaults) for K = 1..K_max on
 torch, onnxruntime and the `auto` choice, the three pipelines called in turn for `passes` passes, each figure the
 median over its passes of the median of `repeats` calls, and `auto`'s time over the faster single backend's at each K.
 """
@@ -19,9 +22,12 @@ from pathlib import Path
 import torch
 from timing import median_seconds
 
-from layert2v.export.folder import ClipShape, read_manifest
+from layert2v.export.folder import INPUTS, TEXT_POSITIONS, ClipShape, read_manifest
 from layert2v.export.probe import fastest, graph_ks, pick_backend
 from layert2v.hostcache import cpu_model
+from layert2v.models.dit import layout_inputs, visible_positions
+from layert2v.models.layout import Layout
+from layert2v.models.text import null_prompts
 from layert2v.pipeline import LayerT2VPipeline
 
 PROMPTS = ("a scene", "a still grey wall")
@@ -40,6 +46,45 @@ def pipelines(model: Path, onnx: Path, cache: Path) -> dict[str, LayerT2VPipelin
         "onnxruntime": LayerT2VPipeline.from_folder(model, backend="onnxruntime", onnx=onnx),
         "auto": auto,
     }
+
+
+def guided_step(pipe: LayerT2VPipeline, k: int, shape: ClipShape) -> dict[str, torch.Tensor]:
+    """The inputs of `generate`'s guided denoising step at K = `k`: its prompts and the null prompts, batch 2."""
+    cond = pipe.encode_prompts([*PROMPTS, *FOREGROUNDS[:k]])
+    text, text_mask = (torch.cat(pair) for pair in zip(cond, null_prompts(*cond), strict=True))
+    layout, cfg = Layout(k), pipe.cfg
+    latents = torch.randn(shape.latents(cfg, layout, 2), generator=torch.Generator().manual_seed(0))
+    timestep = torch.full((2, layout.num_segments), 500.0)
+    mask, layer_ids, instance_ids = layout_inputs(cfg, latents.shape, text_mask, layout)
+    values = (latents, timestep, text, mask, layer_ids, instance_ids, visible_positions(mask))
+    return dict(zip(INPUTS, values, strict=True))
+
+
+def padding_table(pipes: dict[str, LayerT2VPipeline], ks: list[int], shape: ClipShape, args) -> None:
+    """The guided step per backend with the padding skipped and read, alternating for `args.passes` passes."""
+    calls = {}
+    for k in ks:
+        skipped = guided_step(pipes["torch"], k, shape)
+        read = skipped | {TEXT_POSITIONS: torch.arange(skipped["text"].shape[1])}
+        for name, inputs in (("skipped", skipped), ("read", read)):
+            calls["torch", name, k] = lambda inputs=inputs: pipes["torch"].dit(*inputs.values())
+            calls["onnxruntime", name, k] = lambda k=k, inputs=inputs: pipes["onnxruntime"].denoiser.run(k, inputs)
+    times: dict[tuple, list[float]] = {key: [] for key in calls}
+    with torch.no_grad():
+        for _ in range(args.passes):
+            for key, call in calls.items():
+                times[key].append(median_seconds(call, args.repeats + 2, warmup=1))
+    print("\nguided denoising step (generate's prompts, batch 2): median s, padding read / skipped")
+    print("| K | torch: read | skipped | speed-up | onnxruntime: read | skipped | speed-up | onnxruntime / torch |")
+    print("|---|---|---|---|---|---|---|---|")
+    for k in ks:
+        median = {key[:2]: statistics.median(times[key]) for key in calls if key[2] == k}
+        cells = []
+        for backend in ("torch", "onnxruntime"):
+            read, skipped = median[backend, "read"], median[backend, "skipped"]
+            cells += [f"{read:.4f}", f"{skipped:.4f}", f"{read / skipped:.2f}x"]
+        ratio = median["torch", "skipped"] / median["onnxruntime", "skipped"]
+        print(f"| {k} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
 
 
 def main() -> None:
@@ -63,6 +108,7 @@ def main() -> None:
     shape = ClipShape(**read_manifest(args.onnx)["shape"])
     request = {"frames": shape.frames, "height": shape.height, "width": shape.width, "steps": args.steps}
     ks = graph_ks(args.onnx)
+    padding_table(pipes, ks, shape, args)
     passes: dict[tuple[str, int], list[float]] = {(name, k): [] for name in pipes for k in ks}
     for _ in range(args.passes):
         for k in ks:
