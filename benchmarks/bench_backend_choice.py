@@ -2,14 +2,15 @@
 what the graphs' skipping of the prompts' padding buys each backend's step.
 
 Run: `.venv/bin/python benchmarks/bench_backend_choice.py --model <model folder> --onnx <its export> [--passes 3]`.
-`auto` times a denoising step of every K on both CPU backends (`export.probe`, here into a fresh cache so the probe
-runs now) and builds each K on the faster; a single verdict for all K left one of them on the slower backend on a
-host where onnxruntime won at K = 1 and lost at K = 3. This prints the probe's seconds and verdict per K; the
-guided denoising step `generate` runs (its prompts and the null prompts, batch 2) on each backend with the text
-positions no token sees skipped (`dit.visible_positions`, what both backends do) and read (every position: what the
-graphs did before they took `text_positions`); then `generate` (the export's clip shape, `--steps` sampler steps, `generate`'s other defaults) for K = 1..K_max on
-torch, onnxruntime and the `auto` choice, the three pipelines called in turn for `passes` passes, each figure the
-median over its passes of the median of `repeats` calls, and `auto`'s time over the faster single backend's at each K.
+`auto` times a guided denoising step of every K on both CPU backends (`export.probe`, here into a fresh cache so the
+probe runs now) and builds each K on the faster; a single verdict for all K left one of them on the slower backend on
+a host where onnxruntime won at K = 1 and lost at K = 3. This prints the probe's seconds and verdict per K; the
+probe's step (`probe.guided_step`: its prompts and the null prompts, batch 2) on each backend with the text positions
+no token sees skipped (`dit.visible_positions`, what both backends do) and read (every position: what the graphs did
+before they took `text_positions`); then `generate` on the same prompts (the export's clip shape, `--steps` sampler
+steps, `generate`'s other defaults) for K = 1..K_max on torch, onnxruntime and the `auto` choice, the three pipelines
+called in turn for `passes` passes, each figure the median over its passes of the median of `repeats` calls, and
+`auto`'s time over the faster single backend's at each K.
 """
 
 from __future__ import annotations
@@ -22,16 +23,10 @@ from pathlib import Path
 import torch
 from timing import median_seconds
 
-from layert2v.export.folder import INPUTS, TEXT_POSITIONS, ClipShape, read_manifest
-from layert2v.export.probe import fastest, graph_ks, pick_backend
+from layert2v.export.folder import TEXT_POSITIONS, ClipShape, read_manifest
+from layert2v.export.probe import FOREGROUNDS, PROMPTS, fastest, graph_ks, guided_step, pick_backend
 from layert2v.hostcache import cpu_model
-from layert2v.models.dit import layout_inputs, visible_positions
-from layert2v.models.layout import Layout
-from layert2v.models.text import null_prompts
 from layert2v.pipeline import LayerT2VPipeline
-
-PROMPTS = ("a scene", "a still grey wall")
-FOREGROUNDS = ["a red circle", "a blue star", "a green square", "a yellow triangle"]
 
 
 def pipelines(model: Path, onnx: Path, cache: Path) -> dict[str, LayerT2VPipeline]:
@@ -48,18 +43,6 @@ def pipelines(model: Path, onnx: Path, cache: Path) -> dict[str, LayerT2VPipelin
     }
 
 
-def guided_step(pipe: LayerT2VPipeline, k: int, shape: ClipShape) -> dict[str, torch.Tensor]:
-    """The inputs of `generate`'s guided denoising step at K = `k`: its prompts and the null prompts, batch 2."""
-    cond = pipe.encode_prompts([*PROMPTS, *FOREGROUNDS[:k]])
-    text, text_mask = (torch.cat(pair) for pair in zip(cond, null_prompts(*cond), strict=True))
-    layout, cfg = Layout(k), pipe.cfg
-    latents = torch.randn(shape.latents(cfg, layout, 2), generator=torch.Generator().manual_seed(0))
-    timestep = torch.full((2, layout.num_segments), 500.0)
-    mask, layer_ids, instance_ids = layout_inputs(cfg, latents.shape, text_mask, layout)
-    values = (latents, timestep, text, mask, layer_ids, instance_ids, visible_positions(mask))
-    return dict(zip(INPUTS, values, strict=True))
-
-
 def padding_table(pipes: dict[str, LayerT2VPipeline], ks: list[int], shape: ClipShape, args) -> None:
     """The guided step per backend with the padding skipped and read, alternating for `args.passes` passes."""
     calls = {}
@@ -74,7 +57,7 @@ def padding_table(pipes: dict[str, LayerT2VPipeline], ks: list[int], shape: Clip
         for _ in range(args.passes):
             for key, call in calls.items():
                 times[key].append(median_seconds(call, args.repeats + 2, warmup=1))
-    print("\nguided denoising step (generate's prompts, batch 2): median s, padding read / skipped")
+    print("\nthe probe's guided denoising step (batch 2): median s, padding read / skipped")
     print("| K | torch: read | skipped | speed-up | onnxruntime: read | skipped | speed-up | onnxruntime / torch |")
     print("|---|---|---|---|---|---|---|---|")
     for k in ks:
@@ -113,7 +96,8 @@ def main() -> None:
     for _ in range(args.passes):
         for k in ks:
             for name, pipe in pipes.items():
-                call = lambda pipe=pipe, k=k: pipe.generate(*PROMPTS, FOREGROUNDS[:k], **request)  # noqa: E731
+                fgs = [FOREGROUNDS[i % len(FOREGROUNDS)] for i in range(k)]
+                call = lambda pipe=pipe, fgs=fgs: pipe.generate(*PROMPTS, fgs, **request)  # noqa: E731
                 passes[name, k].append(median_seconds(call, args.repeats, warmup=1))
     print(f"\ngenerate, {args.steps} steps, {shape.frames}x{shape.height}x{shape.width}: median s (passes)")
     print("| K | torch | onnxruntime | auto | auto / the faster alone |\n|---|---|---|---|---|")

@@ -3,8 +3,9 @@
 No fixed order is right on every CPU, nor for every K on one CPU: onnxruntime ran a denoising step 1.31x faster
 than torch eager on a Zen 5 host and 0.82-0.93x as fast on an Intel Xeon of the same machine kind, and on an
 AVX2-only Zen 3 it won at K = 1 (1.36x) and lost at K = 3 (0.91x) (docs/results.md, Export and backends).
-`fastest` times a few denoising steps (batch 2, every K the export has graphs for, the export's clip shape) on torch
-and onnxruntime (each on torch's thread count) and keeps the faster at each K; each K's verdict is cached keyed by
+`fastest` times a few guided denoising steps as `generate` runs them (`guided_step`: prompts of a user's length and
+the null prompts, batch 2, the export's clip shape; every K the export has graphs for) on torch and onnxruntime (each
+on torch's thread count) and keeps the faster at each K; each K's verdict is cached keyed by
 CPU model, thread count, the export's graph hashes and K, so a service or `generate` pays the probe once per host
 and model. `pick_backend` turns the verdicts into a `Choice`: the graphs for the Ks where they won, the PyTorch DiT
 for the others.
@@ -20,11 +21,16 @@ from pathlib import Path
 
 import torch
 
-from layert2v.export.folder import ClipShape, read_manifest
+from layert2v.export.folder import INPUTS, ClipShape, read_manifest
 from layert2v.hostcache import CACHE_DIR, cached_verdict, median_seconds
+from layert2v.models.dit import layout_inputs, visible_positions
 from layert2v.models.layout import Layout
+from layert2v.models.text import null_prompts
 
 CACHE = CACHE_DIR / "backends.json"
+# what the probe's step reads: prompts of the length users write (the docs' examples), the K foregrounds in turn
+PROMPTS = ("a red circle and a blue star moving over navy stripes", "navy stripes with a still camera")
+FOREGROUNDS = ("a red circle moving right", "a blue star moving left", "a green square", "a small yellow triangle")
 
 
 @dataclass(frozen=True)
@@ -42,16 +48,29 @@ class Choice:
 
 
 def _subject(onnx: Path, k: int) -> str:
-    """What the probe times: the export's graphs (their hashes), at K = `k`."""
+    """What the probe times: the export's graphs (their hashes), at K = `k`, on `guided_step`'s prompts."""
     manifest = read_manifest(onnx)
-    return json.dumps({"graphs": manifest.get("sha256", manifest.get("files")), "k": k}, sort_keys=True)
+    graphs = manifest.get("sha256", manifest.get("files"))
+    return json.dumps({"graphs": graphs, "k": k, "prompts": [*PROMPTS, *FOREGROUNDS]}, sort_keys=True)
+
+
+def guided_step(pipeline, k: int, shape: ClipShape) -> dict[str, torch.Tensor]:
+    """The inputs (`folder.INPUTS`) of `generate`'s guided denoising step at K = `k`: `PROMPTS` and the null prompts,
+    batch 2. Not random prompt lengths: both backends skip the positions no token sees, so the time depends on them."""
+    foregrounds = [FOREGROUNDS[i % len(FOREGROUNDS)] for i in range(k)]
+    cond = pipeline.encode_prompts([*PROMPTS, *foregrounds])
+    text, text_mask = (torch.cat(pair) for pair in zip(cond, null_prompts(*cond), strict=True))
+    layout = Layout(k)
+    latents = torch.randn(shape.latents(pipeline.cfg, layout, 2), generator=torch.Generator().manual_seed(0))
+    timestep = torch.full((2, layout.num_segments), 500.0)
+    mask, layer_ids, instance_ids = layout_inputs(pipeline.cfg, latents.shape, text_mask, layout)
+    values = (latents, timestep, text, mask, layer_ids, instance_ids, visible_positions(mask))
+    return dict(zip(INPUTS, values, strict=True))
 
 
 def _step_seconds(pipeline, k: int, shape: ClipShape, repeats: int) -> float:
-    """Median seconds of one denoising step of K = `k`, batch 2, after a warm-up call."""
-    from layert2v.export.onnx import step_inputs
-
-    inputs = step_inputs(pipeline.cfg, Layout(k), shape, batch=2, seed=0)
+    """Median seconds of one guided denoising step of K = `k` (`guided_step`) after a warm-up call."""
+    inputs = guided_step(pipeline, k, shape)
     if pipeline.denoiser is not None:
         call = lambda: pipeline.denoiser.run(k, inputs)  # noqa: E731
     else:
