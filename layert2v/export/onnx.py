@@ -9,9 +9,9 @@ of `LayerDiT.forward`:
                                                                               ->  velocity [B, C, T, H, W]
 
 `models.dit.layout_inputs` builds the mask and the ids from a `Layout` and the prompts' text mask, and
-`visible_positions` the text positions some token sees (S' dynamic: the graph skips the prompts' padding). The exporter is
-torch's dynamo exporter (`torch.export` + onnxscript); every file is checked with `onnx.checker`. The 16-bit
-graph is the model cast to fp16 before export (timestep stays fp32), so TensorRT's strongly typed build and
+`visible_positions` the text positions some token sees (S' dynamic: the graph skips the prompts' padding). The
+exporter is torch's dynamo exporter (`torch.export` + onnxscript); every file is checked with `onnx.checker`. The
+16-bit graph is the model cast to fp16 before export (timestep stays fp32), so TensorRT's strongly typed build and
 onnxruntime both compute in the precision the file states.
 
 An export folder holds `manifest.json` (shapes, opset, files per K, checksums) and the `.onnx` files; the

@@ -2,13 +2,13 @@
 
 No fixed order is right on every CPU, nor for every K on one CPU: onnxruntime ran a denoising step 1.31x faster
 than torch eager on a Zen 5 host and 0.82-0.93x as fast on an Intel Xeon of the same machine kind, and on an
-AVX2-only Zen 3 it won at K = 1 (1.36x) and lost at K = 3 (0.91x) (docs/results.md, Export and backends).
-`fastest` times a few guided denoising steps as `generate` runs them (`guided_step`: prompts of a user's length and
-the null prompts, batch 2, the export's clip shape; every K the export has graphs for) on torch and onnxruntime (each
-on torch's thread count) and keeps the faster at each K; each K's verdict is cached keyed by
-CPU model, thread count, the export's graph hashes and K, so a service or `generate` pays the probe once per host
-and model. `pick_backend` turns the verdicts into a `Choice`: the graphs for the Ks where they won, the PyTorch DiT
-for the others.
+AVX2-only Zen 3 graphs that still read the prompts' padding won at K = 1 (1.36x) and lost at K = 3 (0.91x)
+(docs/results.md, Export and backends). `fastest` times a few guided denoising steps as `generate` runs them
+(`guided_step`: prompts of a user's length and the null prompts, batch 2, the export's clip shape; every K the
+export has graphs for) on torch and onnxruntime (each on torch's thread count) and keeps the faster at each K; each
+K's verdict is cached keyed by CPU model, thread count, the export's graph hashes and K, so a service or `generate`
+pays the probe once per host and model. `pick_backend` turns the verdicts into a `Choice`: the graphs for the Ks
+where they won, the PyTorch DiT for the others.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def graph_ks(onnx: Path) -> list[int]:
 
 
 def probe(model: Path, onnx: Path, repeats: int = 3) -> dict[int, dict[str, float]]:
-    """Seconds of one denoising step per K the export has graphs for, per CPU backend."""
+    """Seconds of one guided denoising step (`guided_step`) per K the export has graphs for, per CPU backend."""
     from layert2v.pipeline import LayerT2VPipeline
 
     shape = ClipShape(**read_manifest(onnx)["shape"])
