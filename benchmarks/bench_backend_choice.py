@@ -24,7 +24,7 @@ import torch
 from timing import median_seconds
 
 from layert2v.export.folder import TEXT_POSITIONS, ClipShape, read_manifest
-from layert2v.export.probe import FOREGROUNDS, PROMPTS, fastest, graph_ks, guided_step, pick_backend
+from layert2v.export.probe import PROMPTS, fastest, foreground_prompts, graph_ks, guided_step, pick_backend
 from layert2v.hostcache import cpu_model
 from layert2v.pipeline import LayerT2VPipeline
 
@@ -88,15 +88,16 @@ def main() -> None:
             print(f"  K = {k}: torch {seconds['torch']:.4f}, onnxruntime {seconds['onnxruntime']:.4f} "
                   f"(onnxruntime {ratio:.2f}x): {verdict['fastest']}")  # fmt: skip
         pipes = pipelines(args.model, args.onnx, Path(tmp) / "backends.json")
-    shape = ClipShape(**read_manifest(args.onnx)["shape"])
+    manifest = read_manifest(args.onnx)
+    shape = ClipShape(**manifest["shape"])
     request = {"frames": shape.frames, "height": shape.height, "width": shape.width, "steps": args.steps}
-    ks = graph_ks(args.onnx)
+    ks = graph_ks(manifest)
     padding_table(pipes, ks, shape, args)
     passes: dict[tuple[str, int], list[float]] = {(name, k): [] for name in pipes for k in ks}
     for _ in range(args.passes):
         for k in ks:
             for name, pipe in pipes.items():
-                fgs = [FOREGROUNDS[i % len(FOREGROUNDS)] for i in range(k)]
+                fgs = foreground_prompts(k)
                 call = lambda pipe=pipe, fgs=fgs: pipe.generate(*PROMPTS, fgs, **request)  # noqa: E731
                 passes[name, k].append(median_seconds(call, args.repeats, warmup=1))
     print(f"\ngenerate, {args.steps} steps, {shape.frames}x{shape.height}x{shape.width}: median s (passes)")

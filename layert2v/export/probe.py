@@ -47,18 +47,22 @@ class Choice:
         return f"{self.backend} (torch at K={','.join(map(str, sorted(self.eager_ks)))})"
 
 
-def _subject(onnx: Path, k: int) -> str:
-    """What the probe times: the export's graphs (their hashes), at K = `k`, on `guided_step`'s prompts."""
-    manifest = read_manifest(onnx)
+def _subject(manifest: dict, k: int) -> str:
+    """What the probe times: the export's graphs (their hashes, from its `manifest`), at K = `k`, on `guided_step`'s
+    prompts."""
     graphs = manifest.get("sha256", manifest.get("files"))
     return json.dumps({"graphs": graphs, "k": k, "prompts": [*PROMPTS, *FOREGROUNDS]}, sort_keys=True)
+
+
+def foreground_prompts(k: int) -> list[str]:
+    """K foreground prompts: `FOREGROUNDS` in turn."""
+    return [FOREGROUNDS[i % len(FOREGROUNDS)] for i in range(k)]
 
 
 def guided_step(pipeline, k: int, shape: ClipShape) -> dict[str, torch.Tensor]:
     """The inputs (`folder.INPUTS`) of `generate`'s guided denoising step at K = `k`: `PROMPTS` and the null prompts,
     batch 2. Not random prompt lengths: both backends skip the positions no token sees, so the time depends on them."""
-    foregrounds = [FOREGROUNDS[i % len(FOREGROUNDS)] for i in range(k)]
-    cond = pipeline.encode_prompts([*PROMPTS, *foregrounds])
+    cond = pipeline.encode_prompts([*PROMPTS, *foreground_prompts(k)])
     text, text_mask = (torch.cat(pair) for pair in zip(cond, null_prompts(*cond), strict=True))
     layout = Layout(k)
     latents = torch.randn(shape.latents(pipeline.cfg, layout, 2), generator=torch.Generator().manual_seed(0))
@@ -79,17 +83,18 @@ def _step_seconds(pipeline, k: int, shape: ClipShape, repeats: int) -> float:
         return median_seconds(call, repeats, warmup=1)
 
 
-def graph_ks(onnx: Path) -> list[int]:
-    """The Ks the export folder has graphs for."""
-    return sorted(int(k) for k in read_manifest(onnx)["files"])
+def graph_ks(manifest: dict) -> list[int]:
+    """The Ks an export folder (its `manifest`) has graphs for."""
+    return sorted(int(k) for k in manifest["files"])
 
 
 def probe(model: Path, onnx: Path, repeats: int = 3) -> dict[int, dict[str, float]]:
     """Seconds of one guided denoising step (`guided_step`) per K the export has graphs for, per CPU backend."""
     from layert2v.pipeline import LayerT2VPipeline
 
-    shape = ClipShape(**read_manifest(onnx)["shape"])
-    seconds: dict[int, dict[str, float]] = {k: {} for k in graph_ks(onnx)}
+    manifest = read_manifest(onnx)
+    shape = ClipShape(**manifest["shape"])
+    seconds: dict[int, dict[str, float]] = {k: {} for k in graph_ks(manifest)}
     for backend in ("torch", "onnxruntime"):
         pipeline = LayerT2VPipeline.from_folder(model, backend=backend, onnx=onnx if backend != "torch" else None)
         for k in seconds:
@@ -101,7 +106,8 @@ def fastest(model: Path, onnx: Path, cache: Path = CACHE) -> dict[int, dict]:
     """Per K, the verdict of the faster CPU backend for `model` with its export `onnx` on this host (`fastest`, and
     the probe's `seconds` per backend), cached; one probe times every K a missing verdict needs."""
     measured = functools.cache(lambda: probe(model, onnx))
-    return {k: cached_verdict(cache, _subject(onnx, k), lambda k=k: measured()[k]) for k in graph_ks(onnx)}
+    manifest = read_manifest(onnx)
+    return {k: cached_verdict(cache, _subject(manifest, k), lambda k=k: measured()[k]) for k in graph_ks(manifest)}
 
 
 def choice(verdicts: dict[int, dict]) -> Choice:
