@@ -517,18 +517,20 @@ class ExportConfig(FromDict):
     fp16: bool = True  # also write a 16-bit graph (TensorRT 10/11 take precision from the ONNX file)
     tolerance: float = 1e-3  # fp32: max abs error onnxruntime vs PyTorch (the parity gate)
     fp16_tolerance: float = 5e-2  # 16-bit graph vs fp32 PyTorch
+    int8: bool = True  # also an int8 graph for onnxruntime on CPUs (`export.onnx.quantize_step`; faster, not exact)
+    int8_tolerance: float = 0.1  # int8 graph vs fp32 PyTorch: relative error (norm of the difference / PyTorch's)
     parity_samples: int = 3  # seeded input sets per graph and batch size
 
     def __post_init__(self) -> None:
         _require(self.opset >= 17, f"export.opset must be >= 17 (LayerNormalization), got {self.opset}")
         _require(self.max_batch >= 2, f"export.max_batch must be >= 2 (guidance runs batch 2), got {self.max_batch}")
-        _require(self.tolerance > 0 and self.fp16_tolerance > 0, "export tolerances must be > 0")
+        _require(min(self.tolerance, self.fp16_tolerance, self.int8_tolerance) > 0, "export tolerances must be > 0")
         _require(self.parity_samples >= 1, f"export.parity_samples must be >= 1, got {self.parity_samples}")
 
 
 BACKENDS = ("auto", "torch", "compile", "onnxruntime", "tensorrt")  # `export.runtime.Backend` and `auto`
 TORCH_PRECISIONS = ("fp32", "bf16")  # the torch backends: fp32, or bf16 autocast (faster on bf16 CPUs, inexact)
-GRAPH_PRECISIONS = ("fp32", "fp16")  # the exported graphs (onnxruntime, TensorRT)
+GRAPH_PRECISIONS = ("fp32", "fp16", "int8")  # the exported graphs (onnxruntime, TensorRT; int8: onnxruntime only)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -541,6 +543,7 @@ class ServeConfig(FromDict):
     # this CPU when the model carries its ONNX graphs (a probe cached per CPU model, export/probe.py), else torch
     bf16: bool = False  # the torch and compile backends run the DiT under bf16 autocast (faster where the CPU has
     # bf16 kernels, not exact); exported graphs keep their own precision
+    int8: bool = False  # onnxruntime runs the export's int8 graphs (faster on CPUs, not exact; `auto` times them)
     poll_seconds: float = 10.0  # how often the alias is looked up; a moved alias loads in the background
     queue_max: int = 16  # accepted, unfinished jobs; beyond it a request gets 429 with Retry-After
     job_timeout_s: float = 600.0  # a job still sampling after this fails with a timeout

@@ -56,9 +56,9 @@ def load_pipeline(args: argparse.Namespace):
     from layert2v.pipeline import LayerT2VPipeline
 
     onnx = Path(args.onnx) if args.onnx else Path(args.model) / "onnx"
-    chosen = pick_backend(args.backend, Path(args.model), onnx)
+    chosen = pick_backend(args.backend, Path(args.model), onnx, precision=args.precision)
     return LayerT2VPipeline.from_folder(
-        args.model, backend=chosen.backend, onnx=args.onnx, precision=args.precision, eager_ks=chosen.eager_ks
+        args.model, backend=chosen.backend, onnx=args.onnx, precision=chosen.precision, eager_ks=chosen.eager_ks
     )
 
 
@@ -168,8 +168,9 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--onnx", default=None, help="export folder (default: <model>/onnx)")
     parser.add_argument(
         "--precision", default=None, choices=sorted({*GRAPH_PRECISIONS, *TORCH_PRECISIONS}),
-        help="the exported graphs' (fp32, fp16) or the torch backends' (fp32, bf16: autocast, faster where the CPU "
-        "has bf16 kernels, not exact)",
+        help="the exported graphs' (fp32, fp16; int8: onnxruntime, faster on CPUs, not exact) or the torch "
+        "backends' (fp32, bf16: autocast, faster where the CPU has bf16 kernels, not exact); auto runs it where the "
+        "backend it picks has it",
     )  # fmt: skip
     parser.add_argument("--steps", type=int, default=Request.steps)
     parser.add_argument("--guidance", type=float, default=Request.guidance)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from layert2v.cli import main
-from layert2v.config import ExportConfig, model_preset
+from layert2v.config import ExportConfig, load_params, model_preset
 from layert2v.editing import Given
 from layert2v.export.folder import BATCHED, INPUTS, ClipShape
 from layert2v.export.onnx import export_model, parity_gate, step_inputs
@@ -50,8 +50,8 @@ def test_export_writes_checked_graphs_with_dynamic_batch_and_parity(exported: tu
     _, out = exported
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["files"] == {
-        "1": {"fp32": "dit_k1.onnx", "fp16": "dit_k1_fp16.onnx"},
-        "2": {"fp32": "dit_k2.onnx", "fp16": "dit_k2_fp16.onnx"},
+        "1": {"fp32": "dit_k1.onnx", "fp16": "dit_k1_fp16.onnx", "int8": "dit_k1_int8.onnx"},
+        "2": {"fp32": "dit_k2.onnx", "fp16": "dit_k2_fp16.onnx", "int8": "dit_k2_int8.onnx"},
     }
     assert manifest["opset"] == 23 and manifest["shape"] == {"frames": 5, "height": 32, "width": 32}
     graph = onnx.load(str(out / "dit_k2_fp16.onnx"))
@@ -65,7 +65,11 @@ def test_export_writes_checked_graphs_with_dynamic_batch_and_parity(exported: tu
     figures = json.loads((out / "parity.json").read_text())
     assert figures["k1_fp32_max_abs"] <= 1e-3 and figures["k2_fp32_max_abs"] <= 1e-3
     assert 0 < figures["k2_fp16_max_abs"] <= 5e-2 and figures["k2_fp16_reference_max_abs"] > 0.1
+    assert figures["k2_fp16_rel_error"] < figures["k2_int8_rel_error"] <= 0.1  # quantized: further off, in its gate
     assert json.loads((out / "gate.json").read_text())["passed"]
+    int8 = onnx.load(str(out / "dit_k2_int8.onnx"))
+    ops = {node.op_type for node in int8.graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops and "MatMul" not in ops  # every weight GEMM in int8
 
 
 def test_onnxruntime_backend_generates_what_torch_generates(exported: tuple[Path, Path]) -> None:
@@ -81,6 +85,9 @@ def test_onnxruntime_backend_generates_what_torch_generates(exported: tuple[Path
         assert np.abs(got.alphas[-1] - want.alphas[-1]).max() < 1e-3
     half = LayerT2VPipeline.from_folder(model, backend="onnxruntime", onnx=out, precision="fp16")
     assert np.abs(half.generate(*ARGS, ["a red circle"], **request).full - expected[1].full).max() < 0.05
+    int8 = LayerT2VPipeline.from_folder(model, backend="onnxruntime", onnx=out, precision="int8")
+    got = int8.generate(*ARGS, ["a red circle", "a blue star"], **request)
+    assert 0 < np.abs(got.full - expected[2].full).mean() < 0.02 and len(got.alphas) == 2
 
 
 def test_onnxruntime_backend_takes_given_layers_clean_as_torch_does(
@@ -180,6 +187,8 @@ def test_tensorrt_backend_without_a_gpu_says_what_is_missing(exported: tuple[Pat
     model, out = exported
     with pytest.raises(TensorRTUnavailable, match="gpu"):
         LayerT2VPipeline.from_folder(model, backend="tensorrt", onnx=out)
+    with pytest.raises(ValueError, match="TensorRT builds fp32 or fp16 graphs, not int8: use onnxruntime"):
+        LayerT2VPipeline.from_folder(model, backend="tensorrt", onnx=out, precision="int8")
     assert main(["export", "tensorrt", "--model", str(model), "--onnx", str(out)]) == 2
 
 
@@ -206,7 +215,7 @@ def test_registered_version_carries_the_graphs_and_serves_on_onnxruntime(
     model, out = exported
     metrics = {"coherence_db": 20.0, "colour_adherence": 0.7}
     version = register(model, metrics, smoke, tmp_path, ROOT, onnx=out, parity=out)
-    assert version.tags["onnx_opset"] == "23" and version.tags["onnx_precisions"] == "fp16,fp32"
+    assert version.tags["onnx_opset"] == "23" and version.tags["onnx_precisions"] == "fp16,fp32,int8"
     assert float(version.tags["parity_max_abs.fp32"]) <= 1e-3
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     logged = {a.path for a in client.list_artifacts(version.run_id, "export")}
@@ -246,6 +255,31 @@ def test_auto_backend_probes_the_faster_cpu_path_per_k_once_per_host_and_model(
     assert probe.pick_backend("onnxruntime", model, None, cache) == probe.Choice("onnxruntime")  # explicit wins
 
 
+def test_auto_times_the_graphs_in_the_asked_precision_and_runs_it_where_it_can(
+    exported: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from layert2v.export import probe
+    from layert2v.serving.source import FolderSource
+
+    from .conftest import ROOT
+
+    model, onnx = exported
+    cache = tmp_path / "backends.json"
+    int8 = probe.pick_backend("auto", model, onnx, cache, precision="int8")
+    fp32 = probe.pick_backend("auto", model, onnx, cache)
+    assert len(json.loads(cache.read_text())) == 4  # a verdict per K and graph precision
+    assert int8.precision == ("int8" if int8.backend == "onnxruntime" else None) and fp32.precision is None
+    assert probe.pick_backend("auto", model, None, cache, precision="bf16") == probe.Choice("torch", precision="bf16")
+    assert probe.pick_backend("auto", model, None, cache, precision="int8") == probe.Choice("torch")
+    served = tmp_path / "served"
+    shutil.copytree(model, served)
+    shutil.copytree(onnx, served / "onnx")
+    cfg = dataclasses.replace(load_params(ROOT / "params.yaml").serve, backend="onnxruntime", int8=True)
+    loaded = FolderSource(served).load("folder", cfg)
+    assert loaded.backend == "onnxruntime int8" and loaded.pipeline.denoiser.precision == "int8"
+    assert FolderSource(served).load("folder", dataclasses.replace(cfg, backend="torch")).backend == "torch"
+
+
 def test_a_choice_takes_the_graphs_only_at_the_ks_where_they_won() -> None:
     from layert2v.export.probe import Choice, choice
 
@@ -256,6 +290,7 @@ def test_a_choice_takes_the_graphs_only_at_the_ks_where_they_won() -> None:
     assert choice(won("onnxruntime", "onnxruntime")) == Choice("onnxruntime")
     mixed = choice(won("onnxruntime", "torch", "torch"))
     assert mixed == Choice("onnxruntime", frozenset({2, 3})) and str(mixed) == "onnxruntime (torch at K=2,3)"
+    assert str(choice(won("onnxruntime", "torch"), "int8")) == "onnxruntime int8 (torch at K=2)"
 
 
 def test_eager_ks_run_on_the_dit_and_the_others_on_the_graphs(

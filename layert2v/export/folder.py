@@ -4,6 +4,7 @@ manifest.json           {"opset", "max_batch", "shape": ClipShape, "inputs": INP
                          "files": {K: {precision: graph file}}, "sha256": {file: hash}, "dit_sha256"}
 dit_k<K>.onnx           the fp32 denoising step for K foregrounds
 dit_k<K>_fp16.onnx      its 16-bit graph
+dit_k<K>_int8.onnx      its weights in int8 (onnxruntime on CPUs)
 engines/                TensorRT engines built from them (GPU hosts)
 """
 

@@ -12,7 +12,8 @@ of `LayerDiT.forward`:
 `visible_positions` the text positions some token sees (S' dynamic: the graph skips the prompts' padding). The
 exporter is torch's dynamo exporter (`torch.export` + onnxscript); every file is checked with `onnx.checker`. The
 16-bit graph is the model cast to fp16 before export (timestep stays fp32), so TensorRT's strongly typed build and
-onnxruntime both compute in the precision the file states.
+onnxruntime both compute in the precision the file states. The int8 graph is the fp32 graph with its weights
+quantized (`quantize_step`), for onnxruntime on CPUs: not exact, and faster where fp32 GEMMs bound the step.
 
 An export folder holds `manifest.json` (shapes, opset, files per K, checksums) and the `.onnx` files; the
 parity gate writes `parity.json` (the figures) and `gate.json` / `gate.md` (its report) beside them or to a
@@ -31,7 +32,7 @@ import torch
 
 from layert2v.config import ExportConfig, ModelConfig
 from layert2v.export.folder import BATCHED, INPUTS, TEXT_POSITIONS, TIMESTEP, ClipShape, graph_name, read_manifest
-from layert2v.export.runtime import GraphDenoiser, make_denoiser
+from layert2v.export.runtime import TRT_PRECISIONS, GraphDenoiser, make_denoiser
 from layert2v.models.checkpoint import load_dit
 from layert2v.models.dit import LayerDiT, layout_inputs, visible_positions
 from layert2v.models.layout import Layout
@@ -90,10 +91,37 @@ def export_step(dit: LayerDiT, num_fg: int, shape: ClipShape, path: Path, precis
     return path
 
 
+def quantize_step(fp32: Path, path: Path) -> Path:
+    """Write the int8 graph of the fp32 step `fp32` to `path` and check it: onnxruntime's dynamic quantization of
+    every MatMul and Gemm weight, per output channel, activations quantized on each call. Weights keep 7 bits
+    (`reduce_range`): CPUs without VNNI sum pairs of u8 x s8 products in 16 bits, which full-range weights overflow
+    (the velocity off by 16% of its norm on an AVX2 host, against 1.7% with 7 bits: docs/results.md)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(fp32), str(path), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+        op_types_to_quantize=["MatMul", "Gemm"],
+    )  # fmt: skip
+    onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+def write_step(dit: LayerDiT, num_fg: int, shape: ClipShape, out: Path, precision: str, cfg: ExportConfig) -> Path:
+    """The graph for K = `num_fg` in `precision` under `out`: exported from the model, or for int8 quantized from
+    its fp32 graph (written first)."""
+    path = out / graph_name(num_fg, precision)
+    if precision == "int8":
+        return quantize_step(out / graph_name(num_fg, "fp32"), path)
+    return export_step(dit, num_fg, shape, path, precision, cfg)
+
+
 def parity(dit: LayerDiT, denoiser: GraphDenoiser, num_fg: int, cfg: ExportConfig) -> dict[str, float]:
-    """Max and mean abs difference of `denoiser`'s graph for K = `num_fg` against the fp32 PyTorch step,
-    over `parity_samples` seeded input sets at every batch size 1..max_batch."""
+    """Max and mean abs difference of `denoiser`'s graph for K = `num_fg` against the fp32 PyTorch step, and the
+    relative error (the norm of the difference over the norm of PyTorch's velocity), over `parity_samples` seeded
+    input sets at every batch size 1..max_batch."""
     model, worst, total, count, scale = dit.eval().float(), 0.0, 0.0, 0, 0.0
+    squared, reference = 0.0, 0.0
     for seed in range(cfg.parity_samples):
         for batch in range(1, cfg.max_batch + 1):
             inputs = step_inputs(dit.cfg, Layout(num_fg), denoiser.shape, batch, seed=1000 + seed)
@@ -102,7 +130,13 @@ def parity(dit: LayerDiT, denoiser: GraphDenoiser, num_fg: int, cfg: ExportConfi
             diff = (denoiser.run(num_fg, inputs) - expected).abs()
             worst, total, count = max(worst, diff.max().item()), total + diff.sum().item(), count + diff.numel()
             scale = max(scale, expected.abs().max().item())
-    return {"max_abs": worst, "mean_abs": total / count, "reference_max_abs": scale}
+            squared, reference = squared + diff.square().sum().item(), reference + expected.square().sum().item()
+    return {
+        "max_abs": worst,
+        "mean_abs": total / count,
+        "rel_error": (squared / reference) ** 0.5,
+        "reference_max_abs": scale,
+    }
 
 
 def _sha256(path: Path) -> str:
@@ -119,9 +153,9 @@ def export_model(
     """Export every K of the pipeline folder `model_dir` into `out` with its manifest, then run the parity
     gate (its files go to `reports`, default `out`; see `parity_gate`)."""
     dit = load_dit(model_dir)
-    precisions = ["fp32", "fp16"] if cfg.fp16 else ["fp32"]
+    precisions = ["fp32", *(["fp16"] if cfg.fp16 else []), *(["int8"] if cfg.int8 else [])]
     files = {
-        str(k): {p: export_step(dit, k, shape, out / graph_name(k, p), p, cfg).name for p in precisions}
+        str(k): {p: write_step(dit, k, shape, out, p, cfg).name for p in precisions}
         for k in range(1, dit.cfg.max_fg + 1)
     }
     manifest = {
@@ -143,16 +177,23 @@ def parity_gate(
 ) -> GateReport:
     """Parity of every graph in the export folder on `backend`; writes `parity.json` (figures; `_trt` suffixed
     for TensorRT) and the gate report `gate.json` / `.md` under `reports` (default `folder`), and raises
-    `GateFailed` after writing them when a graph is off by more than its tolerance (`tolerance` for fp32,
-    `fp16_tolerance` for 16-bit)."""
+    `GateFailed` after writing them when a graph is off by more than its tolerance (max abs: `tolerance` for fp32,
+    `fp16_tolerance` for 16-bit; relative error: `int8_tolerance` for int8, whose quantized activations put a few
+    values far off on any input; TensorRT builds no int8 graph)."""
     manifest, figures, limits = read_manifest(folder), {}, {}
     suffix = "" if backend == "onnxruntime" else "_trt"
-    for precision in sorted({p for per_k in manifest["files"].values() for p in per_k}):
+    gated = {
+        "fp32": ("max_abs", cfg.tolerance), "fp16": ("max_abs", cfg.fp16_tolerance),
+        "int8": ("rel_error", cfg.int8_tolerance),
+    }  # fmt: skip
+    precisions = {p for per_k in manifest["files"].values() for p in per_k}
+    for precision in sorted(precisions if backend == "onnxruntime" else precisions & set(TRT_PRECISIONS)):
         denoiser = make_denoiser(backend, folder, dit.cfg, precision)
         for num_fg in sorted(int(k) for k in manifest["files"]):
             prefix = f"k{num_fg}_{precision}{suffix}"
             figures |= {f"{prefix}_{key}": v for key, v in parity(dit, denoiser, num_fg, cfg).items()}
-            limits[f"{prefix}_max_abs"] = cfg.tolerance if precision == "fp32" else cfg.fp16_tolerance
+            figure, limit = gated[precision]
+            limits[f"{prefix}_{figure}"] = limit
     reports = Path(reports or folder)
     reports.mkdir(parents=True, exist_ok=True)
     (reports / f"parity{suffix}.json").write_text(json.dumps(dict(sorted(figures.items())), indent=2) + "\n")

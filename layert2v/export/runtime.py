@@ -26,6 +26,7 @@ from layert2v.models.layout import Layout
 Backend = Literal["torch", "compile", "onnxruntime", "tensorrt"]
 
 PREFERRED = ("CUDAExecutionProvider", "CPUExecutionProvider")
+TRT_PRECISIONS = ("fp32", "fp16")  # TensorRT parses no dynamically quantized (int8) graph
 
 
 class GraphDenoiser(ABC):
@@ -125,6 +126,8 @@ class TrtDenoiser(GraphDenoiser):
     """`forward_layout` of `LayerDiT`, answered by TensorRT engines built (or cached) from an export folder."""
 
     def __init__(self, folder: Path | str, cfg: ModelConfig, precision: str = "fp16", cache_dir: Path | None = None):
+        if precision not in TRT_PRECISIONS:
+            raise ValueError(f"TensorRT builds {' or '.join(TRT_PRECISIONS)} graphs, not {precision}: use onnxruntime")
         self.trt = require_gpu()
         super().__init__(folder, cfg, precision)
         self.cache_dir = Path(cache_dir) if cache_dir else self.folder / "engines"

@@ -9,13 +9,13 @@ the alias, the service loads the new version beside the old one and switches bet
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 
 from layert2v.config import ServeConfig
-from layert2v.export.probe import pick_backend
+from layert2v.export.probe import pick_backend, runs_in
 from layert2v.pipeline import LayerT2VPipeline
 
 
@@ -31,14 +31,15 @@ class Loaded:
 
 def load(folder: Path, onnx: Path | None, cfg: ServeConfig, version: str, uri: str) -> Loaded:
     """The pipeline on `cfg.backend` (`auto` resolved here, per K), bf16 autocast on the torch backends with
-    `cfg.bf16`."""
-    chosen = pick_backend(cfg.backend, folder, onnx)
+    `cfg.bf16`, onnxruntime's int8 graphs with `cfg.int8`."""
+    asked = pick_backend(cfg.backend, folder, onnx, precision="int8" if cfg.int8 else None)
+    chosen = replace(asked, precision=runs_in(asked.backend, asked.precision))  # int8 only where graphs run
     bf16 = cfg.bf16 and chosen.backend in ("torch", "compile")
     pipeline = LayerT2VPipeline.from_folder(
         folder,
         backend=chosen.backend,
         onnx=onnx if chosen.backend != "torch" else None,
-        precision="bf16" if bf16 else None,
+        precision="bf16" if bf16 else chosen.precision,
         eager_ks=chosen.eager_ks,
     )
     pipeline.limits = cfg.limits()
