@@ -2,9 +2,9 @@
 
 glibc hands large freed blocks back to the kernel: blocks above its mmap threshold are unmapped on `free`, and the
 heap's free top is trimmed past its trim threshold. Each large tensor allocated afterwards then takes one page fault
-per 4 KiB, zeroed by the kernel, on first touch. On 2 cores that was most of a small op's time: the autoencoder's
-refine head (a 19 MB activation per call) took 10 000 faults a call, and keeping the memory made a stage-0 step
-1.5x faster and `generate` 1.04-1.09x (docs/results.md, "Freed memory kept in the process"). `keep_freed_memory`
+per 4 KiB, zeroed by the kernel, on first touch. On 2 cores that was most of a thin op's time: the autoencoder's
+refine head (a 19 MB activation per call) took 10 000 faults per decode, and keeping the memory made a stage-0 step
+1.31x faster and `generate` 1.11x (docs/results.md, "Freed memory kept in the process"). `keep_freed_memory`
 raises both thresholds once per process with glibc's `mallopt` (importing `layert2v` calls it); the cost is a
 resident size that stays at its peak. Elsewhere than glibc it does nothing; `LAYERT2V_MALLOC=system` keeps glibc's
 defaults (the benchmark compares both).
