@@ -24,15 +24,51 @@ Shapes: B batch, F frames (4k+1), H, W pixels; latents `[B, 16, (F - 1) / 4 + 1,
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
-from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from torch import nn
 
 from layert2v.compose import over
 from layert2v.config import ModelConfig
+
+
+class Posterior:
+    """The encoder's diagonal Gaussian over latents, from `[B, 2C, ...]` (means, then log-variances), read as
+    diffusers' `DiagonalGaussianDistribution` is (`sample`, `mode`, `kl`, the same arithmetic) so that the patch and
+    Wan autoencoders answer alike. Defined here, not imported: diffusers' module loads every diffusers autoencoder,
+    4.6 of the 10 s a `layert2v generate` took (docs/results.md); `wan` imports diffusers when it is built."""
+
+    def __init__(self, parameters: torch.Tensor) -> None:
+        self.mean, logvar = torch.chunk(parameters, 2, dim=1)
+        self.logvar = torch.clamp(logvar, -30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * noise
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def kl(self) -> torch.Tensor:
+        """KL to the unit Gaussian, summed over dims 1-3 as diffusers sums it."""
+        return 0.5 * torch.sum(torch.pow(self.mean, 2) + torch.exp(self.logvar) - 1.0 - self.logvar, dim=[1, 2, 3])
+
+
+@dataclass
+class Encoded:
+    """`encode`'s answer, named as diffusers' `AutoencoderKLOutput`."""
+
+    latent_dist: Posterior
+
+
+@dataclass
+class Decoded:
+    """`decode`'s answer, named as diffusers' `DecoderOutput`."""
+
+    sample: torch.Tensor
 
 
 class AlphaAdapter(nn.Module):
@@ -196,14 +232,14 @@ class PatchAutoencoder(nn.Module):
         y = y.reshape(batch, -1, 3, t, s, s, h, w).permute(0, 2, 1, 3, 6, 4, 7, 5)
         return y.reshape(batch, 3, -1, h * s, w * s)[:, :, t - 1 :]
 
-    def encode(self, x: torch.Tensor) -> AutoencoderKLOutput:
+    def encode(self, x: torch.Tensor) -> Encoded:
         if x.shape[2] % self.time_block != 1 or x.shape[3] % self.space_block or x.shape[4] % self.space_block:
             raise ValueError(
                 f"video of shape {tuple(x.shape)}: frames must be 4k+1 and height, width multiples of {self.space_block}"
             )
         h = self.encoder(self._fold(x))
         h = h.reshape(x.shape[0], -1, *h.shape[1:]).transpose(1, 2)
-        return AutoencoderKLOutput(latent_dist=DiagonalGaussianDistribution(h))
+        return Encoded(latent_dist=Posterior(h))
 
     def decode_unclamped(self, z: torch.Tensor) -> torch.Tensor:
         frames = z.transpose(1, 2).flatten(0, 1)
@@ -213,8 +249,8 @@ class PatchAutoencoder(nn.Module):
             folded = folded + self.context(torch.cat([frames, previous], dim=1))
         return self.refine(self._unfold(folded, z.shape[0]))
 
-    def decode(self, z: torch.Tensor) -> DecoderOutput:
-        return DecoderOutput(sample=self.decode_unclamped(z).clamp(-1, 1))
+    def decode(self, z: torch.Tensor) -> Decoded:
+        return Decoded(sample=self.decode_unclamped(z).clamp(-1, 1))
 
 
 def build_autoencoder(cfg: ModelConfig, pretrained: Path | None = None) -> nn.Module:
@@ -293,7 +329,7 @@ class LayerVAE(nn.Module):
             return self.vae.decode_unclamped(z)
         return _wan_decode_unclamped(self.vae, z)
 
-    def posterior(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
+    def posterior(self, x: torch.Tensor) -> Posterior:
         """The encoder's latent distribution of `x` in [-1, 1] (unnormalised latents)."""
         return self.vae.encode(x).latent_dist
 
