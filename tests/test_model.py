@@ -304,6 +304,26 @@ def test_samplers_recover_x0_from_the_exact_velocity_field(sampler: str) -> None
     assert torch.allclose(out, x0, atol=1e-4)
 
 
+@pytest.mark.parametrize("steps", [1, 2, 3, 20])
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_unipc_gives_diffusers_schedulers_numbers(steps: int, shift: float) -> None:
+    """The in-package UniPC is diffusers' `UniPCMultistepScheduler` in flow mode, bit for bit, on a nonlinear field
+    (first-order ends, the order-2 predictor and corrector between)."""
+    from diffusers import UniPCMultistepScheduler
+
+    g = torch.Generator().manual_seed(0)
+    mix, noise = torch.randn(4, 4, generator=g) * 0.5, torch.randn(2, 4, 3, 4, 4, generator=g)
+    field = lambda x, t: torch.tanh(torch.einsum("ij,bj...->bi...", mix, x)) * (1 + t.view(-1, 1, 1, 1, 1)) - x / 3  # noqa: E731
+    scheduler = UniPCMultistepScheduler(
+        num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift
+    )
+    scheduler.set_timesteps(steps)
+    x = noise
+    for timestep, sigma in zip(scheduler.timesteps, scheduler.sigmas, strict=False):
+        x = scheduler.step(field(x, torch.full((2,), float(sigma))), timestep, x).prev_sample
+    assert torch.equal(sample(field, noise, steps, shift, "unipc"), x)
+
+
 @pytest.mark.parametrize("sampler", ["euler", "unipc"])
 @pytest.mark.parametrize("weight", [0.0, 0.5, 1.0])
 def test_composite_guidance_moves_only_the_full_segment_towards_the_layers_composite(

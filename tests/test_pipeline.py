@@ -1,5 +1,7 @@
 """LayerT2VPipeline on the tiny preset: save/load with safetensors, seeded determinism, shapes, bad requests."""
 
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -153,3 +155,17 @@ def test_compile_backend_generates_what_torch_generates(tiny_model: Path) -> Non
     compiled = LayerT2VPipeline.from_folder(tiny_model, backend="compile")
     got = compiled.generate("a red circle", "stripes", ["a red circle"], **request)
     assert np.abs(got.full - want.full).max() < 1e-4 and np.abs(got.alphas[0] - want.alphas[0]).max() < 1e-4
+
+
+def test_generating_from_a_patch_model_imports_neither_transformers_nor_diffusers(tiny_model: Path) -> None:
+    """Loading a CPU-preset model and sampling with UniPC runs on the package's own BERT, posterior and sampler:
+    transformers and diffusers' imports took 6 of the 10 s a `layert2v generate` spent (docs/results.md)."""
+    code = (
+        "import sys\n"
+        "from layert2v.pipeline import LayerT2VPipeline\n"
+        f"pipe = LayerT2VPipeline.from_folder({str(tiny_model)!r})\n"
+        f"pipe.generate('a red circle', 'a grey wall', ['a red circle'], **{REQUEST!r})\n"
+        "loaded = sorted({name.split('.')[0] for name in sys.modules} & {'transformers', 'diffusers', 'peft'})\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -404,12 +404,8 @@ def test_the_refine_head_convolves_channels_last_frames_to_the_plain_layouts_val
     torch.testing.assert_close(grad - 2 * out.detach(), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_the_patch_posterior_is_diffusers_gaussian_and_loading_a_patch_model_skips_diffusers(tmp_path: Path) -> None:
-    """The patch VAE's posterior gives diffusers' `DiagonalGaussianDistribution`'s numbers (the same noise draws), and
-    a saved patch VAE loads and codes without importing diffusers (whose autoencoders cost seconds of every start)."""
-    import subprocess
-    import sys
-
+def test_the_patch_posterior_is_diffusers_gaussian() -> None:
+    """The patch VAE's posterior gives diffusers' `DiagonalGaussianDistribution`'s numbers (the same noise draws)."""
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
     from layert2v.models.vae import Posterior
@@ -419,13 +415,3 @@ def test_the_patch_posterior_is_diffusers_gaussian_and_loading_a_patch_model_ski
     draw = lambda dist: dist.sample(torch.Generator().manual_seed(3))  # noqa: E731
     assert torch.equal(draw(ours), draw(theirs)) and torch.equal(ours.kl(), theirs.kl())
     assert torch.equal(ours.mode(), theirs.mode())
-
-    save_vae(LayerVAE(model_preset("tiny")), tmp_path)
-    code = (
-        "import sys, torch\n"
-        "from layert2v.models.checkpoint import load_vae\n"
-        f"vae = load_vae({str(tmp_path)!r})\n"
-        "vae.decode_rgb(vae.encode_rgb(torch.rand(1, 3, 5, 32, 32)))\n"
-        "assert not any(name.startswith('diffusers') for name in sys.modules), 'diffusers was imported'\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
