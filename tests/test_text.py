@@ -1,6 +1,8 @@
 """The text encoder: the BERT path gives transformers' numbers for the shipped MiniLM (tests/test_pipeline.py checks
 that generating imports neither transformers nor diffusers)."""
 
+import json
+
 import numpy as np
 
 from layert2v.models.text import TextEncoder
@@ -31,3 +33,12 @@ def test_the_bert_path_matches_transformers_on_the_shipped_encoder() -> None:
         assert np.array_equal(mask, expected_mask) and mask.sum(1).max() == longest
         np.testing.assert_allclose(states, expected, atol=1e-5)
         assert np.abs(expected).max() > 1
+
+
+def test_only_a_plain_bert_folder_runs_on_the_package_bert() -> None:
+    """Relative positions, another GELU or another architecture go to transformers, which knows them."""
+    encoder = TextEncoder(max_tokens=8)
+    config = json.loads((encoder.path / "config.json").read_text())
+    assert encoder.plain_bert(config)
+    for change in ({"position_embedding_type": "relative_key"}, {"hidden_act": "gelu_new"}, {"model_type": "t5"}):
+        assert not encoder.plain_bert(config | change), change

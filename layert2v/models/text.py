@@ -113,8 +113,14 @@ class TextEncoder:
         self.max_tokens, self.pooled = max_tokens, pooled
         config = json.loads((self.path / "config.json").read_text())
         self.dim = int(config.get("hidden_size") or config["d_model"])
-        bert = config.get("model_type") == "bert" and (self.path / "model.safetensors").is_file()
-        self._tokenize, self._count, self._states = self._bert() if bert else self._transformers()
+        self._tokenize, self._count, self._states = self._bert() if self.plain_bert(config) else self._transformers()
+
+    def plain_bert(self, config: dict) -> bool:
+        """Whether `Bert` runs this folder as transformers would: a BERT with absolute positions and exact GELU,
+        its weights in safetensors and its tokenizer in `tokenizer.json`. Any other folder goes to transformers."""
+        files = all((self.path / name).is_file() for name in ("model.safetensors", "tokenizer.json"))
+        absolute = config.get("position_embedding_type", "absolute") == "absolute"
+        return config.get("model_type") == "bert" and config.get("hidden_act") == "gelu" and absolute and files
 
     def _bert(self) -> tuple:
         from tokenizers import Tokenizer
