@@ -1,4 +1,5 @@
-"""The patch VAE's refine head in channels-last against the plain (contiguous) layout, side by side.
+"""The patch VAE in channels-last (the refine head's frames, the latent convolutions' weights) against the plain
+(contiguous) layout, side by side.
 
 Run: `.venv/bin/python benchmarks/bench_vae.py [--repeats 7 --passes 3] [--fp32-only]`.
 The default model's autoencoder (`params.yaml`: 8-pixel cells, refine head of width 32, context branch), random
@@ -6,8 +7,9 @@ weights (the head's output conv is zero at init, so it is filled first, as after
 1. the refine head alone, forward and backward, on stage 0's frames (batch 2 x 3 streams x 9 frames of 64 x 64);
 2. stage 0's training step (`VAEPretraining.training_step` plus backward, the same batch);
 3. decoding a K = 3 sample's eight layer streams (what `generate` decodes), no gradients.
-Each row is timed with the head as it is (channels-last) and with its frames made plain contiguous instead (the
-layout before), alternating passes; a figure is the median over passes of the median of `repeats` calls. The last
+Each row is timed in three layouts, alternating passes: as it is (`channels-last`: both), with the latent
+convolutions' weights contiguous (`latent contiguous`: the layout before they moved) and with the head's frames plain
+contiguous too (`contiguous`: the layout before both); a figure is the median over passes of the median of `repeats` calls. The last
 columns are the largest difference between the two layouts' outputs (a gradient for the training rows) and each
 one's relative L2 error against the plain layout in fp32: the layout must not change what bf16 rounding costs.
 """
@@ -31,7 +33,7 @@ from layert2v.models import vae as vae_module
 from layert2v.training.stage0_vae import VAEPretraining
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYOUTS = ("channels-last", "contiguous")
+LAYOUTS = ("channels-last", "latent contiguous", "contiguous")
 
 
 def contiguous_forward(self: vae_module._Refine, video: torch.Tensor) -> torch.Tensor:
@@ -82,8 +84,21 @@ def cases(module: VAEPretraining) -> dict[str, Callable[[], torch.Tensor]]:
     return {"refine head, fwd + bwd": refine, "stage-0 step": step, "decode K = 3 (8 streams)": decode}
 
 
-def timed(call: Callable[[], torch.Tensor], layout: str, bf16: bool, repeats: int) -> tuple[float, torch.Tensor]:
+def set_latent_layout(module: VAEPretraining, layout: str) -> None:
+    """The latent convolutions' weights channels-last (as built) or contiguous."""
+    autoencoder = module.vae.vae
+    if layout == "channels-last":
+        autoencoder.latent_convolutions_channels_last()
+    else:
+        for convolutions in (autoencoder.encoder, autoencoder.decoder, autoencoder.context):
+            convolutions.to(memory_format=torch.contiguous_format)
+
+
+def timed(
+    module: VAEPretraining, call: Callable[[], torch.Tensor], layout: str, bf16: bool, repeats: int
+) -> tuple[float, torch.Tensor]:
     plain = layout == "contiguous"
+    set_latent_layout(module, layout)
     layout_patch = mock.patch.object(vae_module._Refine, "forward", contiguous_forward) if plain else nullcontext()
     with layout_patch, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         seconds = median_seconds(call, repeats)
@@ -103,25 +118,26 @@ def main() -> None:
     args = parser.parse_args()
     print(f"CPU: {cpu_model()}; threads {torch.get_num_threads()}")
     print(
-        "| case | precision | contiguous | channels-last | speed-up | max difference | error: contiguous / channels-last |"
+        "| case | precision | contiguous | latent contiguous | channels-last | speed-up: over contiguous / latent "
+        "contiguous | max difference | error: channels-last / latent contiguous / contiguous |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     module = stage0_module()
     for name, call in cases(module).items():
-        reference = timed(call, "contiguous", False, 1)[1]
+        reference = timed(module, call, "contiguous", False, 1)[1]
         for bf16 in (False,) if args.fp32_only else (False, True):
             seconds: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
             outputs: dict[str, torch.Tensor] = {}
             for _ in range(args.passes):
                 for layout in LAYOUTS:
-                    s, outputs[layout] = timed(call, layout, bf16, args.repeats)
+                    s, outputs[layout] = timed(module, call, layout, bf16, args.repeats)
                     seconds[layout].append(s)
-            last, plain = (statistics.median(seconds[layout]) for layout in LAYOUTS)
+            last, latent, plain = (statistics.median(seconds[layout]) for layout in LAYOUTS)
             difference = (outputs["channels-last"] - outputs["contiguous"]).abs().max().item()
-            errors = " / ".join(f"{relative_error(outputs[layout], reference):.1e}" for layout in reversed(LAYOUTS))
+            errors = " / ".join(f"{relative_error(outputs[layout], reference):.1e}" for layout in LAYOUTS)
             print(
-                f"| {name} | {'bf16' if bf16 else 'fp32'} | {plain * 1e3:.1f} ms | {last * 1e3:.1f} ms "
-                f"| {plain / last:.2f}x | {difference:.1e} | {errors} |"
+                f"| {name} | {'bf16' if bf16 else 'fp32'} | {plain * 1e3:.1f} ms | {latent * 1e3:.1f} ms "
+                f"| {last * 1e3:.1f} ms | {plain / last:.2f}x / {latent / last:.2f}x | {difference:.1e} | {errors} |"
             )
 
 
