@@ -129,7 +129,9 @@ def _log_snr(sigma: torch.Tensor) -> torch.Tensor:
     return torch.log(1 - sigma) - torch.log(sigma)
 
 
-def _unipc_coefficients(sigmas: torch.Tensor, now: int, before: int, older: int | None, order: int):
+def _unipc_coefficients(
+    sigmas: torch.Tensor, now: int, before: int, older: int, order: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The bh2 update's terms from noise level `sigmas[before]` to `sigmas[now]` with x0 predictions at `before`
     (and at `older` for order 2): `-h` (the log-SNR step, negated for data prediction), `e^-h - 1` (bh2's `h phi_1`
     and `B(h)` alike) and the older step's log-SNR gap over `h`."""
@@ -150,11 +152,10 @@ def _unipc_predict(x: torch.Tensor, sigmas: torch.Tensor, i: int, x0s: list[torc
 
 
 def _unipc_correct(
-    x: torch.Tensor, x_pred: torch.Tensor, sigmas: torch.Tensor, i: int, x0s: list[torch.Tensor], x0: torch.Tensor,
-    order: int,
-) -> torch.Tensor:  # fmt: skip
-    """UniC (bh2): the sample predicted at `sigmas[i]` from `x` at `sigmas[i - 1]`, corrected with the model's x0
-    there (`x0`) and the x0s the prediction used (`x0s`, `order` of them)."""
+    x: torch.Tensor, sigmas: torch.Tensor, i: int, x0s: list[torch.Tensor], x0: torch.Tensor, order: int
+) -> torch.Tensor:
+    """UniC (bh2): the sample at `sigmas[i]` made again from `x` at `sigmas[i - 1]`, with the model's x0 at
+    `sigmas[i]` (`x0`) beside the x0s the prediction used (`x0s`, `order` of them); it replaces the predicted one."""
     hh, phi, ratio = _unipc_coefficients(sigmas, i, i - 1, i - 2, order)
     m0, sigma_t, alpha_t = x0s[-1], sigmas[i], 1 - sigmas[i]
     rks = torch.stack([ratio, torch.ones(())]) if order == 2 else torch.ones(()).unsqueeze(0)
@@ -183,7 +184,7 @@ def unipc_sample(velocity: VelocityFn, noise: torch.Tensor, steps: int, shift: f
         t = torch.full((x.shape[0],), float(sigmas[i]))
         x0 = x - sigmas[i] * velocity(x, t)
         if before is not None:
-            x = _unipc_correct(before, x, sigmas, i, x0s, x0, order)
+            x = _unipc_correct(before, sigmas, i, x0s, x0, order)
         x0s = [*x0s[-1:], x0]
         order = min(2, steps - i, len(x0s))
         before = x
