@@ -220,7 +220,7 @@ class PatchAutoencoder(nn.Module):
 
     def latent_convolutions_channels_last(self) -> None:
         """The latent-resolution convolutions' weights in channels-last, which oneDNN then keeps for their outputs:
-        stage 0's step 1.06-1.11x and a K = 3 sample's decode 1.13x on the AVX2 host (`benchmarks/bench_vae.py`,
+        a K = 3 sample's decode 1.07-1.27x on the AVX2 host, stage 0's step 0.94-1.16x (`benchmarks/bench_vae.py`,
         docs/results.md). Only the memory layout differs; loading, `to(dtype)` and the optimiser keep it, and the
         weights are saved contiguous."""
         for convolutions in (self.encoder, self.decoder, self.context):
