@@ -7,7 +7,7 @@ weights (the head's output conv is zero at init, so it is filled first, as after
 1. the refine head alone, forward and backward, on stage 0's frames (batch 2 x 3 streams x 9 frames of 64 x 64);
 2. stage 0's training step (`VAEPretraining.training_step` plus backward, the same batch);
 3. decoding a K = 3 sample's eight layer streams (what `generate` decodes), no gradients.
-Each row is timed in three layouts, alternating passes: as it is (`channels-last`: both), with the latent
+Each row is timed in three layouts, alternating passes: as decoding runs (`channels-last`: both), with the latent
 convolutions' weights contiguous (`latent contiguous`: the layout before they moved) and with the head's frames plain
 contiguous too (`contiguous`: the layout before both); a figure is the median over passes of the median of `repeats` calls. The last
 columns are the largest difference between the two layouts' outputs (a gradient for the training rows) and each

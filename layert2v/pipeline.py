@@ -157,7 +157,7 @@ class LayerT2VPipeline:
             f"text encoder ({text_encoder.dim}-dim, {text_encoder.max_tokens} tokens, pooled {text_encoder.pooled}) "
             f"does not match the model ({dit.cfg.text_dim}-dim, {dit.cfg.text_len} tokens, pooled {dit.cfg.text_pooled})",
         )
-        self.dit, self.vae, self.text_encoder, self.backend = dit.eval(), vae.eval(), text_encoder, backend
+        self.dit, self.vae, self.text_encoder, self.backend = dit.eval(), vae.for_inference(), text_encoder, backend
         if backend == "compile":
             self.dit.compile(dynamic=False)  # in place: `forward_layout`'s call of the module runs compiled
         self.denoiser, self.eager_ks = denoiser, frozenset(eager_ks)

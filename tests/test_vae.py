@@ -404,32 +404,25 @@ def test_the_refine_head_convolves_channels_last_frames_to_the_plain_layouts_val
     torch.testing.assert_close(grad - 2 * out.detach(), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_the_latent_convolutions_stay_channels_last_through_saving_and_loading_and_code_the_same(
-    tmp_path: Path,
-) -> None:
-    """The encoder, decoder and context convolutions hold channels-last weights (`benchmarks/bench_vae.py`) when built
-    and when loaded; the file holds plain tensors, and the codes match the contiguous layout's."""
+def test_for_inference_lays_the_latent_convolutions_out_channels_last_and_codes_the_same(tmp_path: Path) -> None:
+    """Decoding runs the encoder, decoder and context convolutions on channels-last weights (`benchmarks/bench_vae.py`),
+    training on plain ones; the codes match, and the file holds plain tensors that load as they were."""
     torch.manual_seed(0)
     vae = LayerVAE(model_preset("tiny", vae_context=16, vae_refine=8)).eval()
-    convolutions = [m for m in vae.vae.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
-    latent = [m for m in convolutions if m not in set(vae.vae.refine.modules())]
-    assert latent and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in latent)
-    save_vae(vae, tmp_path)
-    loaded = load_vae(tmp_path).eval()
-    assert all(
-        m.weight.is_contiguous(memory_format=torch.channels_last)
-        for m in loaded.vae.modules()
-        if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) and m not in set(loaded.vae.refine.modules())
-    )
+    refine = set(vae.vae.refine.modules())
+    latent = [m for m in vae.vae.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    latent = [m for m in latent if m not in refine]
     video = torch.rand(1, 3, 5, 32, 32)
     with torch.no_grad():
         z = vae.encode_rgb(video)
         decoded = vae.decode_rgb(z)
-        for part in (vae.vae.encoder, vae.vae.decoder, vae.vae.context):
-            part.to(memory_format=torch.contiguous_format)
+        assert latent and not any(m.weight.is_contiguous(memory_format=torch.channels_last) for m in latent)
+        assert vae.for_inference() is vae and not vae.training
+        assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in latent)
         torch.testing.assert_close(vae.encode_rgb(video), z, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(vae.decode_rgb(z), decoded, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(loaded.decode_rgb(z), decoded, rtol=1e-5, atol=1e-5)
+        save_vae(vae, tmp_path)
+        torch.testing.assert_close(load_vae(tmp_path).eval().decode_rgb(z), decoded, rtol=1e-5, atol=1e-5)
 
 
 def test_the_patch_posterior_is_diffusers_gaussian() -> None:

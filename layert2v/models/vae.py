@@ -216,13 +216,12 @@ class PatchAutoencoder(nn.Module):
         )  # fmt: skip
         self.refine = _Refine(refine) if refine else nn.Identity()
         self.context = _Context(z_dim, context, folded) if context else None
-        self.latent_convolutions_channels_last()
 
     def latent_convolutions_channels_last(self) -> None:
         """The latent-resolution convolutions' weights in channels-last, which oneDNN then keeps for their outputs:
-        a K = 3 sample's decode 1.07-1.27x on the AVX2 host, stage 0's step 0.94-1.16x (`benchmarks/bench_vae.py`,
-        docs/results.md). Only the memory layout differs; loading, `to(dtype)` and the optimiser keep it, and the
-        weights are saved contiguous."""
+        a K = 3 sample's decode 1.07-1.27x on the AVX2 host, where stage 0's training step did not gain (0.170-0.174 s
+        against 0.163-0.168 s over 600 steps: docs/results.md), so only `LayerVAE.for_inference` asks for it. Only the
+        memory layout differs; the weights are saved contiguous."""
         for convolutions in (self.encoder, self.decoder, self.context):
             if convolutions is not None:
                 convolutions.to(memory_format=torch.channels_last)
@@ -338,6 +337,12 @@ class LayerVAE(nn.Module):
         if isinstance(self.vae, PatchAutoencoder):
             return self.vae.decode_unclamped(z)
         return _wan_decode_unclamped(self.vae, z)
+
+    def for_inference(self) -> LayerVAE:
+        """This VAE in eval mode, laid out for decoding: the patch autoencoder's latent convolutions channels-last."""
+        if isinstance(self.vae, PatchAutoencoder):
+            self.vae.latent_convolutions_channels_last()
+        return self.eval()
 
     def posterior(self, x: torch.Tensor) -> Posterior:
         """The encoder's latent distribution of `x` in [-1, 1] (unnormalised latents)."""
