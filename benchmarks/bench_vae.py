@@ -8,9 +8,9 @@ weights (the head's output conv is zero at init, so it is filled first, as after
 2. stage 0's training step (`VAEPretraining.training_step` plus backward, the same batch);
 3. decoding a K = 3 sample's eight layer streams (what `generate` decodes), no gradients.
 Each row is timed in three layouts, alternating passes: as decoding runs (`channels-last`: both), with the latent
-convolutions' weights contiguous (`latent contiguous`: the layout before they moved) and with the head's frames plain
-contiguous too (`contiguous`: the layout before both); a figure is the median over passes of the median of `repeats` calls. The last
-columns are the largest difference between the two layouts' outputs (a gradient for the training rows) and each
+convolutions' weights contiguous (`latent contiguous`: as training runs) and with the head's frames plain contiguous
+too (`contiguous`: the layout before both); a figure is the median over passes of the median of `repeats` calls. The
+last columns are the largest difference between the two layouts' outputs (a gradient for the training rows) and each
 one's relative L2 error against the plain layout in fp32: the layout must not change what bf16 rounding costs.
 """
 
