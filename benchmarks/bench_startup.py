@@ -30,11 +30,7 @@ ROWS = {
     "text encoder: load + encode": (
         "from layert2v.models.text import TextEncoder\nTextEncoder(max_tokens=64, pooled=True).encode(['a red star'])",
         "from layert2v.models.text import TextEncoder\n"
-        "class Reference(TextEncoder):\n"
-        "    def __init__(self, *args, **kwargs):\n"
-        "        super().__init__(*args, **kwargs)\n"
-        "        self._tokenize, self._count, self._states = self._transformers()\n"
-        "Reference(max_tokens=64, pooled=True).encode(['a red star'])",
+        "TextEncoder(max_tokens=64, pooled=True, transformers=True).encode(['a red star'])",
     ),
     "posterior class: import": (
         "from layert2v.models.vae import Posterior",

@@ -86,12 +86,8 @@ def cases(module: VAEPretraining) -> dict[str, Callable[[], torch.Tensor]]:
 
 def set_latent_layout(module: VAEPretraining, layout: str) -> None:
     """The latent convolutions' weights channels-last (as built) or contiguous."""
-    autoencoder = module.vae.vae
-    if layout == "channels-last":
-        autoencoder.latent_convolutions_channels_last()
-    else:
-        for convolutions in (autoencoder.encoder, autoencoder.decoder, autoencoder.context):
-            convolutions.to(memory_format=torch.contiguous_format)
+    memory_format = torch.channels_last if layout == "channels-last" else torch.contiguous_format
+    module.vae.vae.lay_out_latent_convolutions(memory_format)
 
 
 def timed(

@@ -16,16 +16,11 @@ CAPTIONS = [
 ]
 
 
-class Transformers(TextEncoder):
-    """The same folder through transformers' tokenizer and `AutoModel`: the reference."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._tokenize, self._count, self._states = self._transformers()
-
-
 def test_the_bert_path_matches_transformers_on_the_shipped_encoder() -> None:
-    ours, reference = TextEncoder(max_tokens=24, pooled=True), Transformers(max_tokens=24, pooled=True)
+    ours, reference = (
+        TextEncoder(max_tokens=24, pooled=True),
+        TextEncoder(max_tokens=24, pooled=True, transformers=True),
+    )
     assert ours.count_tokens(CAPTIONS) == reference.count_tokens(CAPTIONS) and max(ours.count_tokens(CAPTIONS)) > 24
     assert ours.dim == reference.dim == 384
     for captions, longest in ((CAPTIONS, 24), (CAPTIONS[:2], 8)):  # padded to the longest of the batch

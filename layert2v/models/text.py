@@ -56,6 +56,20 @@ HF_LAYER_NAMES = {  # Hugging Face's BERT parameter names -> `BertLayer`'s
 HF_EMBEDDINGS = {"word_embeddings": "words", "position_embeddings": "positions", "token_type_embeddings": "token_types"}
 
 
+def renamed(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Hugging Face's BertModel weights under this module's names (the unused pooler and position ids dropped)."""
+    out = {}
+    for name, tensor in weights.items():
+        parts = name.removeprefix("bert.").split(".")
+        if parts[0] == "embeddings" and parts[1] in HF_EMBEDDINGS:
+            out[f"{HF_EMBEDDINGS[parts[1]]}.{parts[2]}"] = tensor
+        elif parts[0] == "embeddings" and parts[1] == "LayerNorm":
+            out[f"norm.{parts[2]}"] = tensor
+        elif parts[0] == "encoder":
+            out[f"layers.{parts[2]}.{HF_LAYER_NAMES['.'.join(parts[3:-1])]}.{parts[-1]}"] = tensor
+    return out
+
+
 class Bert(nn.Module):
     """BERT's encoder, forward only, from a Hugging Face folder's `config.json` and `model.safetensors`: the last
     hidden states of token ids `[N, L]` under an attention mask `[N, L]` (padding is not attended to)."""
@@ -75,22 +89,8 @@ class Bert(nn.Module):
         from safetensors.torch import load_file
 
         model = cls(json.loads((path / "config.json").read_text()))
-        model.load_state_dict(cls.renamed(load_file(path / "model.safetensors")))
+        model.load_state_dict(renamed(load_file(path / "model.safetensors")))
         return model.eval().requires_grad_(False)
-
-    @classmethod
-    def renamed(cls, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Hugging Face's BertModel weights under this module's names (the unused pooler and position ids dropped)."""
-        out = {}
-        for name, tensor in weights.items():
-            parts = name.removeprefix("bert.").split(".")
-            if parts[0] == "embeddings" and parts[1] in HF_EMBEDDINGS:
-                out[f"{HF_EMBEDDINGS[parts[1]]}.{parts[2]}"] = tensor
-            elif parts[0] == "embeddings" and parts[1] == "LayerNorm":
-                out[f"norm.{parts[2]}"] = tensor
-            elif parts[0] == "encoder":
-                out[f"layers.{parts[2]}.{HF_LAYER_NAMES['.'.join(parts[3:-1])]}.{parts[-1]}"] = tensor
-        return out
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(input_ids.shape[1])
@@ -106,14 +106,19 @@ class Bert(nn.Module):
 class TextEncoder:
     """Tokenise and encode captions with a frozen encoder from a local Hugging Face folder."""
 
-    def __init__(self, path: Path | str | None = None, max_tokens: int = 48, pooled: bool = False) -> None:
+    def __init__(
+        self, path: Path | str | None = None, max_tokens: int = 48, pooled: bool = False, *, transformers: bool = False
+    ) -> None:
+        """`transformers=True` loads even a plain BERT folder through transformers (the reference `Bert` is checked
+        and timed against)."""
         self.path = Path(path) if path is not None else default_text_encoder_path()
         if not (self.path / "config.json").is_file():
             raise FileNotFoundError(f"text encoder folder {self.path} has no config.json (no download is attempted)")
         self.max_tokens, self.pooled = max_tokens, pooled
         config = json.loads((self.path / "config.json").read_text())
         self.dim = int(config.get("hidden_size") or config["d_model"])
-        self._tokenize, self._count, self._states = self._bert() if self.plain_bert(config) else self._transformers()
+        bert = self.plain_bert(config) and not transformers
+        self._tokenize, self._count, self._states = self._bert() if bert else self._transformers()
 
     def plain_bert(self, config: dict) -> bool:
         """Whether `Bert` runs this folder as transformers would: a BERT with absolute positions and exact GELU,

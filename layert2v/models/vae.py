@@ -217,14 +217,15 @@ class PatchAutoencoder(nn.Module):
         self.refine = _Refine(refine) if refine else nn.Identity()
         self.context = _Context(z_dim, context, folded) if context else None
 
-    def latent_convolutions_channels_last(self) -> None:
-        """The latent-resolution convolutions' weights in channels-last, which oneDNN then keeps for their outputs:
+    def lay_out_latent_convolutions(self, memory_format: torch.memory_format = torch.channels_last) -> None:
+        """The latent-resolution convolutions' weights in `memory_format`. Channels-last, which oneDNN then keeps for
+        their outputs:
         a K = 3 sample's decode 1.07-1.27x on the AVX2 host, where stage 0's training step did not gain (0.170-0.174 s
         against 0.163-0.168 s over 600 steps: docs/results.md), so only `LayerVAE.for_inference` asks for it. Only the
         memory layout differs; the weights are saved contiguous."""
         for convolutions in (self.encoder, self.decoder, self.context):
             if convolutions is not None:
-                convolutions.to(memory_format=torch.channels_last)
+                convolutions.to(memory_format=memory_format)
 
     def _fold(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, 3, F, H, W]` -> `[B * T', 3 * 4 * cell * cell, H / cell, W / cell]`."""
@@ -341,7 +342,7 @@ class LayerVAE(nn.Module):
     def for_inference(self) -> LayerVAE:
         """This VAE in eval mode, laid out for decoding: the patch autoencoder's latent convolutions channels-last."""
         if isinstance(self.vae, PatchAutoencoder):
-            self.vae.latent_convolutions_channels_last()
+            self.vae.lay_out_latent_convolutions()
         return self.eval()
 
     def posterior(self, x: torch.Tensor) -> Posterior:
