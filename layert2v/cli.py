@@ -266,7 +266,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     options = {"frames": args.frames, "height": args.height, "width": args.width, "given": given}
     video = pipeline.generate(args.prompt, args.background, args.foreground, **options, **sampling_options(args))
     kept = {name: Path(f) for name, f in _kept_files(args).items()}
-    names = write_layered(out, video, prompts, args.overwrite, keep=kept)
+    read_as = pipeline.read_as(prompts)
+    names = write_layered(out, video, prompts, args.overwrite, keep=kept, read_as=read_as)
+    for written, read in zip(prompts, read_as.get("read_as", prompts), strict=True):
+        if read != written:
+            print(f"read {written!r} as {read!r} (a colour word the model never read: docs/design.md, Colour words)")
     print(f"{len(names)} files in {out}: " + ", ".join(names))
     return 0
 

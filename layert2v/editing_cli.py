@@ -30,16 +30,22 @@ def given_from_files(background: str | None, foregrounds: list[str] | None) -> G
 
 
 def write_layered(
-    out: Path, video: LayeredVideo, prompts: list[str], replace_old: bool, keep: dict | None = None
+    out: Path,
+    video: LayeredVideo,
+    prompts: list[str],
+    replace_old: bool,
+    keep: dict | None = None,
+    read_as: dict[str, list[str]] | None = None,
 ) -> list[str]:
     """Write `video` and its manifest into `out`; `keep` maps file names to existing files copied byte for byte
-    in place of the rewritten ones (the layers a user kept). Returns the written names."""
+    in place of the rewritten ones (the layers a user kept); `read_as` is the pipeline's `read_as` of the prompts.
+    Returns the written names."""
 
     from layert2v.editing import write_manifest
 
     def write(folder: Path) -> list[str]:
         video.write(folder)
-        write_manifest(folder, video, prompts)
+        write_manifest(folder, video, prompts, **(read_as or {}))
         for name, source in (keep or {}).items():
             target = folder / name
             if target.is_dir():
@@ -86,17 +92,17 @@ def cmd_decompose(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_output(out, OUTPUT_KIND, replace=args.overwrite)
     if args.method == "classical":
-        video = classical_decompose(full)
+        video, read_as = classical_decompose(full), None
         prompts = prompts[:3]
     else:
         request = Request(
             args.prompt, args.background, args.foreground, frames, height, width, args.steps, args.guidance
         )
         check_request(model_config(args.model), request, RequestLimits())
-        video = load_pipeline(args).decompose(
-            full, args.prompt, args.background, args.foreground, **sampling_options(args)
-        )
-    names = write_layered(out, video, prompts, args.overwrite)
+        pipeline = load_pipeline(args)
+        video = pipeline.decompose(full, args.prompt, args.background, args.foreground, **sampling_options(args))
+        read_as = pipeline.read_as(prompts)
+    names = write_layered(out, video, prompts, args.overwrite, read_as=read_as)
     print(f"decomposed {args.video} ({args.method}) into {len(video.foregrounds)} layer(s): {out} ({len(names)} files)")
     return 0
 
@@ -114,11 +120,12 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
     prompts[slot] = args.prompt or prompts[slot]
     out = Path(args.out)
     check_output(out, OUTPUT_KIND, protect=(source,), replace=args.overwrite)
-    new = load_pipeline(args).regenerate(video, args.layer, prompts, **sampling_options(args))
+    pipeline = load_pipeline(args)
+    new = pipeline.regenerate(video, args.layer, prompts, **sampling_options(args))
     kept = {
         name: source / name for layer, names in files.items() if layer not in (args.layer, "full") for name in names
     }
-    names = write_layered(out, new, prompts, args.overwrite, keep=kept)
+    names = write_layered(out, new, prompts, args.overwrite, keep=kept, read_as=pipeline.read_as(prompts))
     print(f"regenerated {args.layer} of {source}, every other layer kept: {out} ({len(names)} files)")
     return 0
 

@@ -38,6 +38,7 @@ from layert2v.models.checkpoint import (
     save_pipeline,
     text_encoder_path,
 )
+from layert2v.models.colour_words import ColourWords, folder_colour_words
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import ALPHA, Layout, latent_shape
 from layert2v.models.text import TextEncoder, load_text_encoder, null_prompts
@@ -140,6 +141,7 @@ class LayerT2VPipeline:
         known_segments: str = "replace",
         precision: str | None = None,
         eager_ks: frozenset[int] = frozenset(),
+        colour_words: ColourWords | None = None,
     ) -> None:
         in_torch = backend in ("torch", "compile")
         _check(
@@ -167,12 +169,16 @@ class LayerT2VPipeline:
         self.cfg = dit.cfg
         self.limits = limits or RequestLimits()
         self.known_segments = known_segments
+        self.colour_words = colour_words
 
     # ------------------------------------------------------------ files
 
     def save(self, folder: Path | str) -> Path:
         """Write the model folder (`models.checkpoint`): config.json, dit.safetensors and vae.safetensors."""
-        return save_pipeline(Path(folder), self.dit, self.vae, self.text_encoder.path, self.known_segments)
+        known = self.colour_words.known if self.colour_words else None
+        return save_pipeline(
+            Path(folder), self.dit, self.vae, self.text_encoder.path, self.known_segments, colour_words=known
+        )
 
     @classmethod
     def from_folder(
@@ -203,6 +209,7 @@ class LayerT2VPipeline:
             known_segments=known_segments(folder),
             precision=precision if in_torch else None,
             eager_ks=eager_ks,
+            colour_words=folder_colour_words(folder),
         )
 
     # ------------------------------------------------------------ generation
@@ -218,6 +225,16 @@ class LayerT2VPipeline:
                     PromptTruncated,
                     stacklevel=3,
                 )
+
+    def read_prompts(self, prompts: list[str]) -> list[str]:
+        """The prompts as the model reads them: colour words its training captions never used replaced by the
+        nearest ones they did (`models.colour_words`; as written for folders that record none)."""
+        return [self.colour_words.read(p) for p in prompts] if self.colour_words else list(prompts)
+
+    def read_as(self, prompts: list[str]) -> dict[str, list[str]]:
+        """`{"read_as": ...}` for an output's manifest where `read_prompts` changed any prompt, else nothing."""
+        read = self.read_prompts(prompts)
+        return {"read_as": read} if read != list(prompts) else {}
 
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states `[1, P * M, D_text]` and masks `[1, P, M]` of the prompts, in slot order."""
@@ -272,12 +289,13 @@ class LayerT2VPipeline:
         graphs = None if layout.num_fg in self.eager_ks else self.denoiser
         if graphs is not None:
             graphs.check(frames, height, width, layout.num_fg)
-        self.warn_long_prompts(request.prompts())
-        cond = self.encode_prompts(request.prompts())
+        prompts = self.read_prompts(request.prompts())
+        self.warn_long_prompts(prompts)
+        cond = self.encode_prompts(prompts)
         if negative_prompt is None:
             uncond = null_prompts(*cond)
         else:
-            uncond = self.encode_prompts([negative_prompt] * layout.num_prompts)
+            uncond = self.encode_prompts(self.read_prompts([negative_prompt]) * layout.num_prompts)
 
         def velocity(x: torch.Tensor, t: torch.Tensor, doubled: bool) -> torch.Tensor:
             text, mask = (torch.cat([cond[0], uncond[0]]), torch.cat([cond[1], uncond[1]])) if doubled else cond

@@ -20,10 +20,11 @@ import torch
 import yaml
 
 from layert2v.config import DiTStageConfig, StageConfig, model_preset
-from layert2v.data.datamodule import LatentClips, PreparedClips, SameKBatches, collate_clips
+from layert2v.data.datamodule import LatentClips, PreparedClips, SameKBatches, collate_clips, training_captions
 from layert2v.data.synthetic import WORDS
 from layert2v.evaluate import reworded_prompts, validation_prompts
 from layert2v.models.checkpoint import known_segments, load_vae, save_vae
+from layert2v.models.colour_words import folder_colour_words, known_colour_words
 from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import Layout
 from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
@@ -78,6 +79,8 @@ def test_stages_0_1_encode_2_3_smoke_tracked_in_mlflow(tmp_path: Path, smoke, sm
     )
     assert len(two.alphas) == 2
     assert known_segments(config2.parent) == "replace" and known_segments(config3.parent) == "clean"  # smoke: 0 / 0.5
+    captions = known_colour_words(training_captions(smoke_prepared.out))
+    assert captions and folder_colour_words(config3.parent).known == captions  # the words its training captions used
 
     client = mlflow.MlflowClient(tracking)
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("layert2v").experiment_id])}

@@ -244,3 +244,11 @@ class LatentDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         batches = SameKBatches(self.val_set.num_fg, 1, self.seed, shuffle=False)
         return DataLoader(self.val_set, batch_sampler=batches)
+
+
+def training_captions(prepared: Path) -> list[str]:
+    """Every caption of the prepared training split (overall, background, foregrounds): the words a model trained
+    on this folder has read."""
+    train = pd.read_parquet(prepared / "manifest.parquet").query("split == 'train'")
+    foregrounds = [c for row in train["captions_foreground"] for c in json.loads(row)]
+    return [*train["caption_full"], *train["caption_background"], *foregrounds]

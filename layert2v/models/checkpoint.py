@@ -119,10 +119,16 @@ KNOWN_SEGMENTS = ("replace", "clean")  # how a model conditions on given layers 
 
 
 def save_pipeline(
-    folder: Path, dit: LayerDiT, vae: LayerVAE, text_encoder: Path, known_segments: str = "replace"
+    folder: Path,
+    dit: LayerDiT,
+    vae: LayerVAE,
+    text_encoder: Path,
+    known_segments: str = "replace",
+    colour_words: dict[str, list[float]] | None = None,
 ) -> Path:
-    """A pipeline folder: the VAE files, then the DiT's sizes and weights, the text encoder's path and how the DiT
-    takes given layers (`known_segments`: "clean" when it was trained on clean given segments)."""
+    """A pipeline folder: the VAE files, then the DiT's sizes and weights, the text encoder's path, how the DiT
+    takes given layers (`known_segments`: "clean" when it was trained on clean given segments) and the colour words
+    its training captions used (`colour_words`, name -> sRGB: `models.colour_words`; None reads prompts as written)."""
     _require(known_segments in KNOWN_SEGMENTS, f"known_segments must be one of {KNOWN_SEGMENTS}")
     save_vae(vae, folder)
     config = read_config(folder) | {
@@ -130,6 +136,8 @@ def save_pipeline(
         "text_encoder": str(text_encoder),
         "known_segments": known_segments,
     }
+    if colour_words:
+        config["colour_words"] = colour_words
     (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     save_file({k: v.contiguous() for k, v in dit.state_dict().items()}, folder / DIT_WEIGHTS)
     return folder

@@ -217,7 +217,8 @@ class Worker:
 
         try:
             video, manifest = self.handlers[job.kind](loaded.pipeline, job, self.jobs_dir, on_step)
-            files = self.publish(job.id, video, job.request.get("formats", []), manifest | {
+            read = loaded.pipeline.read_as(manifest["prompts"])
+            files = self.publish(job.id, video, job.request.get("formats", []), manifest | read | {
                 "model_version": loaded.version, "model_uri": loaded.uri, "job": job.id,
             })  # fmt: skip
             self.store.finish(job.id, files, loaded.version)

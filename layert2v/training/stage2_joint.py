@@ -24,7 +24,9 @@ import lightning as L
 import torch
 
 from layert2v.config import DiTStageConfig, ModelConfig
+from layert2v.data.datamodule import training_captions
 from layert2v.models.checkpoint import load_vae, save_pipeline
+from layert2v.models.colour_words import known_colour_words
 from layert2v.models.dit import LayerDiT
 from layert2v.models.text import default_text_encoder_path
 from layert2v.models.vae import LayerVAE
@@ -85,10 +87,16 @@ class JointLayerTraining(L.LightningModule):
 
 
 def save_model(module: JointLayerTraining, data: L.LightningDataModule, folder: Path, ctx: StageContext) -> list[Path]:
-    """A complete pipeline model folder `model/`: the EMA DiT, the stage-1 VAE and the text encoder's path."""
+    """A complete pipeline model folder `model/`: the EMA DiT, the stage-1 VAE, the text encoder's path and the
+    colour words of the training captions."""
     known = "clean" if module.stage.condition_dropout else "replace"
     model = save_pipeline(
-        folder / "model", module.ema, load_vae(ctx.folder("stage1")), default_text_encoder_path(), known_segments=known
+        folder / "model",
+        module.ema,
+        load_vae(ctx.folder("stage1")),
+        default_text_encoder_path(),
+        known_segments=known,
+        colour_words=known_colour_words(training_captions(ctx.prepared)),
     )
     return [model / "config.json", model / "dit.safetensors", model / "vae.safetensors"]
 
