@@ -8,8 +8,8 @@ that is public data: the xkcd colour survey's 949 names and the 148 CSS colour n
 
 A model folder records the colour words of its training captions with their colours (`known_colour_words`,
 written at training time); `ColourWords.read` replaces every other colour word of a prompt with the known word
-nearest it in colour (CIEDE2000). A word the captions used is never replaced, so prompts in the training words are read as
-written; a word neither list has is left as it is.
+nearest it in colour (CIEDE2000). A word the captions used is never replaced, so prompts in the training words are
+read as written; a word neither list has is left as it is.
 """
 
 from __future__ import annotations
@@ -42,15 +42,16 @@ def _name(words: Iterable[str]) -> str:
 @functools.cache
 def lexicon() -> dict[str, tuple[float, float, float]]:
     """Colour name -> sRGB in [0, 1]: the xkcd survey's names, then the CSS names it lacks (matplotlib's tables;
-    imported here, not at package import, since only prompts read against a model folder's words need them)."""
-    from matplotlib import _color_data
+    imported on first use, 0.2 s, not at package import: only prompts read against a model folder's words need
+    them)."""
+    from matplotlib.colors import CSS4_COLORS, XKCD_COLORS
 
     names: dict[str, tuple[float, float, float]] = {}
-    for key, code in _color_data.XKCD_COLORS.items():
+    for key, code in XKCD_COLORS.items():
         words = _WORD.findall(key.removeprefix("xkcd:").lower())
         if words[0] != "medium":  # a size in a prompt: "a medium purple star" is a purple star of medium size
             names.setdefault(_name(words), _hex_rgb(code))
-    for key, code in _color_data.CSS4_COLORS.items():
+    for key, code in CSS4_COLORS.items():
         names.setdefault(_name([key.lower()]), _hex_rgb(code))
     return names
 
