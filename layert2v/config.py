@@ -412,6 +412,7 @@ class TrainConfig:
     num_nodes: int = 1
     seed: int = 0  # seeds weights, data order and noise
     experiment: str = "layert2v"  # MLflow experiment
+    colour_words: bool = True  # the DiT stages record the captions' colour names in the model folder
     stage0: VAEStageConfig  # VAE pretraining on RGB
     stage1: AlphaStageConfig  # alpha VAE adaptation
     stage2: DiTStageConfig  # joint multi-layer learning (K = 1) on the latent cache
@@ -430,6 +431,9 @@ class TrainConfig:
             self.strategy in ("auto", "ddp", "fsdp"), f"train.strategy must be auto, ddp or fsdp, got {self.strategy!r}"
         )
         _require(self.devices >= 1 and self.num_nodes >= 1, "train.devices and num_nodes must be >= 1")
+        _require(
+            isinstance(self.colour_words, bool), f"train.colour_words must be true or false, got {self.colour_words!r}"
+        )
         for stage, known in STAGE_GATE_METRICS.items():
             _check_names(getattr(self, stage).gate, known, f"train.{stage}.gate")
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from layert2v.cli import main
+from layert2v.config import load_params
 from layert2v.models.checkpoint import ModelFolderError
 from layert2v.models.colour_words import (
     ColourWords,
@@ -21,6 +23,8 @@ from layert2v.models.colour_words import (
     lexicon,
 )
 from layert2v.pipeline import LayerT2VPipeline
+
+from .conftest import ROOT
 
 RED, ORANGE, BLUE = [0.86, 0.12, 0.12], [0.98, 0.55, 0.08], [0.12, 0.25, 0.90]
 REQUEST = {"frames": 5, "height": 32, "width": 32, "steps": 2, "guidance": 3.0}
@@ -103,3 +107,12 @@ def test_the_pipeline_samples_the_prompts_as_read(tiny_model: Path) -> None:
     assert np.array_equal(read.full, plain.full) and np.array_equal(read.alphas[0], plain.alphas[0])
     assert not np.array_equal(read.full, literal.full)
     assert pipeline.read_as([written[0], written[1], *written[2]]) == {"read_as": [as_read[0], as_read[1], *as_read[2]]}
+
+
+def test_the_knob_is_a_boolean(tmp_path: Path) -> None:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert load_params(ROOT / "params.yaml").train.colour_words is True
+    raw["train"]["colour_words"] = "yes"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match=r"train\.colour_words must be true or false, got 'yes'"):
+        load_params(tmp_path / "params.yaml")

@@ -96,7 +96,7 @@ def save_model(module: JointLayerTraining, data: L.LightningDataModule, folder: 
         load_vae(ctx.folder("stage1")),
         default_text_encoder_path(),
         known_segments=known,
-        colour_words=known_colour_words(training_captions(ctx.prepared)),
+        colour_words=known_colour_words(training_captions(ctx.prepared)) if ctx.params.train.colour_words else None,
     )
     return [model / "config.json", model / "dit.safetensors", model / "vae.safetensors"]
 
