@@ -62,7 +62,7 @@ def test_unknown_colour_words_become_the_nearest_known_and_nothing_else_changes(
         == "Two red and orange squares, slate grey backdrop"
     )
     assert reader.read("a medium red star, huge, bouncing") == "a medium red star, huge, bouncing"  # all known
-    assert reader.read("a Crimson-red orb") == "a red-red orb"  # names are matched whole, case-blind
+    assert reader.read("Crimson-red orbs") == "Red-red orbs"  # names are matched whole, case-blind
     assert reader.read("starlight, redness") == "starlight, redness"  # no colour name: untouched
 
 

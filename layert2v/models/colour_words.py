@@ -142,6 +142,7 @@ class ColourWords:
         for start, end, name in _colour_names(text):
             if name not in self.known:
                 word = self.nearest(name)
+                word = word.capitalize() if text[start].isupper() else word  # "Crimson stars" -> "Scarlet stars"
                 out += [_article(text[last:start], word), word]
                 last = end
         return "".join(out) + text[last:]
