@@ -23,24 +23,30 @@ from layert2v.config import load_params
 from layert2v.data.datamodule import training_captions
 from layert2v.data.synthetic import BG_COLOURS, COLOURS, WORDS
 from layert2v.evaluate import evaluate_pipeline, reworded_prompts, validation_prompts
-from layert2v.models.colour_words import ColourWords, known_colour_words, lexicon
+from layert2v.models.colour_words import ColourWords, colour_names, known_colour_words, lexicon
 from layert2v.pipeline import LayerT2VPipeline
+
+
+def lexicon_name(word: str) -> str | None:
+    """The lexicon's spelling of `word` ("off-white" -> "off white"), None where it has no such colour name."""
+    spans = colour_names(word)
+    return spans[0][2] if [span[:2] for span in spans] == [(0, len(word))] else None
 
 
 def lexicon_table() -> None:
     """How each colour synonym is read against the training words of every list, each training word as if held
     out too (read against the others): the lexicon's hit rate on more words than the held-out ones (`*`)."""
     colours = [*COLOURS, *BG_COLOURS]
-    training = {w: name for name in colours for w in WORDS[name][:-1] if w in lexicon()}
+    training = {lexicon_name(w): name for name in colours for w in WORDS[name][:-1] if lexicon_name(w)}
     right = {"held-out": [0, 0], "training (each left out)": [0, 0]}
     for name in colours:
         cells = []
         for word in WORDS[name]:
-            held = word == WORDS[name][-1]
-            if word not in lexicon():
+            held, spelled = word == WORDS[name][-1], lexicon_name(word)
+            if spelled is None:
                 cells.append(f"{word}{'*' if held else ''}: not in the lexicon")
                 continue
-            read = ColourWords({w: list(lexicon()[w]) for w in training if w != word}).nearest(word)
+            read = ColourWords({w: list(lexicon()[w]) for w in training if w != spelled}).nearest(spelled)
             ok = training[read] == name
             tally = right["held-out" if held else "training (each left out)"]
             tally[0], tally[1] = tally[0] + ok, tally[1] + 1

@@ -98,7 +98,7 @@ def ciede2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
     return np.sqrt(dl**2 + dc**2 + dh**2 + rotation * dc * dh)
 
 
-def _colour_names(text: str) -> list[tuple[int, int, str]]:
+def colour_names(text: str) -> list[tuple[int, int, str]]:
     """The lexicon's colour names in `text`, longest first at each word: (start, end, name) spans."""
     words = list(_WORD.finditer(text.lower()))
     spans, i = [], 0
@@ -118,7 +118,7 @@ def _colour_names(text: str) -> list[tuple[int, int, str]]:
 
 def known_colour_words(captions: Iterable[str]) -> dict[str, list[float]]:
     """The colour names the captions use, with their colours: what a model trained on them has read."""
-    return {name: list(lexicon()[name]) for text in captions for _, _, name in _colour_names(text)}
+    return {name: list(lexicon()[name]) for text in captions for _, _, name in colour_names(text)}
 
 
 class ColourWords:
@@ -139,7 +139,7 @@ class ColourWords:
     def read(self, text: str) -> str:
         """`text` with each colour word the model does not know replaced by the nearest one it knows."""
         out, last = [], 0
-        for start, end, name in _colour_names(text):
+        for start, end, name in colour_names(text):
             if name not in self.known:
                 word = self.nearest(name)
                 word = word.capitalize() if text[start].isupper() else word  # "Crimson stars" -> "Scarlet stars"
