@@ -255,6 +255,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.composite_guidance,
         args.composite_sigma,
         args.seed,
+        args.guidance_every,
     )
     check_request(model_config(args.model), request, limits)  # before the model loads
     given = given_from_files(args.background_file, args.foreground_file)

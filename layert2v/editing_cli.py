@@ -73,6 +73,7 @@ def sampling_options(args: argparse.Namespace) -> dict:
         "steps": args.steps,
         "guidance": args.guidance,
         "guidance_sigma": args.guidance_sigma,
+        "guidance_every": args.guidance_every,
         "seed": args.seed,
         "composite_guidance": args.composite_guidance,
         "composite_sigma": args.composite_sigma,
@@ -184,6 +185,10 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--guidance-sigma", type=float, default=Request.guidance_sigma,
         help="classifier-free guidance on the steps above this noise level (0: every step, slower)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--guidance-every", type=int, default=Request.guidance_every,
+        help="its unconditional branch on every n-th guided step, the last difference reused between (faster)",
     )  # fmt: skip
     parser.add_argument("--composite-guidance", type=float, default=Request.composite_guidance)
     parser.add_argument(

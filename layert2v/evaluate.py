@@ -93,6 +93,7 @@ def generate(pipeline, prompt: ValPrompt, cfg: EvaluateConfig, frames: int, size
         steps=cfg.steps,
         guidance=cfg.guidance,
         guidance_sigma=cfg.guidance_sigma,
+        guidance_every=cfg.guidance_every,
         seed=cfg.seed,
         shift=cfg.shift,
         sampler=cfg.sampler,

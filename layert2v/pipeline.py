@@ -110,6 +110,11 @@ def check_request(cfg: ModelConfig, request: Request, limits: RequestLimits) -> 
         0.0 <= r.guidance_sigma < 1.0, "guidance_sigma", f"guidance_sigma must be in [0, 1), got {r.guidance_sigma}"
     )
     _require(
+        1 <= r.guidance_every <= limits.max_steps,
+        "guidance_every",
+        f"guidance_every must be in 1..{limits.max_steps}, got {r.guidance_every}",
+    )
+    _require(
         0.0 <= r.composite_guidance <= 1.0,
         "composite_guidance",
         f"composite_guidance must be in [0, 1], got {r.composite_guidance}",
@@ -254,6 +259,7 @@ class LayerT2VPipeline:
         steps: int = Request.steps,
         guidance: float = Request.guidance,
         guidance_sigma: float = Request.guidance_sigma,
+        guidance_every: int = Request.guidance_every,
         seed: int = Request.seed,
         shift: float = 3.0,
         sampler: Literal["euler", "unipc"] = "unipc",
@@ -274,7 +280,8 @@ class LayerT2VPipeline:
 
         `negative_prompt` None guides against the null prompt: an encoded negative prompt, which training never
         showed as the unconditional branch, cost 1.1 dB coherence on 48 validation prompts (docs/results.md).
-        Guidance acts on the steps above noise level `guidance_sigma` (0: every step; `sampling.guided`).
+        Guidance acts on the steps above noise level `guidance_sigma` (0: every step; `sampling.guided`), its
+        unconditional branch on every `guidance_every`-th of them (the last difference reused between).
         `composite_guidance` in [0, 1] pulls each step's full-video estimate towards the composite of the
         layers' estimates (`sampling.composite_guided`, composited in pixels by `LayerVAE.composite`; 0: off): the
         full video loses the patches its layers do not have, and the layers add up to it (coherence 13 dB off,
@@ -283,7 +290,7 @@ class LayerT2VPipeline:
         """
         request = Request(
             prompt, background_prompt, foreground_prompts, frames, height, width, steps, guidance, guidance_sigma,
-            composite_guidance, composite_sigma,
+            composite_guidance, composite_sigma, seed, guidance_every,
         )  # fmt: skip
         layout = check_request(self.cfg, request, self.limits)
         graphs = None if layout.num_fg in self.eager_ks else self.denoiser
@@ -311,7 +318,11 @@ class LayerT2VPipeline:
         # dropped, and its decodes and encode are a third of a step (docs/results.md)
         pull = composite_guidance if given.full is None else 0.0
         denoise = composite_guided(
-            guided(velocity, guidance, guidance_sigma), layout, pull, self.vae.composite, composite_sigma
+            guided(velocity, guidance, guidance_sigma, guidance_every),
+            layout,
+            pull,
+            self.vae.composite,
+            composite_sigma,
         )
         if on_step is not None:
             denoise = reporting(denoise, steps, on_step)

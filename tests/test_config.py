@@ -31,6 +31,7 @@ def test_default_and_smoke_profiles_load() -> None:
         (EvaluateConfig, {"composite_guidance": 2.0}, "evaluate.composite_guidance must be in \\[0, 1\\]"),
         (EvaluateConfig, {"composite_sigma": 1.5}, "evaluate.composite_sigma must be in \\(0, 1\\]"),
         (EvaluateConfig, {"guidance_sigma": -0.1}, "evaluate.guidance_sigma must be in \\[0, 1\\)"),
+        (EvaluateConfig, {"guidance_every": 0}, "evaluate.guidance_every must be >= 1, got 0"),
     ],
 )
 def test_bad_values_are_named(cls, values: dict, message: str) -> None:

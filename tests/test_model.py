@@ -394,6 +394,26 @@ def test_sampling_is_deterministic_and_guidance_mixes_branches() -> None:
     assert calls == [2, 1, 1] and [float(v[0, 0]) for v in steps] == [5.0, 1.0, 1.0]  # conditional alone at 0.5
     with pytest.raises(ValueError, match=r"lowest noise level must be in \[0, 1\), got 1.0"):
         guided(branches, guidance=5.0, min_sigma=1.0)
+    with pytest.raises(ValueError, match="every n >= 1 guided steps, got 0"):
+        guided(branches, guidance=5.0, every=0)
+
+
+def test_guidance_every_n_reuses_the_last_difference_between() -> None:
+    """Both branches on guided steps 0, 2, 4, ...; between, the conditional branch alone plus (g - 1) times the
+    difference of the last step that ran both; below the interval the conditional branch alone, uncounted."""
+    calls, step = [], iter(range(100))
+
+    def branches(x: torch.Tensor, t: torch.Tensor, doubled: bool) -> torch.Tensor:
+        n = next(step)  # each call's outputs differ, so a reused difference is told from a fresh one
+        calls.append(x.shape[0])
+        cond = torch.full_like(x[:1], 10.0 * n)
+        return torch.cat([cond, cond - (n + 1)]) if doubled else cond
+
+    velocity = guided(branches, guidance=3.0, min_sigma=0.5, every=2)
+    out = [float(velocity(torch.zeros(1, 1), torch.full((1,), s))[0, 0]) for s in (0.9, 0.8, 0.7, 0.6, 0.2)]
+    assert calls == [2, 1, 2, 1, 1]
+    # step 0: 0 + 2 * (0 - -1) = 2; step 1: 10 + 2 * 1; step 2: 20 + 2 * 3; step 3: 30 + 2 * 3; step 4: 40 alone
+    assert out == [2.0, 12.0, 26.0, 36.0, 40.0]
 
     model = LayerDiT(CFG).eval()
     torch.nn.init.normal_(model.head.head.weight, std=0.02)

@@ -79,6 +79,7 @@ def test_guidance_contrasts_with_the_null_prompt_that_training_drops_to(
         ({"composite_guidance": -0.1}, r"composite_guidance must be in \[0, 1\]"),
         ({"composite_sigma": 0.0}, r"composite_sigma must be in \(0, 1\], got 0.0"),
         ({"guidance_sigma": 1.0}, r"guidance_sigma must be in \[0, 1\), got 1.0"),
+        ({"guidance_every": 0}, r"guidance_every must be in 1..200, got 0"),
         ({"foreground_prompts": []}, "foreground prompts allowed"),
         ({"foreground_prompts": ["a", "b", "c", "d"]}, "foreground prompts allowed"),
         ({"background_prompt": " "}, "background_prompt must be a non-empty string"),

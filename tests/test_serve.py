@@ -159,6 +159,8 @@ def test_a_generation_writes_layers_whose_alpha_reads_back_and_a_bundle_that_mat
         ({"composite_guidance": 2}, "composite_guidance", "less than or equal to 1"),
         ({"composite_sigma": 0}, "composite_sigma", "greater than 0"),
         ({"guidance_sigma": 1}, "guidance_sigma", "less than 1"),
+        ({"guidance_every": 0}, "guidance_every", "greater than or equal to 1"),
+        ({"guidance_every": 201}, "guidance_every", "guidance_every must be in 1..200"),
         ({"seed": -1}, "seed", "greater than or equal to 0"),
         ({"formats": ["avi"]}, "formats.0", "'mp4', 'mov', 'webm' or 'png'"),
         ({"negative": "x"}, "negative", "Extra inputs are not permitted"),
@@ -493,4 +495,4 @@ def test_a_job_stored_before_a_sampler_field_existed_runs_with_its_default() -> 
 
     old = {"frames": 5, "height": 32, "width": 32, "steps": 3, "guidance": 2.0, "composite_guidance": 0.5, "seed": 7}
     options = _sampling(old, on_step=None)
-    assert options == old | {"on_step": None}  # guidance_sigma and composite_sigma left to generate's defaults
+    assert options == old | {"on_step": None}  # guidance_sigma, _every and composite_sigma: generate's defaults

@@ -12,6 +12,7 @@ OPTIONAL = {
     "steps": int,
     "guidance": float,
     "guidance_sigma": float,
+    "guidance_every": int,
     "composite_guidance": float,
     "composite_sigma": float,
     "seed": int,
