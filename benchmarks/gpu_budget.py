@@ -126,15 +126,17 @@ class PackedClips:
         return out | {"text": self.text[index].float(), "text_mask": self.mask[index], "clear": self.clear}
 
 
-def step_fn(model: LayerDiT, stage: DiTStageConfig, data: PackedClips, device: torch.device):
-    """One optimiser step of the objective in bf16 autocast (what `precision: auto` picks on a GPU) as a function
-    returning the batch's loss; the stage's optimiser (`schedule.dit_optimizer`) and schedule live in its closure."""
+def step_fn(model: LayerDiT, stage: DiTStageConfig, data: PackedClips, device: torch.device, bf16: bool = True):
+    """One optimiser step of the objective, in bf16 autocast (what `precision: auto` picks on a GPU) unless `bf16` is
+    false, as a function of the latent frame to train alone (None: whole clips) returning the batch's loss; the
+    stage's optimiser (`schedule.dit_optimizer`) and schedule live in its closure."""
     configured = dit_optimizer(model, stage)
     optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
 
-    def step() -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = flow_losses(data.batch(stage.batch_size), model, stage, stage.prompt_dropout)["loss"]
+    def step(frame: int | None = None) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            batch = data.batch(stage.batch_size)
+            loss = flow_losses(batch, model, stage, stage.prompt_dropout, frame=frame)["loss"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), stage.grad_clip)
         optimizer.step()
@@ -146,10 +148,10 @@ def step_fn(model: LayerDiT, stage: DiTStageConfig, data: PackedClips, device: t
 
 
 def probe_steps(
-    cfg: ModelConfig, stage: DiTStageConfig, data: PackedClips, device: torch.device, seconds: float
+    cfg: ModelConfig, stage: DiTStageConfig, data: PackedClips, device: torch.device, seconds: float, bf16: bool
 ) -> int:
     """How many steps `seconds` hold: a throwaway model's steps timed after a warm-up."""
-    step = step_fn(LayerDiT(cfg).to(device), dataclasses.replace(stage, max_steps=10_000), data, device)
+    step = step_fn(LayerDiT(cfg).to(device), dataclasses.replace(stage, max_steps=10_000), data, device, bf16)
     for _ in range(5):
         step()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -172,16 +174,17 @@ def train(args: argparse.Namespace) -> None:
     stage = DiTStageConfig(**meta["stage2"] | parse_overrides(args.stage) | batch | {"alpha_decode_samples": 0})
     data = PackedClips(args.data, cfg.text_len, device)
     torch.manual_seed(0)
-    steps = args.steps or probe_steps(cfg, stage, data, device, args.seconds)
+    steps = args.steps or probe_steps(cfg, stage, data, device, args.seconds, args.bf16)
     stage = dataclasses.replace(stage, max_steps=steps)
     snapshots = {max(1, round(float(f) * stage.max_steps)) for f in args.snapshots.split(",")}
     args.out.mkdir(parents=True, exist_ok=True)
     model = LayerDiT(cfg).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
-    step, losses, start = step_fn(model, stage, data, device), [], time.perf_counter()
+    step, losses, start = step_fn(model, stage, data, device, args.bf16), [], time.perf_counter()
+    frames = data.latents["segments"].shape[3]
     print(f"{args.name}: {stage.max_steps} steps of batch {stage.batch_size}, {len(data)} clips", flush=True)
     for n in range(1, stage.max_steps + 1):
-        losses.append(step())
+        losses.append(step(int(torch.randint(frames, ())) if n <= args.one_frame_steps else None))
         with torch.no_grad():
             torch._foreach_lerp_(
                 list(ema.parameters()), list(model.parameters()), 1 - ema_decay_at(n - 1, stage.ema_decay)
@@ -256,6 +259,8 @@ def main() -> None:
     p.add_argument("--snapshots", default="1", help="fractions of the run at which the EMA DiT is saved")
     p.add_argument("--live", action="store_true", help="save the trained weights beside their EMA")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="--no-bf16: fp32")
+    p.add_argument("--one-frame-steps", type=int, default=0, help="the first N steps train one random latent frame")
     p = commands.add_parser("sample")
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--weights", type=Path, nargs="+", required=True)
