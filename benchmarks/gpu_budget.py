@@ -7,13 +7,13 @@ or MLflow needed):
    cache (what `layert2v train --stage 2` reads) with their prompt states, in fp16, the text trimmed to each
    prompt's tokens, beside the model and stage-2 settings (`data.json`);
 2. `train --data .gpu/data.npz --out DIR --name NAME --seconds S [--steps N] [--batch B] [--model key=value ...]
-   [--stage key=value ...] [--snapshots 0.5,1] [--live]`: stage 2's objective (`training.objective.flow_losses`: the
-   stage's shift, foreground weight, consistency term, prompt dropout; not the decoded-alpha term, which needs the
-   VAE) in bf16 autocast with the stage's optimiser (`--stage optimizer=muon` for Muon), cosine schedule and EMA
-   (`--stage` overrides the packed stage settings, e.g. `lr=0.003`), for as many steps as `S` seconds hold at the
-   step time a short probe measures, or for `--steps` (the schedule is set for that count); the EMA DiT saved in
-   fp16 at the given fractions of the run as `NAME_step<N>.safetensors` (with `--live`, the trained weights too, as
-   `NAME_live_step<N>`);
+   [--stage key=value ...] [--snapshots 0.5,1] [--live] [--no-bf16]`: stage 2's objective
+   (`training.objective.flow_losses`: the stage's shift, foreground weight, consistency term, prompt dropout; not the
+   decoded-alpha term, which needs the VAE) in bf16 autocast (`--no-bf16`: fp32, for hosts without bf16 kernels)
+   with the stage's optimiser (`--stage optimizer=muon` for Muon), cosine schedule and EMA (`--stage` overrides the
+   packed stage settings, e.g. `lr=0.003`), for as many steps as `S` seconds hold at the step time a short probe
+   measures, or for `--steps` (the schedule is set for that count); the EMA DiT saved in fp16 at the given fractions
+   of the run as `NAME_step<N>.safetensors` (with `--live`, the trained weights too, as `NAME_live_step<N>`);
 3. `sample --root <make run folder> --weights F [F ...] [--reference <stage-2 model folder>] [--clips 32]`: each
    weights file made a pipeline folder with the chain's stage-1 VAE and sampled on the first `--clips`
    one-foreground validation clips (`evaluate_pipeline`), with the reference model beside them.
@@ -128,15 +128,14 @@ class PackedClips:
 
 def step_fn(model: LayerDiT, stage: DiTStageConfig, data: PackedClips, device: torch.device, bf16: bool = True):
     """One optimiser step of the objective, in bf16 autocast (what `precision: auto` picks on a GPU) unless `bf16` is
-    false, as a function of the latent frame to train alone (None: whole clips) returning the batch's loss; the
-    stage's optimiser (`schedule.dit_optimizer`) and schedule live in its closure."""
+    false (hosts without bf16 kernels), as a function returning the batch's loss; the stage's optimiser
+    (`schedule.dit_optimizer`) and schedule live in its closure."""
     configured = dit_optimizer(model, stage)
     optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
 
-    def step(frame: int | None = None) -> torch.Tensor:
+    def step() -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            batch = data.batch(stage.batch_size)
-            loss = flow_losses(batch, model, stage, stage.prompt_dropout, frame=frame)["loss"]
+            loss = flow_losses(data.batch(stage.batch_size), model, stage, stage.prompt_dropout)["loss"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), stage.grad_clip)
         optimizer.step()
@@ -181,10 +180,9 @@ def train(args: argparse.Namespace) -> None:
     model = LayerDiT(cfg).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     step, losses, start = step_fn(model, stage, data, device, args.bf16), [], time.perf_counter()
-    frames = data.latents["segments"].shape[3]
     print(f"{args.name}: {stage.max_steps} steps of batch {stage.batch_size}, {len(data)} clips", flush=True)
     for n in range(1, stage.max_steps + 1):
-        losses.append(step(int(torch.randint(frames, ())) if n <= args.one_frame_steps else None))
+        losses.append(step())
         with torch.no_grad():
             torch._foreach_lerp_(
                 list(ema.parameters()), list(model.parameters()), 1 - ema_decay_at(n - 1, stage.ema_decay)
@@ -260,7 +258,6 @@ def main() -> None:
     p.add_argument("--live", action="store_true", help="save the trained weights beside their EMA")
     p.add_argument("--device", default="cuda")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="--no-bf16: fp32")
-    p.add_argument("--one-frame-steps", type=int, default=0, help="the first N steps train one random latent frame")
     p = commands.add_parser("sample")
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--weights", type=Path, nargs="+", required=True)

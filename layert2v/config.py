@@ -376,17 +376,12 @@ class DiTStageConfig(StageConfig):
     timestep_shift: float = 1.0  # shift of the training timesteps towards noise (`diffusion.time_shift`)
     optimizer: str = "adamw"  # adamw, or muon: the transformer blocks' matrices by Muon, the rest by AdamW
     # (`schedule.MuonAdamW`)
-    one_frame_steps: int = 0  # the stage's first steps train one random latent frame of each clip (cheaper steps)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.timestep_shift > 0, f"timestep_shift must be > 0, got {self.timestep_shift}")
         _require(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         _require(self.alpha_decode_samples >= 0, f"alpha_decode_samples must be >= 0, got {self.alpha_decode_samples}")
-        _require(
-            0 <= self.one_frame_steps <= self.max_steps,
-            f"one_frame_steps must be in 0..max_steps ({self.max_steps}), got {self.one_frame_steps}",
-        )
         for name in ("alpha_weight", "consistency_weight", "foreground_weight"):
             _require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _require(

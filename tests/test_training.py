@@ -25,18 +25,17 @@ from layert2v.data.synthetic import WORDS
 from layert2v.evaluate import reworded_prompts, validation_prompts
 from layert2v.models.checkpoint import known_segments, load_vae, save_vae
 from layert2v.models.colour_words import folder_colour_words, known_colour_words
-from layert2v.models.dit import LayerDiT, rope_cos_sin
+from layert2v.models.dit import LayerDiT
 from layert2v.models.layout import Layout
 from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
 from layert2v.pipeline import LayerT2VPipeline
 from layert2v.quality.report import GateFailed
 from layert2v.quality.sample_gate import sample_gate
 from layert2v.training.encode import encode_prepared
-from layert2v.training.objective import ema_decay_at, flow_losses, one_frame_batch
+from layert2v.training.objective import ema_decay_at, flow_losses
 from layert2v.training.run import STAGES, _guard_resume, fingerprint, train_stage
 from layert2v.training.schedule import GradNormClip, Muon, adamw_warmup_cosine, dit_optimizer
 from layert2v.training.spec import StageContext
-from layert2v.training.stage2_joint import JointLayerTraining
 
 from .conftest import ROOT
 
@@ -179,8 +178,6 @@ def test_stage2_without_latents_is_a_clear_error(tmp_path: Path, smoke, smoke_pr
 def test_stage_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="warmup_steps"):
         StageConfig(max_steps=5, batch_size=2, lr=1e-3, warmup_steps=5)
-    with pytest.raises(ValueError, match=r"one_frame_steps must be in 0\.\.max_steps \(5\), got 6"):
-        DiTStageConfig(max_steps=5, batch_size=2, lr=1e-3, warmup_steps=1, one_frame_steps=6)
 
 
 class GradNorms(L.Callback):
@@ -232,34 +229,6 @@ def tiny_dit_batch(seed: int) -> tuple[LayerDiT, dict[str, torch.Tensor]]:
         "clear": torch.zeros(cfg.latent_channels, 2, 4, 4),
     }
     return LayerDiT(cfg), batch
-
-
-@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # training_step without a Trainer
-def test_one_frame_steps_train_a_latent_frame_at_its_place_in_the_clip(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`one_frame_steps`: the stage's first steps feed the DiT one latent frame of every segment (and of the matte
-    grid and clear latent the consistency term reads), with the RoPE times that frame has in the whole clip, so the
-    single-frame loss is the whole-clip model's on those tokens; later steps take whole clips."""
-    dit, batch = tiny_dit_batch(0)
-    frame = one_frame_batch(batch, 1)
-    assert frame["segments"].shape[3] == frame["alpha_grid"].shape[3] == frame["clear"].shape[1] == 1
-    assert torch.equal(frame["segments"][:, :, :, 0], batch["segments"][:, :, :, 1])
-    assert torch.equal(frame["text"], batch["text"])
-    with pytest.raises(ValueError, match="frame 2 is not a latent frame"):
-        one_frame_batch(batch, 2)
-
-    whole_cos, _ = rope_cos_sin((4 * 2, 2, 2), 24)  # 4 segments of 2 latent frames, 2 x 2 tokens a frame
-    frame_cos, _ = rope_cos_sin((4, 2, 2), 24, one_frame=(1, 2))
-    assert torch.equal(frame_cos, whole_cos.unflatten(0, (4, 2, 4))[:, 1].flatten(0, 1))
-
-    fed: list[tuple[int, ...]] = []
-    dit.register_forward_hook(lambda _m, args, _kw, _out: fed.append(tuple(args[0].shape)), with_kwargs=True)
-    stage = DiTStageConfig(max_steps=4, batch_size=4, lr=1e-3, warmup_steps=0, one_frame_steps=2)
-    module = JointLayerTraining(dit.cfg, stage)
-    module.dit = dit
-    for step in range(4):
-        monkeypatch.setattr(JointLayerTraining, "global_step", step)  # what the trainer reports at that step
-        module.training_step(batch, step)
-    assert [shape[2] for shape in fed] == [4, 4, 8, 8]  # latent time of the packed segments: one frame, then two
 
 
 def test_muon_takes_the_blocks_matrices_learns_and_resumes_from_its_state(tmp_path: Path) -> None:

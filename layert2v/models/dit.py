@@ -47,19 +47,13 @@ def rope_axes(head_dim: int) -> tuple[int, int, int]:
 
 
 def rope_cos_sin(
-    grid: tuple[int, int, int], head_dim: int, theta: float = 10000.0, one_frame: tuple[int, int] | None = None
+    grid: tuple[int, int, int], head_dim: int, theta: float = 10000.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin `[N, d/2]` for a token grid (T, H, W) in row-major order (time slowest).
-
-    `one_frame` (f, F): the grid's time rows are frame f of segments of F latent frames each, placed where that
-    frame sits in the full clip's grid (row i at time i * F + f), so a model trained on single frames reads
-    the same positions in whole clips."""
+    """cos, sin `[N, d/2]` for a token grid (T, H, W) in row-major order (time slowest)."""
     angles = []
     for axis, (size, width) in enumerate(zip(grid, rope_axes(head_dim), strict=True)):
         freqs = 1.0 / theta ** (torch.arange(0, width, 2, dtype=torch.float32) / width)
         pos = torch.arange(size, dtype=torch.float32)
-        if axis == 0 and one_frame is not None:
-            pos = pos * one_frame[1] + one_frame[0]
         shape = [1, 1, 1]
         shape[axis] = size
         ang = (pos[:, None] * freqs[None]).reshape(*shape, -1).expand(*grid, -1)
@@ -308,13 +302,11 @@ class LayerDiT(nn.Module):
         layer_ids: torch.Tensor | None = None,
         instance_ids: torch.Tensor | None = None,
         text_positions: torch.Tensor | None = None,
-        one_frame: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """latents `[B, C, T, H, W]`, timestep `[B]` in 0..1000 or `[B, L]` (one per segment: the tokens split into
         L equal runs), text `[B, S, text_dim]`, cross_mask bool `[B, N, S]`, ids long `[N]` (None: the base model,
         no layer tables), text_positions long `[S']`: the text positions the cross-attention reads (None: those
-        some token may see, `visible_text`; exported graphs take them from `visible_positions`), one_frame (f, F):
-        the latents are frame f of each segment's F (`rope_cos_sin`; training on single frames).
+        some token may see, `visible_text`; exported graphs take them from `visible_positions`).
 
         Per-segment timesteps are how a known layer is given (`t = 0` on its segment while the others are noised):
         Wan modulates every token from its timestep already, so this only repeats the embedding per segment."""
@@ -322,7 +314,7 @@ class LayerDiT(nn.Module):
         batch, _, frames, height, width = latents.shape
         grid = (frames // pt, height // ph, width // pw)
         x = self.patch_embedding(latents).flatten(2).transpose(1, 2)  # [B, N, D]
-        rope = tuple(r.to(x.device, x.dtype) for r in rope_cos_sin(grid, self.cfg.head_dim, one_frame=one_frame))
+        rope = tuple(r.to(x.device, x.dtype) for r in rope_cos_sin(grid, self.cfg.head_dim))
         steps = timestep.reshape(batch, -1)  # [B, 1 or L]
         t_emb = self.time_embedding(sinusoidal_embedding(steps.flatten(), self.cfg.freq_dim).to(x.dtype))
         t_emb = t_emb.unflatten(0, (batch, -1))  # [B, 1 or L, D]
@@ -354,11 +346,10 @@ class LayerDiT(nn.Module):
         text: torch.Tensor,
         text_mask: torch.Tensor,
         layout: Layout,
-        one_frame: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """`forward` with ids and the cross-attention mask built from `layout`; text_mask bool `[B, P, M]`."""
         mask, layer_ids, instance_ids = layout_inputs(self.cfg, latents.shape, text_mask, layout)
-        return self(latents, timestep, text, mask, layer_ids, instance_ids, one_frame=one_frame)
+        return self(latents, timestep, text, mask, layer_ids, instance_ids)
 
 
 def layout_inputs(

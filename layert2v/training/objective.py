@@ -60,16 +60,11 @@ def flow_losses(
     stage: DiTStageConfig,
     dropout: float,
     decoded_alpha: dict[str, Callable | list[torch.Tensor]] | None = None,
-    frame: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """The layered losses of one batch of `LatentClips` items (one K per batch): noised at a logit-normal t
     (shifted by `stage.timestep_shift`), prompts dropped with probability `dropout`, editing tasks drawn clean with
     `stage.condition_dropout`; `decoded_alpha` carries `layered_loss`'s decoded-alpha inputs when the caller has a
-    VAE. `frame` f: the loss of latent frame f alone (`one_frame_batch`), at its place in the clip's positions."""
-    one_frame = None
-    if frame is not None:
-        one_frame = (frame, batch["segments"].shape[3])
-        batch = one_frame_batch(batch, frame)
+    VAE."""
     layout = Layout.from_segments(batch["segments"].shape[1])
     x0 = layout.pack(list(batch["segments"].unbind(1)))
     noise, t = torch.randn_like(x0), logit_normal_t(x0.shape[0], shift=stage.timestep_shift).to(x0)
@@ -79,19 +74,8 @@ def flow_losses(
     if stage.condition_dropout:
         known = draw_known(layout, x0.shape[0], stage.condition_dropout).to(x0.device)
         t = segment_timesteps(t, known)
-    velocity = model.forward_layout(noisy(x0, noise, t), t * 1000, text, mask, layout, one_frame)
+    velocity = model.forward_layout(noisy(x0, noise, t), t * 1000, text, mask, layout)
     consistency = {"alpha_grid": list(batch["alpha_grid"].unbind(1)), "clear_latent": batch["clear"]}
     return layered_loss(
         velocity, x0, noise, t, layout, loss_weights(stage), **consistency, **(decoded_alpha or {}), known=known
     )
-
-
-def one_frame_batch(batch: dict[str, torch.Tensor], frame: int) -> dict[str, torch.Tensor]:
-    """Latent frame `frame` of every segment, matte grid and the clear latent (time is their third axis from the
-    end): an image of each layer.
-
-    A DiT step over one of a 9-frame clip's three latent frames has a third of the tokens, and the outline of a
-    shape is in every frame; what the shapes need is DiT steps (docs/results.md), and these are cheaper ones."""
-    if batch["segments"].ndim != 6 or not 0 <= frame < batch["segments"].shape[3]:
-        raise ValueError(f"frame {frame} is not a latent frame of segments {tuple(batch['segments'].shape)}")
-    return batch | {name: batch[name][..., frame : frame + 1, :, :] for name in ("segments", "alpha_grid", "clear")}

@@ -62,11 +62,7 @@ class JointLayerTraining(L.LightningModule):
         return flow_losses(batch, model, self.stage, dropout, self._decoded_alpha(batch))
 
     def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
-        if self.global_step < self.stage.one_frame_steps:  # no decoded-alpha term: it decodes whole clips
-            frame = int(torch.randint(batch["segments"].shape[3], ()))
-            losses = flow_losses(batch, self.dit, self.stage, self.stage.prompt_dropout, frame=frame)
-        else:
-            losses = self._losses(batch, self.dit, self.stage.prompt_dropout)
+        losses = self._losses(batch, self.dit, self.stage.prompt_dropout)
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"})
         self.log("train/loss", losses["loss"], prog_bar=True)
         return losses["loss"]
