@@ -2,7 +2,7 @@
 (contiguous) layout, side by side.
 
 Run: `.venv/bin/python benchmarks/bench_vae.py [--repeats 7 --passes 3] [--fp32-only]`.
-The default model's autoencoder (`params.yaml`: 8-pixel cells, refine head of width 32, context branch), random
+The default model's autoencoder (`params.yaml`: 8-pixel cells, refine head, context branch), random
 weights (the head's output conv is zero at init, so it is filled first, as after training), fp32 and bf16 autocast:
 1. the refine head alone, forward and backward, on stage 0's frames (batch 2 x 3 streams x 9 frames of 64 x 64);
 2. stage 0's training step (`VAEPretraining.training_step` plus backward, the same batch);
