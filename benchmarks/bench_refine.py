@@ -12,31 +12,16 @@ median of `repeats` calls. What each width costs the autoencoder's ceiling takes
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import warnings
-from pathlib import Path
 
 import torch
-from bench_vae import cases, set_latent_layout
+from bench_vae import cases, set_latent_layout, stage0_module
 from timing import median_seconds
 
-from layert2v.config import load_params
 from layert2v.hostcache import cpu_model
-from layert2v.training.stage0_vae import VAEPretraining
 
-ROOT = Path(__file__).resolve().parents[1]
 LAYOUT = {"stage-0 step": "latent contiguous", "decode K = 3 (8 streams)": "channels-last"}
-
-
-def stage0_module(width: int) -> VAEPretraining:
-    """Stage 0's module on the default model with a refine head `width` channels wide."""
-    params = load_params(ROOT / "params.yaml")
-    torch.manual_seed(0)
-    cfg = params.train.model_config(params.prepare.max_tokens, params.prepare.text_pooled)
-    module = VAEPretraining(dataclasses.replace(cfg, vae_refine=width), params.train.stage0)
-    torch.nn.init.normal_(module.vae.vae.refine.net[2].weight, std=0.02)
-    return module
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ one's relative L2 error against the plain layout in fp32: the layout must not ch
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import warnings
 from collections.abc import Callable
@@ -42,12 +43,14 @@ def contiguous_forward(self: vae_module._Refine, video: torch.Tensor) -> torch.T
     return video + self.net(frames).unflatten(0, (video.shape[0], -1)).transpose(1, 2)
 
 
-def stage0_module() -> VAEPretraining:
+def stage0_module(refine: int | None = None) -> VAEPretraining:
+    """Stage 0's module on the default model; `refine` replaces its refine head's width."""
     params = load_params(ROOT / "params.yaml")
     torch.manual_seed(0)
-    module = VAEPretraining(
-        params.train.model_config(params.prepare.max_tokens, params.prepare.text_pooled), params.train.stage0
-    )
+    cfg = params.train.model_config(params.prepare.max_tokens, params.prepare.text_pooled)
+    if refine is not None:
+        cfg = dataclasses.replace(cfg, vae_refine=refine)
+    module = VAEPretraining(cfg, params.train.stage0)
     head = module.vae.vae.refine.net[2]
     torch.nn.init.normal_(head.weight, std=0.02)
     return module
