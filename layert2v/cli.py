@@ -256,6 +256,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.composite_sigma,
         args.seed,
         args.guidance_every,
+        args.shape_guidance,
     )
     check_request(model_config(args.model), request, limits)  # before the model loads
     given = given_from_files(args.background_file, args.foreground_file)

@@ -284,6 +284,9 @@ class Request:
     composite_sigma: float = 0.5  # compositing guidance on the steps at this noise level or below (1: every step)
     seed: int = 0
     guidance_every: int = 2  # both guidance branches on every n-th guided step, the last difference reused between
+    shape_guidance: float = (
+        3.0  # guided steps also pull towards each prompt's shape words (0: off; `pipeline.generate`)
+    )
 
     def prompts(self) -> list[str]:
         return [self.prompt, self.background_prompt, *self.foreground_prompts]
@@ -469,6 +472,7 @@ class EvaluateConfig(FromDict):
     composite_guidance: float = 0.75  # pull of each step's full-video estimate to the layers' composite (0: off)
     composite_sigma: float = 0.5  # ... on the steps at this noise level or below (1: every step)
     guidance_every: int = 2  # both guidance branches on every n-th guided step (`sampling.guided`)
+    shape_guidance: float = Request.shape_guidance  # the pull towards the prompts' shape words (`pipeline.generate`)
     gate: dict[str, float] = field(default_factory=dict)  # metric -> minimum; checked before registration
     stage_gates: dict[str, dict[str, float]] = field(default_factory=dict)  # stage2/stage3 -> minimums of its samples
 
@@ -481,6 +485,7 @@ class EvaluateConfig(FromDict):
         )
         _require(self.sampler in ("euler", "unipc"), f"evaluate.sampler must be euler or unipc, got {self.sampler!r}")
         _require(self.guidance_every >= 1, f"evaluate.guidance_every must be >= 1, got {self.guidance_every}")
+        _require(self.shape_guidance >= 0.0, f"evaluate.shape_guidance must be >= 0, got {self.shape_guidance}")
         _require(
             0.0 <= self.composite_guidance <= 1.0,
             f"evaluate.composite_guidance must be in [0, 1], got {self.composite_guidance}",

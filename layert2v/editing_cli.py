@@ -74,6 +74,7 @@ def sampling_options(args: argparse.Namespace) -> dict:
         "guidance": args.guidance,
         "guidance_sigma": args.guidance_sigma,
         "guidance_every": args.guidance_every,
+        "shape_guidance": args.shape_guidance,
         "seed": args.seed,
         "composite_guidance": args.composite_guidance,
         "composite_sigma": args.composite_sigma,
@@ -189,6 +190,10 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--guidance-every", type=int, default=Request.guidance_every,
         help="its unconditional branch on every n-th guided step, the last difference reused between (faster)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shape-guidance", type=float, default=Request.shape_guidance,
+        help="guided steps also follow what the prompts' shape words add, this strongly (0: off, faster)",
     )  # fmt: skip
     parser.add_argument("--composite-guidance", type=float, default=Request.composite_guidance)
     parser.add_argument(

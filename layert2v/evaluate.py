@@ -94,6 +94,7 @@ def generate(pipeline, prompt: ValPrompt, cfg: EvaluateConfig, frames: int, size
         guidance=cfg.guidance,
         guidance_sigma=cfg.guidance_sigma,
         guidance_every=cfg.guidance_every,
+        shape_guidance=cfg.shape_guidance,
         seed=cfg.seed,
         shift=cfg.shift,
         sampler=cfg.sampler,

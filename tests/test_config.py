@@ -32,6 +32,7 @@ def test_default_and_smoke_profiles_load() -> None:
         (EvaluateConfig, {"composite_sigma": 1.5}, "evaluate.composite_sigma must be in \\(0, 1\\]"),
         (EvaluateConfig, {"guidance_sigma": -0.1}, "evaluate.guidance_sigma must be in \\[0, 1\\)"),
         (EvaluateConfig, {"guidance_every": 0}, "evaluate.guidance_every must be >= 1, got 0"),
+        (EvaluateConfig, {"shape_guidance": -1.0}, "evaluate.shape_guidance must be >= 0, got -1.0"),
     ],
 )
 def test_bad_values_are_named(cls, values: dict, message: str) -> None:

@@ -66,6 +66,30 @@ def test_guidance_contrasts_with_the_null_prompt_that_training_drops_to(
     assert torch.equal(seen[0][0][1:], pipeline.encode_prompts(["blurry"] * 3)[0])
 
 
+def test_shape_guidance_contrasts_with_the_prompts_shape_words_made_neutral(
+    pipeline: LayerT2VPipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = []
+    forward = pipeline.dit.forward_layout
+    monkeypatch.setattr(pipeline.dit, "forward_layout", lambda *a: seen.append(a[2]) or forward(*a))
+    request = {**REQUEST, "guidance_sigma": 0.0, "guidance_every": 1}  # both branches on both steps
+
+    def run(args: tuple, weight: float):
+        seen.clear()
+        return pipeline.generate(*args, shape_guidance=weight, **request), len(seen)
+
+    star = ("a red star over stripes", "navy stripes", ["a red five-pointed star"])
+    (shaped, calls), (plain, plain_calls) = run(star, 3.0), run(star, 0.0)
+    assert calls == 2 * plain_calls  # one more batch of 1 on each guided step
+    assert not np.array_equal(shaped.alphas[0], plain.alphas[0])
+    run(star, 3.0)
+    neutral = ["a red shape over stripes", "navy stripes", "a red shape"]
+    assert torch.equal(seen[1], pipeline.encode_prompts(pipeline.read_prompts(neutral))[0])
+    blob = ("a red blob over stripes", "navy stripes", ["a red blob"])  # no shape word: nothing to contrast
+    (with_weight, calls), (without, plain_calls) = run(blob, 3.0), run(blob, 0.0)
+    assert calls == plain_calls and np.array_equal(with_weight.full, without.full)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -80,6 +104,7 @@ def test_guidance_contrasts_with_the_null_prompt_that_training_drops_to(
         ({"composite_sigma": 0.0}, r"composite_sigma must be in \(0, 1\], got 0.0"),
         ({"guidance_sigma": 1.0}, r"guidance_sigma must be in \[0, 1\), got 1.0"),
         ({"guidance_every": 0}, r"guidance_every must be in 1..200, got 0"),
+        ({"shape_guidance": -1.0}, r"shape_guidance must be in \[0, 50\], got -1.0"),
         ({"foreground_prompts": []}, "foreground prompts allowed"),
         ({"foreground_prompts": ["a", "b", "c", "d"]}, "foreground prompts allowed"),
         ({"background_prompt": " "}, "background_prompt must be a non-empty string"),

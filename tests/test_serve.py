@@ -161,6 +161,7 @@ def test_a_generation_writes_layers_whose_alpha_reads_back_and_a_bundle_that_mat
         ({"guidance_sigma": 1}, "guidance_sigma", "less than 1"),
         ({"guidance_every": 0}, "guidance_every", "greater than or equal to 1"),
         ({"guidance_every": 201}, "guidance_every", "guidance_every must be in 1..200"),
+        ({"shape_guidance": -1}, "shape_guidance", "greater than or equal to 0"),
         ({"seed": -1}, "seed", "greater than or equal to 0"),
         ({"formats": ["avi"]}, "formats.0", "'mp4', 'mov', 'webm' or 'png'"),
         ({"negative": "x"}, "negative", "Extra inputs are not permitted"),

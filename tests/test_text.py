@@ -37,3 +37,13 @@ def test_only_a_plain_bert_folder_runs_on_the_package_bert() -> None:
     assert encoder.plain_bert(config)
     for change in ({"position_embedding_type": "relative_key"}, {"hidden_act": "gelu_new"}, {"model_type": "t5"}):
         assert not encoder.plain_bert(config | change), change
+
+
+def test_shape_words_of_any_wording_become_neutral_and_nothing_else_does() -> None:
+    from layert2v.models.shape_words import without_shape_words
+
+    assert without_shape_words("a red five-pointed star moving left") == "a red shape moving left"
+    assert without_shape_words("a tiny Disc and a honeycomb cell over sand") == "a tiny shape and a shape over sand"
+    assert without_shape_words("a pentagram, a six-sided shape") == "a shape, a shape"  # held-out words too
+    for untouched in ("a red car drifting", "stardust over squares", "a red shape"):
+        assert without_shape_words(untouched) == untouched

@@ -13,6 +13,7 @@ OPTIONAL = {
     "guidance": float,
     "guidance_sigma": float,
     "guidance_every": int,
+    "shape_guidance": float,
     "composite_guidance": float,
     "composite_sigma": float,
     "seed": int,

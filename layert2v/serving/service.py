@@ -64,6 +64,7 @@ class GenerationIn(BaseModel):
     guidance: float = Field(GenerationDefaults.guidance, ge=1.0, le=50.0)
     guidance_sigma: float = Field(GenerationDefaults.guidance_sigma, ge=0.0, lt=1.0)
     guidance_every: int = Field(GenerationDefaults.guidance_every, ge=1)
+    shape_guidance: float = Field(GenerationDefaults.shape_guidance, ge=0.0, le=50.0)
     composite_guidance: float = Field(GenerationDefaults.composite_guidance, ge=0.0, le=1.0)
     composite_sigma: float = Field(GenerationDefaults.composite_sigma, gt=0.0, le=1.0)
     seed: int = Field(GenerationDefaults.seed, ge=0, le=2**63 - 1)
@@ -178,7 +179,7 @@ class Api:
         request = GenerationDefaults(
             body.prompt, body.background_prompt, body.foreground_prompts, frames, height, width, body.steps,
             body.guidance, body.guidance_sigma, body.composite_guidance, body.composite_sigma, body.seed,
-            body.guidance_every,
+            body.guidance_every, body.shape_guidance,
         )  # fmt: skip
         try:
             check_request(loaded.pipeline.cfg, request, self.cfg.limits())
