@@ -284,7 +284,7 @@ class Request:
     composite_sigma: float = 0.5  # compositing guidance on the steps at this noise level or below (1: every step)
     seed: int = 0
     guidance_every: int = 2  # both guidance branches on every n-th guided step, the last difference reused between
-    shape_guidance: float = 3.0  # guided steps also follow what the prompts' shape words add (0: off)
+    shape_guidance: float = 6.0  # guided steps also follow what the prompts' shape words add (0: off)
 
     def prompts(self) -> list[str]:
         return [self.prompt, self.background_prompt, *self.foreground_prompts]
