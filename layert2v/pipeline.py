@@ -317,7 +317,8 @@ class LayerT2VPipeline:
             uncond = self.encode_prompts(self.read_prompts([negative_prompt]) * layout.num_prompts)
 
         shapeless = [without_shape_words(p) for p in prompts]
-        contrast = self.encode_prompts(shapeless) if shape_guidance > 0 and shapeless != prompts else None
+        contrasted = shape_guidance > 0 and guidance != 1.0 and shapeless != prompts  # guidance 1 runs no branch pair
+        contrast = self.encode_prompts(shapeless) if contrasted else None
 
         def denoised(x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
