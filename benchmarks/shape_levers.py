@@ -2,7 +2,8 @@
 
 Run: `.venv/bin/python benchmarks/shape_levers.py swap --model DIR [--prepared DIR]`,
 `... scan --model DIR --set guidance=4,8,12 [--clips 32]`, `... misses --model DIR [--clips 64]`,
-`... path --model DIR [--clips 24]` or `... word --model DIR [--clips 16]`.
+`... path --model DIR [--clips 24]` or `... word --model DIR [--clips 16]`; `--reworded` asks for the same clips in
+held-out words.
 
 - swap: one-foreground validation clips asked for in template words once per shape, same seed: how many of the
   samples read as the asked shape (`metrics.shape_of`, chance 1 in 6) and how much the mattes differ between shape
@@ -38,7 +39,7 @@ from layert2v.config import EvaluateConfig, load_params
 from layert2v.data.datamodule import LatentClips
 from layert2v.data.synthetic import COLOURS, SHAPES, captions
 from layert2v.diffusion import predicted_x0
-from layert2v.evaluate import ValPrompt, evaluate_pipeline, generate, validation_prompts
+from layert2v.evaluate import ValPrompt, evaluate_pipeline, generate, reworded_prompts, validation_prompts
 from layert2v.metrics import dominant_colour, shape_of
 from layert2v.models.layout import Layout
 from layert2v.models.text import null_prompts
@@ -206,9 +207,11 @@ def main() -> None:
     )
     parser.add_argument("--set", default="guidance=4", help="an evaluate setting and its values (scan)")
     parser.add_argument("--split", default="val", choices=["train", "val", "test"], help="whose clips to ask for")
+    parser.add_argument("--reworded", action="store_true", help="ask in held-out words (`evaluate.reworded_prompts`)")
     args = parser.parse_args()
     pipe = LayerT2VPipeline.from_folder(args.model, backend=args.backend, precision=args.precision)
     prompts = validation_prompts(args.prepared, args.clips, args.max_fg or pipe.cfg.max_fg, args.split)
+    prompts = reworded_prompts(prompts) if args.reworded else prompts
     {"swap": swap, "scan": scan, "misses": misses, "path": path, "word": word}[args.what](pipe, prompts, args)
 
 
