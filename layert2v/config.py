@@ -377,6 +377,8 @@ class DiTStageConfig(StageConfig):
     timestep_shift: float = 1.0  # shift of the training timesteps towards noise (`diffusion.time_shift`)
     optimizer: str = "adamw"  # adamw, or muon: the transformer blocks' matrices by Muon, the rest by AdamW
     # (`schedule.MuonAdamW`)
+    compile: bool = False  # the DiT's training forward and backward under `torch.compile` (inductor): the first step
+    # of each K compiles (1-2 min), later ones run with the elementwise work fused
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import lightning as L
 import mlflow
@@ -36,6 +37,7 @@ from layert2v.training.objective import ema_decay_at, flow_losses
 from layert2v.training.run import STAGES, _guard_resume, fingerprint, train_stage
 from layert2v.training.schedule import GradNormClip, Muon, adamw_warmup_cosine, dit_optimizer
 from layert2v.training.spec import StageContext
+from layert2v.training.stage2_joint import JointLayerTraining
 
 from .conftest import ROOT
 
@@ -271,6 +273,33 @@ def test_muon_takes_the_blocks_matrices_learns_and_resumes_from_its_state(tmp_pa
     scheduler.load_state_dict(saved["sched"])
     assert step() == pytest.approx(expected)
     assert all(torch.allclose(v, after[k]) for k, v in dit.state_dict().items())
+
+
+def test_compiled_stage_trains_the_same_dit_with_the_same_losses_and_gradients() -> None:
+    """`compile: true` compiles the stage's live DiT in place when training starts (after the precision probe has
+    timed the eager step): its losses and gradients are eager's within float rounding, its state dict keeps the
+    keys that checkpoints, the EMA and `save_model` use, and the EMA (validation, saving) stays eager."""
+    stage = DiTStageConfig(max_steps=4, batch_size=4, lr=1e-3, warmup_steps=1, compile=True)
+    module = JointLayerTraining(model_preset("tiny"), stage)
+    _, batch = tiny_dit_batch(0)
+    keys = list(module.dit.state_dict())
+
+    def loss_and_grads() -> tuple[float, list[torch.Tensor]]:
+        torch.manual_seed(1)
+        loss = module.training_step(batch, 0)
+        loss.backward()
+        grads = [p.grad.clone() for p in module.dit.parameters()]
+        module.zero_grad(set_to_none=True)
+        return loss.item(), grads
+
+    with mock.patch.object(module, "log"), mock.patch.object(module, "log_dict"):
+        eager_loss, eager_grads = loss_and_grads()
+        module.on_train_start()
+        compiled_loss, compiled_grads = loss_and_grads()
+    assert module.dit._compiled_call_impl is not None and module.ema._compiled_call_impl is None
+    assert list(module.dit.state_dict()) == keys
+    assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
+    assert all(torch.allclose(c, e, atol=1e-5, rtol=1e-3) for c, e in zip(compiled_grads, eager_grads, strict=True))
 
 
 def test_batched_muon_takes_torchs_muon_steps() -> None:

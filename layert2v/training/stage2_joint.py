@@ -70,6 +70,8 @@ class JointLayerTraining(L.LightningModule):
     def on_train_start(self) -> None:
         if self.vae is not None:
             self.vae.eval()  # frozen: Lightning's train() must not switch it
+        if self.stage.compile:
+            self.dit.compile()  # after the precision probe, which times the eager step; in place: same state dict
 
     def on_train_batch_end(self, *_: object) -> None:
         decay = ema_decay_at(self.global_step, self.stage.ema_decay)
