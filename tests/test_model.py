@@ -178,6 +178,9 @@ def test_attention_is_sdpa_in_fp32_and_the_matmul_form_under_cpu_bf16_autocast()
         assert torch.equal(fast, matmul_attention(q, k, v, additive_bias(mask, torch.bfloat16)))
     assert bias.dtype == torch.bfloat16 and torch.equal(bias == 0, mask)
     assert fast.dtype == torch.bfloat16 and (fast.float() - sdpa).abs().max() < 0.05
+    wide = [t.repeat(1, 1, 1, 4).bfloat16() for t in (q, k, v)]  # d = 64: the scale on q is exact, as on the scores
+    scaled_scores = ((wide[0] @ wide[1].transpose(-1, -2)) * 64**-0.5).softmax(-1) @ wide[2]
+    assert torch.equal(matmul_attention(*wide, None), scaled_scores)
 
 
 def test_the_prompts_padding_is_dropped_from_the_cross_attention_without_changing_the_output(
