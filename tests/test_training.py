@@ -118,7 +118,7 @@ def test_stage1_without_stage0_is_a_clear_error(tmp_path: Path, smoke, smoke_pre
 
 @pytest.mark.slow
 def test_killed_stage_resumes_from_its_last_checkpoint(tmp_path: Path, smoke, smoke_prepared, tracking: str) -> None:
-    longer = dataclasses.replace(smoke.train.stage0, max_steps=40, checkpoint_every=2, val_every=100)
+    longer = dataclasses.replace(smoke.train.stage0, max_steps=200, checkpoint_every=2, val_every=1000)
     raw = yaml.safe_load(subprocess.run(
         [sys.executable, "-m", "layert2v.cli", "params", "--params", str(ROOT / "params.yaml"), "--profile", "smoke"],
         capture_output=True, text=True, check=True,
@@ -134,18 +134,19 @@ def test_killed_stage_resumes_from_its_last_checkpoint(tmp_path: Path, smoke, sm
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while not last.is_file() and time.monotonic() < deadline and first.poll() is None:
-        time.sleep(0.5)
-    time.sleep(1.0)  # let a few more steps run past the first checkpoint
+        time.sleep(0.05)
     assert first.poll() is None, "the first run ended before it could be killed"
-    first.send_signal(signal.SIGKILL)
+    first.send_signal(signal.SIGKILL)  # a few steps past the first checkpoint, far from the end
     first.wait()
     run_id = (tmp_path / "train" / "stage0" / "mlflow_run_id").read_text().strip()
+    client = mlflow.MlflowClient(tracking)
+    killed_at = max((m.step for m in client.get_metric_history(run_id, "train/loss")), default=-1)
+    assert killed_at < longer.max_steps // 2, f"killed at step {killed_at}: too late to test a resume"
 
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Restoring states from the checkpoint path" in second.stdout + second.stderr
     assert (tmp_path / "train" / "stage0" / "mlflow_run_id").read_text().strip() == run_id  # same MLflow run
-    client = mlflow.MlflowClient(tracking)
     steps = {m.step for m in client.get_metric_history(run_id, "train/loss")}
     stage_runs = client.search_runs([client.get_run(run_id).info.experiment_id], "attributes.run_name = 'stage0'")
     assert max(steps) == longer.max_steps - 1 and len(stage_runs) == 1
