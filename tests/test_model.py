@@ -186,8 +186,9 @@ def test_attention_is_sdpa_in_fp32_and_the_matmul_form_under_cpu_bf16_autocast()
 def test_the_prompts_padding_is_dropped_from_the_cross_attention_without_changing_the_output(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`visible_text`: the text positions no token may see (every prompt is padded to text_len) are cut from the
-    keys, which leaves the output as it was, in fp32 and on the bf16 matmul path."""
+    """The text positions no token may see (every prompt is padded to text_len) are cut from the keys, by
+    `forward_layout` (`visible_positions`, passed in) or inside `forward` (`visible_text`, when none are passed),
+    which leaves the output as it was, in fp32 and on the bf16 matmul path."""
     torch.manual_seed(0)
     model = LayerDiT(CFG).eval()
     torch.nn.init.normal_(model.head.head.weight, std=0.02)
@@ -198,12 +199,14 @@ def test_the_prompts_padding_is_dropped_from_the_cross_attention_without_changin
         cut = model.forward_layout(**x)
         with torch.autocast("cpu", torch.bfloat16):
             cut_bf16 = model.forward_layout(**x)
-        monkeypatch.setattr(dit, "visible_text", lambda text, mask: (text, mask))
+        mask, layer_ids, instance_ids = dit.layout_inputs(CFG, x["latents"].shape, x["text_mask"], x["layout"])
+        inside = model(x["latents"], x["timestep"], x["text"], mask, layer_ids, instance_ids)
+        monkeypatch.setattr(dit, "visible_positions", lambda mask: torch.arange(mask.shape[-1]))
         whole = model.forward_layout(**x)
         with torch.autocast("cpu", torch.bfloat16):
             whole_bf16 = model.forward_layout(**x)
-    assert keys == [x["layout"].num_prompts * 5] * 2 + [x["layout"].num_prompts * CFG.text_len] * 2
-    assert torch.allclose(cut, whole, atol=1e-6)
+    assert keys == [x["layout"].num_prompts * 5] * 3 + [x["layout"].num_prompts * CFG.text_len] * 2
+    assert torch.allclose(cut, whole, atol=1e-6) and torch.allclose(inside, cut, atol=1e-6)
     assert torch.allclose(cut_bf16.float(), whole_bf16.float(), atol=2e-2)
 
 

@@ -181,6 +181,9 @@ def test_compile_backend_generates_what_torch_generates(tiny_model: Path) -> Non
     compiled = LayerT2VPipeline.from_folder(tiny_model, backend="compile")
     got = compiled.generate("a red circle", "stripes", ["a red circle"], **request)
     assert np.abs(got.full - want.full).max() < 1e-4 and np.abs(got.alphas[0] - want.alphas[0]).max() < 1e-4
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    compiled.generate("a red circle", "stripes", ["a big red circle slowly moving to the left"], **request)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # one graph for every prompt length
 
 
 def test_generating_from_a_patch_model_imports_neither_transformers_nor_diffusers(tiny_model: Path) -> None:

@@ -149,8 +149,9 @@ def visible_text(text: torch.Tensor, cross_mask: torch.Tensor) -> tuple[torch.Te
 
     Prompts are padded to `text_len` (64) tokens and the default data's captions hold 8-55 (median 18), so most of
     the cross-attention's keys are padding that every query masks out, at the cost of real ones; dropping them
-    changes nothing but the time. Kept whole where the shapes must not depend on the data: `torch.compile`, and ONNX
-    export, whose graphs take the cut as an input instead (`visible_positions`, `forward`'s `text_positions`)."""
+    changes nothing but the time. Kept whole where the shapes must not depend on the data, inside a graph
+    (`torch.compile`, ONNX export), whose callers pass the cut as an input instead (`visible_positions` as `forward`'s
+    `text_positions`: the exported graphs' runtime, and `forward_layout` for the `compile` backend)."""
     if traced():
         return text, cross_mask
     seen = cross_mask.any(1).any(0)  # [S]
@@ -308,7 +309,7 @@ class LayerDiT(nn.Module):
         """latents `[B, C, T, H, W]`, timestep `[B]` in 0..1000 or `[B, L]` (one per segment: the tokens split into
         L equal runs), text `[B, S, text_dim]`, cross_mask bool `[B, N, S]`, ids long `[N]` (None: the base model,
         no layer tables), text_positions long `[S']`: the text positions the cross-attention reads (None: those
-        some token may see, `visible_text`; exported graphs take them from `visible_positions`).
+        some token may see, `visible_text`; `forward_layout` and the exported graphs pass `visible_positions`).
 
         Per-segment timesteps are how a known layer is given (`t = 0` on its segment while the others are noised):
         Wan modulates every token from its timestep already, so this only repeats the embedding per segment."""
@@ -349,9 +350,17 @@ class LayerDiT(nn.Module):
         text_mask: torch.Tensor,
         layout: Layout,
     ) -> torch.Tensor:
-        """`forward` with ids and the cross-attention mask built from `layout`; text_mask bool `[B, P, M]`."""
+        """`forward` with ids and the cross-attention mask built from `layout`; text_mask bool `[B, P, M]`.
+
+        The text positions the tokens see are cut here, outside the module, so that a compiled DiT (the `compile`
+        backend) skips the prompts' padding as eager does: inside a graph `visible_text` must keep all 64 per
+        prompt, which left `generate` K = 3 on `compile` 1.02x eager instead of 1.2x (docs/results.md). Their count
+        is marked dynamic: one graph serves every prompt length instead of one compile per length."""
         mask, layer_ids, instance_ids = layout_inputs(self.cfg, latents.shape, text_mask, layout)
-        return self(latents, timestep, text, mask, layer_ids, instance_ids)
+        positions = visible_positions(mask)
+        if self._compiled_call_impl is not None:  # compiled in place (`Module.compile`); eager skips dynamo's import
+            torch._dynamo.maybe_mark_dynamic(positions, 0)
+        return self(latents, timestep, text, mask, layer_ids, instance_ids, positions)
 
 
 def layout_inputs(
