@@ -12,7 +12,8 @@ the alpha path, each foreground clipped to its alpha):
 - `ceiling_coherence_db`: coherence of the decoded layers (do they still add up to the decoded full video);
 - `ceiling_blockiness`: `metrics.blockiness` of the decoded full video (ground truth scores about 1);
 - `ceiling_alpha_stutter`: `metrics.stutter` of the decoded mattes (ground truth scores about 0: a matte that
-  holds still inside each latent frame and jumps at the next scores up to 1).
+  holds still inside each latent frame and jumps at the next scores up to 1);
+- `ceiling_foregrounds`: how many foregrounds the shares were judged on.
 
 Stage 1 gates its VAE on these (`train.stage1.gate`), and the evaluate stage reports them beside the samples'.
 """
@@ -93,4 +94,5 @@ def vae_ceiling(vae: LayerVAE, prepared: Path, count: int, split: str = "val") -
     frame = pd.DataFrame(rows)
     shares = {k: float(np.average(frame[k], weights=weights)) for k in ("shape_adherence", "colour_adherence")}
     medians = {k: float(frame[k].median()) for k in ("psnr_rgb", "coherence_db", "blockiness", "alpha_stutter")}
-    return {f"ceiling_{k}": v for k, v in (shares | {"alpha_iou": float(frame["alpha_iou"].mean())} | medians).items()}
+    figures = shares | {"alpha_iou": float(frame["alpha_iou"].mean())} | medians | {"foregrounds": float(sum(weights))}
+    return {f"ceiling_{k}": v for k, v in figures.items()}

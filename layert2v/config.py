@@ -32,10 +32,15 @@ CEILING_METRICS = (
     "ceiling_coherence_db",
     "ceiling_blockiness",
     "ceiling_alpha_stutter",
+    "ceiling_foregrounds",
 )
 # What `evaluate` writes to metrics.json (`evaluate.summarise`): the names the evaluation gate and the promotion
 # rule may use. A misspelt name is an error when params load, not a silent NaN after sampling.
-REWORDED_METRICS = ("reworded_colour_adherence", "reworded_shape_adherence")  # the clips in held-out words
+REWORDED_METRICS = (  # the clips in held-out words
+    "reworded_colour_adherence",
+    "reworded_shape_adherence",
+    "reworded_foregrounds",
+)
 EVALUATION_METRICS = (
     "coherence_db",
     "coherence_db_min",
@@ -48,9 +53,21 @@ EVALUATION_METRICS = (
     "blockiness",
     "still_background_change",
     "samples",
+    "foregrounds",
     *REWORDED_METRICS,
     *CEILING_METRICS,
 )
+# Each share among foregrounds and the metric that counts the foregrounds it was judged on: a share from a few dozen
+# foregrounds moves by several points from one sampling seed to the next, which the promotion rule allows for.
+SHARE_COUNTS = {
+    "colour_adherence": "foregrounds",
+    "shape_adherence": "foregrounds",
+    "empty_layers": "foregrounds",
+    "reworded_colour_adherence": "reworded_foregrounds",
+    "reworded_shape_adherence": "reworded_foregrounds",
+    "ceiling_shape_adherence": "ceiling_foregrounds",
+    "ceiling_colour_adherence": "ceiling_foregrounds",
+}
 _DIT_GATE_METRICS = ("finite_loss", "val/loss", "val/fm", "val/consistency", "val/alpha")
 # What each training stage measures when it finishes (its validation metrics): the names its gate may use. The
 # DiT stages' samples are gated by their own DVC stages (`evaluate.stage_gates`), so a sampler change retrains
@@ -506,16 +523,20 @@ class EvaluateConfig(FromDict):
 @dataclass(frozen=True, kw_only=True)
 class RegistryConfig(FromDict):
     """Registered model name and the promotion rule: challenger replaces champion when it improves the
-    primary metric by at least `min_improvement` and loses no more than `tolerance[m]` on any metric m."""
+    primary metric by at least `min_improvement` and loses no more than `tolerance[m]` on any metric m; on a share
+    among foregrounds (`SHARE_COUNTS`) a loss counts only when it also exceeds `noise_z` standard errors of the
+    difference of the two shares, from the foregrounds each was judged on (0: the tolerance alone)."""
 
     model_name: str = "layert2v"
     primary: str = "coherence_db"
     min_improvement: float = 0.0
     tolerance: dict[str, float] = field(default_factory=dict)
+    noise_z: float = 1.64
 
     def __post_init__(self) -> None:
         _require(bool(self.model_name.strip()), "registry.model_name must not be empty")
         _require(all(v >= 0 for v in self.tolerance.values()), f"registry.tolerance must be >= 0: {self.tolerance}")
+        _require(self.noise_z >= 0, f"registry.noise_z must be >= 0: {self.noise_z}")
         _check_names([self.primary], EVALUATION_METRICS, "registry.primary")
         _check_names(self.tolerance, EVALUATION_METRICS, "registry.tolerance")
 

@@ -128,6 +128,7 @@ def summarise(rows: list[dict[str, float]], fg_counts: list[int]) -> dict[str, f
         "blockiness": float(frame["blockiness"].median()),
         "still_background_change": float(still["background_change"].median()) if len(still) else 0.0,
         "samples": float(len(frame)),
+        "foregrounds": float(weights.sum()),
     }
     return {k: (v if math.isfinite(v) else -1.0) for k, v in summary.items()}
 
@@ -222,6 +223,6 @@ def evaluate_and_gate(
         summary |= vae_ceiling(pipeline.vae, prepared, params.evaluate.prompts)
     if rewording and (others := reworded_prompts(prompts)):
         words, _ = evaluate_pipeline(pipeline, others, params.evaluate, params.prepare.frames, size)
-        summary |= dict(zip(REWORDED_METRICS, (words["colour_adherence"], words["shape_adherence"]), strict=True))
+        summary |= {name: words[name.removeprefix("reworded_")] for name in REWORDED_METRICS}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary, run_metric_gate(name, summary, gate, out / "gate.json")

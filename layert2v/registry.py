@@ -12,12 +12,13 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from layert2v import tracking
-from layert2v.config import Params, RegistryConfig
+from layert2v.config import SHARE_COUNTS, Params, RegistryConfig
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 ENTRY = Path(__file__).parent / "serving" / "pyfunc_entry.py"
@@ -118,18 +119,34 @@ class Decision:
         return json.dumps(asdict(self), indent=2) + "\n"
 
 
+def share_noise(metric: str, challenger: dict[str, float], champion: dict[str, float], z: float) -> float:
+    """`z` standard errors of the difference between the challenger's and the champion's share `metric`, each a
+    binomial share of the foregrounds its evaluation counted (`SHARE_COUNTS`). 0 for other metrics and where a count
+    is missing (a version registered before the counts were), so those keep the plain tolerance."""
+    counts = challenger.get(SHARE_COUNTS.get(metric, ""), 0.0), champion.get(SHARE_COUNTS.get(metric, ""), 0.0)
+    if not all(n > 0 for n in counts):
+        return 0.0
+    shares = [min(max(side.get(metric, math.nan), 0.0), 1.0) for side in (challenger, champion)]
+    return z * math.sqrt(sum(p * (1 - p) / n for p, n in zip(shares, counts, strict=True)))
+
+
 def decide(challenger: dict[str, float], champion: dict[str, float] | None, rule: RegistryConfig) -> tuple[bool, str]:
     """The promotion rule: no champion yet, or primary improved by >= min_improvement and no metric
-    regressed by more than its tolerance. A metric the challenger lacks, or holds as NaN, never passes a test
-    (NaN compares false both ways, which once let every challenger through)."""
+    regressed by more than its tolerance (a share: nor by more than sampling noise moves it, `share_noise`). A
+    metric the challenger lacks, or holds as NaN, never passes a test (NaN compares false both ways, which once let
+    every challenger through)."""
     if champion is None:
         return True, "no champion yet"
     for metric, tolerance in rule.tolerance.items():
         if metric not in champion:
             continue
         ours = challenger.get(metric, float("nan"))
-        if not ours >= champion[metric] - tolerance:
-            return False, f"{metric} regressed: {ours} < champion {champion[metric]} - tolerance {tolerance}"
+        noise = share_noise(metric, challenger, champion, rule.noise_z)
+        if not ours >= champion[metric] - max(tolerance, noise):
+            return False, (
+                f"{metric} regressed: {ours:.4g} < champion {champion[metric]:.4g} - {max(tolerance, noise):.3g}"
+                f" (tolerance {tolerance}, sampling noise {noise:.3g})"
+            )
     ours, theirs = challenger.get(rule.primary, float("nan")), champion.get(rule.primary, float("-inf"))
     gain = ours - theirs
     if not (gain > 0 and gain >= rule.min_improvement):

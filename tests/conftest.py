@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,6 +19,20 @@ from layert2v.data.prepare import PrepareResult, run_prepare
 from layert2v.data.synthetic import generate_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
+MLFLOW_URIS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@pytest.fixture(autouse=True)
+def mlflow_uris_stay_in_their_test() -> Iterator[None]:
+    """`mlflow.set_tracking_uri` / `set_registry_uri` (called by `registry.register`) export the URI to the
+    environment, where a later test's subprocesses (`dvc repro`) would find another test's store: undone after each."""
+    saved = {name: os.environ.get(name) for name in MLFLOW_URIS}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

@@ -53,6 +53,7 @@ def test_round_trip_keeps_shapes_and_the_ceiling_reports_every_figure(smoke_prep
     assert tuple(figures) == CEILING_METRICS
     assert 0 <= figures["ceiling_alpha_iou"] <= 1 and 0 <= figures["ceiling_shape_adherence"] <= 1
     assert figures["ceiling_psnr_rgb"] < 30  # an untrained VAE is far from the data
+    assert figures["ceiling_foregrounds"] == sum(len(t.alphas) for t, _ in true_clips(smoke_prepared.out, 2))
 
 
 def test_no_clips_in_the_split_is_a_clear_error(smoke_prepared) -> None:

@@ -76,6 +76,8 @@ def test_dvc_repro_smoke_then_nothing_then_only_dependents(tmp_path: Path) -> No
         evaluation.data.tags["mlflow.parentRunId"] == parent.info.run_id and "coherence_db" in evaluation.data.metrics
     )
     assert {"reworded_colour_adherence", "reworded_shape_adherence"} <= set(evaluation.data.metrics)  # held-out words
+    judged = json.loads((repo / "artifacts/eval/samples.json").read_text())
+    assert evaluation.data.metrics["foregrounds"] == sum(row["k"] for row in judged)  # what the shares are out of
     assert {a.path for a in client.list_artifacts(evaluation.info.run_id)} == {"previews", "report"}
 
     second = run(["dvc", "repro"], repo)
