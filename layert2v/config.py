@@ -394,13 +394,15 @@ class DiTStageConfig(StageConfig):
     timestep_shift: float = 1.0  # shift of the training timesteps towards noise (`diffusion.time_shift`)
     optimizer: str = "adamw"  # adamw, or muon: the transformer blocks' matrices by Muon, the rest by AdamW
     # (`schedule.MuonAdamW`)
-    compile: bool = False  # the DiT's training forward and backward under `torch.compile` (inductor): the first step
-    # of each K compiles (1-2 min), later ones run with the elementwise work fused
+    compile: bool | str = False  # the DiT's training forward and backward under `torch.compile` (inductor): the
+    # first step of each K compiles (1-2 min), later ones run with the elementwise work fused; "auto": where that was
+    # measured to pay (`precision.compile_pays`)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.timestep_shift > 0, f"timestep_shift must be > 0, got {self.timestep_shift}")
         _require(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        _require(self.compile in (True, False, "auto"), f"compile must be true, false or auto, got {self.compile!r}")
         _require(self.alpha_decode_samples >= 0, f"alpha_decode_samples must be >= 0, got {self.alpha_decode_samples}")
         for name in ("alpha_weight", "consistency_weight", "foreground_weight"):
             _require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")

@@ -34,6 +34,7 @@ from layert2v.quality.report import GateFailed
 from layert2v.quality.sample_gate import sample_gate
 from layert2v.training.encode import encode_prepared
 from layert2v.training.objective import ema_decay_at, flow_losses
+from layert2v.training.precision import compile_pays
 from layert2v.training.run import STAGES, _guard_resume, fingerprint, train_stage
 from layert2v.training.schedule import GradNormClip, Muon, adamw_warmup_cosine, dit_optimizer
 from layert2v.training.spec import StageContext
@@ -100,6 +101,7 @@ def test_stages_0_1_encode_2_3_smoke_tracked_in_mlflow(tmp_path: Path, smoke, sm
         weights = (out / stage / "model" / "dit.safetensors").read_bytes()
         assert (tmp_path / "gates" / stage / "passed").read_text().strip() == hashlib.sha256(weights).hexdigest()
         assert run.data.params["model.text_len"] == str(smoke.prepare.max_tokens)  # the DiT config it trained
+        assert run.data.params["compile_used"] == str(smoke.train.stage2.compile is True)  # auto: eager in 32-true
     stage0 = runs["stage0"]
     assert stage0.data.params["train.preset"] == "tiny" and stage0.data.params["stage.max_steps"] == "4"
     assert "val/psnr_rgb" in stage0.data.metrics and "val/alpha_iou" in runs["stage1"].data.metrics
@@ -274,6 +276,16 @@ def test_muon_takes_the_blocks_matrices_learns_and_resumes_from_its_state(tmp_pa
     scheduler.load_state_dict(saved["sched"])
     assert step() == pytest.approx(expected)
     assert all(torch.allclose(v, after[k]) for k, v in dit.state_dict().items())
+
+
+def test_compile_auto_compiles_where_it_was_measured_to_pay() -> None:
+    """`compile: auto` trains compiled on a CPU with AMX in bf16-mixed only; every other host stays eager."""
+    cpu = torch.device("cpu")
+    assert compile_pays("bf16-mixed", cpu) == torch.cpu._is_amx_tile_supported()
+    assert not compile_pays("32-true", cpu) and not compile_pays("bf16-mixed", torch.device("cuda"))
+    assert DiTStageConfig(max_steps=4, batch_size=1, lr=1e-3, warmup_steps=1, compile="auto").compile == "auto"
+    with pytest.raises(ValueError, match="compile must be true, false or auto, got 'yes'"):
+        DiTStageConfig(max_steps=4, batch_size=1, lr=1e-3, warmup_steps=1, compile="yes")
 
 
 def test_compiled_stage_trains_the_same_dit_with_the_same_losses_and_gradients() -> None:

@@ -84,3 +84,12 @@ def resolve_precision(
     seconds = verdict["seconds"]
     fast = seconds["32-true"] >= MIN_SPEEDUP * seconds["bf16-mixed"]
     return ("bf16-mixed" if fast else "32-true"), seconds
+
+
+def compile_pays(precision: str, device: torch.device) -> bool:
+    """`train.stageN.compile: auto`: whether the DiT trains compiled here. Where it was measured to pay: a CPU with
+    AMX training in bf16-mixed. There the GEMMs are fast against the elementwise
+    work inductor fuses: stage 2's step 1.31-1.38x eager, the stage 10.3 min against 11.4 with a first compile of
+    1-2 min, its samples as eager's (five runs pooled, docs/results.md). The other CPUs measured gain 0.97-1.21x a
+    step, which 2000 steps do not repay the compile with; GPUs were not measured in training."""
+    return device.type == "cpu" and precision == "bf16-mixed" and torch.cpu._is_amx_tile_supported()

@@ -31,6 +31,7 @@ from layert2v.models.dit import LayerDiT
 from layert2v.models.text import default_text_encoder_path
 from layert2v.models.vae import LayerVAE
 from layert2v.training.objective import ema_decay_at, flow_losses
+from layert2v.training.precision import compile_pays
 from layert2v.training.schedule import dit_optimizer
 from layert2v.training.spec import StageContext, StageSpec, latent_clips
 
@@ -70,8 +71,15 @@ class JointLayerTraining(L.LightningModule):
     def on_train_start(self) -> None:
         if self.vae is not None:
             self.vae.eval()  # frozen: Lightning's train() must not switch it
-        if self.stage.compile:
+        configured = self.stage.compile
+        compiled = configured is True or (
+            configured == "auto" and compile_pays(str(self.trainer.precision), self.device)
+        )
+        if compiled:
             self.dit.compile()  # after the precision probe, which times the eager step; in place: same state dict
+        if self.logger is not None:
+            print(f"training the DiT {'compiled' if compiled else 'eager'} (compile: {configured})")
+            self.logger.log_hyperparams({"compile_used": compiled})
 
     def on_train_batch_end(self, *_: object) -> None:
         decay = ema_decay_at(self.global_step, self.stage.ema_decay)
