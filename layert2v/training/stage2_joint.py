@@ -77,8 +77,8 @@ class JointLayerTraining(L.LightningModule):
         )
         if compiled:
             self.dit.compile()  # after the precision probe, which times the eager step; in place: same state dict
-        if self.logger is not None:
-            print(f"training the DiT {'compiled' if compiled else 'eager'} (compile: {configured})")
+        print(f"training the DiT {'compiled' if compiled else 'eager'} (compile: {configured})")
+        if self.logger is not None:  # what `auto` chose, beside `precision_used`
             self.logger.log_hyperparams({"compile_used": compiled})
 
     def on_train_batch_end(self, *_: object) -> None:
