@@ -123,7 +123,8 @@ def share_noise(metric: str, challenger: dict[str, float], champion: dict[str, f
     """`z` standard errors of the difference between the challenger's and the champion's share `metric`, each a
     binomial share of the foregrounds its evaluation counted (`SHARE_COUNTS`). 0 for other metrics and where a count
     is missing (a version registered before the counts were), so those keep the plain tolerance."""
-    counts = challenger.get(SHARE_COUNTS.get(metric, ""), 0.0), champion.get(SHARE_COUNTS.get(metric, ""), 0.0)
+    count = SHARE_COUNTS.get(metric)
+    counts = (challenger.get(count, 0.0), champion.get(count, 0.0)) if count else (0.0, 0.0)
     if not all(n > 0 for n in counts):
         return 0.0
     shares = [min(max(side.get(metric, math.nan), 0.0), 1.0) for side in (challenger, champion)]
