@@ -8,8 +8,8 @@ held-out words.
 - swap: one-foreground validation clips asked for in template words once per shape, same seed: how many of the
   samples read as the asked shape (`metrics.shape_of`, chance 1 in 6) and how much the mattes differ between shape
   words (mean pairwise IoU of the middle frame's `alpha > 0.5`; 1.0: the word changes nothing);
-- scan: `evaluate`'s figures (coherence, colour, shape, blockiness) on the first `--clips` validation clips for
-  each value of one `evaluate` setting, side by side, on `--backend` in `--precision` (bf16 against fp32 too);
+- scan: `evaluate`'s figures (coherence, colour, shape, blockiness, empty layers) on the first `--clips` validation
+  clips for each value of one `evaluate` setting, side by side, on `--backend` in `--precision` (bf16 against fp32 too);
   `--seeds N` pools N sampling seeds per value (shares over every foreground judged, with the shape share's
   binomial 95% margin): the seed alone moves one evaluation's shape by 5-10 points;
   `--split train` asks for clips the model trained on (does it fit them at all);
@@ -90,7 +90,7 @@ def scan(pipe: LayerT2VPipeline, prompts: list[ValPrompt], args: argparse.Namesp
     base = load_params(args.params).evaluate
     name, values = args.set.split("=", 1)
     kind = type(getattr(base, name))
-    keys = (*summary_table.SAMPLES, "alpha_stutter")
+    keys = (*summary_table.SAMPLES, "empty_layers", "alpha_stutter")
     print(summary_table.header(["setting"], keys, ("foregrounds", "shape, 95% margin", "seconds")))
     for value in values.split(","):
         cfg = replace(base, **{name: kind(value)})
