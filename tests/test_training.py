@@ -289,7 +289,7 @@ def test_compile_auto_compiles_where_it_was_measured_to_pay() -> None:
 
 
 def test_compiled_stage_trains_the_same_dit_with_the_same_losses_and_gradients() -> None:
-    """`compile: true` compiles the stage's live DiT in place when training starts (after the precision probe has
+    """`compile: true` compiles the stage's live DiT's blocks in place when training starts (after the precision probe has
     timed the eager step): its losses and gradients are eager's within float rounding, its state dict keeps the
     keys that checkpoints, the EMA and `save_model` use, and the EMA (validation, saving) stays eager."""
     stage = DiTStageConfig(max_steps=4, batch_size=4, lr=1e-3, warmup_steps=1, compile=True)
@@ -309,7 +309,9 @@ def test_compiled_stage_trains_the_same_dit_with_the_same_losses_and_gradients()
         eager_loss, eager_grads = loss_and_grads()
         module.on_train_start()
         compiled_loss, compiled_grads = loss_and_grads()
-    assert module.dit._compiled_call_impl is not None and module.ema._compiled_call_impl is None
+    assert all(block._compiled_call_impl is not None for block in module.dit.blocks)
+    assert module.dit.blocks_compiled and not module.ema.blocks_compiled
+    assert all(block._compiled_call_impl is None for block in module.ema.blocks)
     assert list(module.dit.state_dict()) == keys
     assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
     assert all(torch.allclose(c, e, atol=1e-5, rtol=1e-3) for c, e in zip(compiled_grads, eager_grads, strict=True))

@@ -76,7 +76,7 @@ class JointLayerTraining(L.LightningModule):
             configured == "auto" and compile_pays(str(self.trainer.precision), self.device)
         )
         if compiled:
-            self.dit.compile()  # after the precision probe, which times the eager step; in place: same state dict
+            self.dit.compile_blocks()  # after the precision probe, which times the eager step; same state dict
         print(f"training the DiT {'compiled' if compiled else 'eager'} (compile: {configured})")
         if self.logger is not None:  # what `auto` chose, beside `precision_used`
             self.logger.log_hyperparams({"compile_used": compiled})
