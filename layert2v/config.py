@@ -394,9 +394,9 @@ class DiTStageConfig(StageConfig):
     timestep_shift: float = 1.0  # shift of the training timesteps towards noise (`diffusion.time_shift`)
     optimizer: str = "adamw"  # adamw, or muon: the transformer blocks' matrices by Muon, the rest by AdamW
     # (`schedule.MuonAdamW`)
-    compile: bool | str = False  # the DiT's training forward and backward under `torch.compile` (inductor): the
-    # first step of each K compiles (1-2 min), later ones run with the elementwise work fused; "auto": where that was
-    # measured to pay (`precision.compile_pays`)
+    compile: bool | str = False  # the DiT's blocks' training forward and backward under `torch.compile` (inductor,
+    # `LayerDiT.compile_blocks`): the first step of each K compiles (30-60 s), later ones run with the elementwise
+    # work fused; "auto": where that was measured to pay (`precision.compile_pays`)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -359,7 +359,7 @@ class LayerDiT(nn.Module):
             text, cross_mask = text.index_select(1, text_positions), cross_mask.index_select(2, text_positions)
         context, cross_mask = self.text_embedding(text), attention_mask(cross_mask, x)
         # the residual stream's dtype from block 0's first gated residual on (fp32 under autocast), given at once:
-        # the same values, and compiled blocks (`compile_blocks`) share one graph
+        # block 0's first norm runs in fp32 like the other blocks' norms, and compiled blocks share one graph
         x = x.to(torch.promote_types(x.dtype, self.blocks[0].modulation.dtype))
         if self.blocks_compiled:
             mark_block_shapes(x, e, context, cross_mask, rope)
