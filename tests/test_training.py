@@ -32,9 +32,9 @@ from layert2v.models.vae import LayerVAE, alpha_to_latent_grid
 from layert2v.pipeline import LayerT2VPipeline
 from layert2v.quality.report import GateFailed
 from layert2v.quality.sample_gate import sample_gate
+from layert2v.training import precision
 from layert2v.training.encode import encode_prepared
 from layert2v.training.objective import ema_decay_at, flow_losses
-from layert2v.training.precision import compile_pays
 from layert2v.training.run import STAGES, _guard_resume, fingerprint, train_stage
 from layert2v.training.schedule import GradNormClip, Muon, adamw_warmup_cosine, dit_optimizer
 from layert2v.training.spec import StageContext
@@ -278,11 +278,15 @@ def test_muon_takes_the_blocks_matrices_learns_and_resumes_from_its_state(tmp_pa
     assert all(torch.allclose(v, after[k]) for k, v in dit.state_dict().items())
 
 
-def test_compile_auto_compiles_where_it_was_measured_to_pay() -> None:
-    """`compile: auto` trains compiled on a CPU with AMX in bf16-mixed only; every other host stays eager."""
+def test_compile_auto_compiles_where_it_was_measured_to_pay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`compile: auto` trains compiled on a CPU with native bf16 kernels in bf16-mixed only; every other host and
+    precision stays eager."""
     cpu = torch.device("cpu")
-    assert compile_pays("bf16-mixed", cpu) == torch.cpu._is_amx_tile_supported()
-    assert not compile_pays("32-true", cpu) and not compile_pays("bf16-mixed", torch.device("cuda"))
+    for native in (True, False):
+        monkeypatch.setattr(precision, "native_bf16", lambda native=native: native)
+        assert precision.compile_pays("bf16-mixed", cpu) == native
+        assert not precision.compile_pays("32-true", cpu)
+        assert not precision.compile_pays("bf16-mixed", torch.device("cuda"))
     assert DiTStageConfig(max_steps=4, batch_size=1, lr=1e-3, warmup_steps=1, compile="auto").compile == "auto"
     with pytest.raises(ValueError, match="compile must be true, false or auto, got 'yes'"):
         DiTStageConfig(max_steps=4, batch_size=1, lr=1e-3, warmup_steps=1, compile="yes")
@@ -379,8 +383,6 @@ def test_encode_writes_the_latent_cache(tmp_path: Path, smoke_prepared) -> None:
 def test_auto_precision_times_the_stage_once_per_host_and_leaves_the_seeded_run_as_it_was(
     tmp_path: Path, smoke, smoke_prepared, tracking: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from layert2v.training import precision
-
     cache = tmp_path / "precision.json"
     monkeypatch.setattr(precision, "CACHE", cache)
     monkeypatch.setattr(precision, "MIN_SPEEDUP", 1e9)  # the verdict: fp32, so the run can be compared bit for bit
