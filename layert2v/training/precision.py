@@ -89,7 +89,7 @@ def resolve_precision(
 def compile_pays(precision: str, device: torch.device) -> bool:
     """`train.stageN.compile: auto`: whether the DiT trains compiled here. Where it was measured to pay: a CPU with
     native bf16 kernels (AMX, or AVX-512 with AVX512-BF16) training in bf16-mixed. There the GEMMs are fast against
-    the elementwise work inductor fuses: with its blocks compiled, stage 2's step ran 1.3-1.6x eager (Intel AMX, AMD
+    the elementwise work inductor fuses: with its blocks compiled, stage 2's step ran 1.1-1.6x eager (Intel AMX, AMD
     Zen 4) and stage 3's 1.2-1.4x, each K's compile under a minute. In fp32 (the AVX2-only CPUs) the whole model
     compiled gained 0.97-1.03x, which a stage does not repay the compile with; GPUs were not measured in training.
     The samples' figures of a compiled run are another run's (docs/results.md, "Compiled blocks")."""
