@@ -353,10 +353,12 @@ class VAEStageConfig(StageConfig):
     kl_weight: float = 1e-6  # weight of the posterior's KL term beside the L1 reconstruction
     alpha_weight: float = 0.0  # weight of the first foreground's matte, reconstructed as the alpha path feeds it
     seam_weight: float = 0.0  # weight of the L1 between the decoded and the true clip's steps across cell borders
+    crop: float = 1.0  # train on windows of this fraction of the frame's sides (whole cells), at random places
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.kl_weight >= 0, f"kl_weight must be >= 0, got {self.kl_weight}")
+        _require(0 < self.crop <= 1, f"crop must be in (0, 1], got {self.crop}")
         _require(self.alpha_weight >= 0, f"alpha_weight must be >= 0, got {self.alpha_weight}")
         _require(self.seam_weight >= 0, f"seam_weight must be >= 0, got {self.seam_weight}")
 

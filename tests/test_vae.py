@@ -10,7 +10,7 @@ import torch
 from layert2v.config import AlphaStageConfig, VAEStageConfig, model_preset
 from layert2v.models.checkpoint import load_vae, save_vae
 from layert2v.models.vae import LayerVAE
-from layert2v.training.stage0_vae import VAEPretraining, seam_l1
+from layert2v.training.stage0_vae import VAEPretraining, random_crops, seam_l1
 from layert2v.training.stage1_alpha import AlphaAdaptation
 
 ARCHS = ("patch", "wan")
@@ -164,6 +164,45 @@ def test_stage0_seam_weight_adds_the_seam_term_to_the_loss() -> None:
     assert (losses[1] - losses[0]).item() == pytest.approx(2.0 * logged["train/seam_l1"].item(), rel=1e-4)
     with pytest.raises(ValueError, match="seam_weight must be >= 0"):
         VAEStageConfig(max_steps=2, batch_size=1, lr=1e-3, warmup_steps=0, seam_weight=-1)
+
+
+def test_random_crops_are_windows_of_each_video_at_their_own_places() -> None:
+    """Each video gives one window of itself (all frames and channels) of the asked fraction of each side in whole
+    cells, at a place drawn per video."""
+    torch.manual_seed(0)
+    x = torch.arange(6 * 3 * 5 * 32 * 40, dtype=torch.float32).reshape(6, 3, 5, 32, 40)
+    crops = random_crops(x, 0.75, 8)
+    assert crops.shape == (6, 3, 5, 24, 24)  # 24 of 32, and 30 of 40 rounded down to 8-pixel cells
+    places = []
+    for video, window in zip(x, crops, strict=True):
+        top, left = divmod(int(window[0, 0, 0, 0] - video[0, 0, 0, 0]), 40)
+        assert torch.equal(window, video[..., top : top + 24, left : left + 24])
+        places.append((top, left))
+    assert len(set(places)) > 1
+    assert random_crops(x, 0.1, 8).shape[-2:] == (8, 8) and torch.equal(random_crops(x, 1.0, 8), x)
+
+
+def test_stage0_with_crop_trains_on_windows_and_validates_on_whole_frames() -> None:
+    """`crop` feeds the autoencoder windows of the streams in training (its decode sees only the window's pixels)
+    and whole frames in validation."""
+    batch = {
+        "full": torch.rand(2, 3, 5, 32, 32), "background": torch.rand(2, 3, 5, 32, 32),
+        "foregrounds": torch.rand(2, 2, 3, 5, 32, 32), "alphas": torch.rand(2, 2, 1, 5, 32, 32),
+    }  # fmt: skip
+    stage = VAEStageConfig(max_steps=2, batch_size=2, lr=1e-3, warmup_steps=0, seam_weight=1.0, crop=0.5)
+    module = VAEPretraining(model_preset("tiny"), stage)
+    cells: list[tuple[int, int]] = []  # the latent grid each decode of the patch autoencoder draws
+    module.vae.vae.decoder.register_forward_hook(lambda _m, _i, out: cells.append(tuple(out.shape[-2:])))
+    module.log_dict = lambda *_, **__: None
+    module.log = lambda *_, **__: None
+    module.training_step(batch, 0).backward()
+    assert cells == [(2, 2)]  # 16-pixel windows of 8-pixel cells
+    assert all(p.grad is not None for p in module.vae.vae.encoder.parameters())
+    module.validation_step(batch, 0)
+    assert cells[-1] == (4, 4)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="crop must be in"):
+            VAEStageConfig(max_steps=2, batch_size=1, lr=1e-3, warmup_steps=0, crop=bad)
 
 
 def _matte_round_trip_after_stage0(alpha_weight: float, steps: int = 25) -> tuple[float, dict]:

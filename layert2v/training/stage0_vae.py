@@ -33,6 +33,21 @@ def seam_l1(recon: torch.Tensor, x: torch.Tensor, cell: int) -> torch.Tensor:
     return sum(seams) / 2
 
 
+def random_crops(x: torch.Tensor, crop: float, cell: int) -> torch.Tensor:
+    """A window of `crop` times each side of the frame (rounded down to whole `cell`s, at least one) at a random
+    place in each of the N videos of `x` (`[N, C, F, H, W]`).
+
+    Stage 0 on windows three quarters of the side, of twice the clips, costs about the step of whole frames and
+    trains a better autoencoder faster: more clips a step lower the gradient's noise, which is what holds stage 0
+    back (docs/results.md). Windows half the side do not: the decoder's group norms then see statistics of a
+    4 x 4 cell grid, and whole frames decode worse."""
+    height, width = x.shape[-2:]
+    rows, cols = (max(cell, int(crop * side) // cell * cell) for side in (height, width))
+    tops = torch.randint(0, height - rows + 1, (len(x),)).tolist()
+    lefts = torch.randint(0, width - cols + 1, (len(x),)).tolist()
+    return torch.stack([v[..., t : t + rows, s : s + cols] for v, t, s in zip(x, tops, lefts, strict=True)])
+
+
 def rgb_streams(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """`[3B, 3, F, H, W]`: the full, background and first-foreground videos of a batch."""
     return torch.cat([batch["full"], batch["background"], batch["foregrounds"][:, 0]])
@@ -49,6 +64,9 @@ class VAEPretraining(L.LightningModule):
         rgb = rgb_streams(batch) * 2 - 1
         alpha = (batch["alphas"][:, 0] * 2 - 1).expand(-1, 3, -1, -1, -1)
         x = torch.cat([rgb, alpha]) if self.stage.alpha_weight else rgb
+        if self.stage.crop < 1:
+            x = random_crops(x, self.stage.crop, self.vae.cfg.vae_cell)
+            rgb = x[: len(rgb)]
         posterior = self.vae.posterior(x)
         recon = self.vae.decode_unclamped(posterior.sample())  # clamped pixels would get no gradient
         errors = (recon - x).abs().flatten(1).mean(1)
