@@ -37,7 +37,7 @@ def random_crops(x: torch.Tensor, crop: float, cell: int) -> torch.Tensor:
     """A window of `crop` times each side of the frame (rounded down to whole `cell`s, at least one) at a random
     place in each of the N videos of `x` (`[N, C, F, H, W]`).
 
-    Stage 0 on windows three quarters of the side, of twice the clips, costs about the step of whole frames and
+    Stage 0 on windows three quarters of the side, of twice the clips, costs 1.1-1.2x the step of whole frames and
     trains a better autoencoder faster: more clips a step lower the gradient's noise, which is what holds stage 0
     back (docs/results.md). Windows half the side do not: the decoder's group norms then see statistics of a
     4 x 4 cell grid, and whole frames decode worse."""
