@@ -39,8 +39,8 @@ def random_crops(x: torch.Tensor, crop: float, cell: int) -> torch.Tensor:
 
     Stage 0 on windows three quarters of the side, of twice the clips, costs 1.1-1.2x the step of whole frames and
     trains a better autoencoder faster: more clips a step lower the gradient's noise, which is what holds stage 0
-    back (docs/results.md). Windows half the side do not: the decoder's group norms then see statistics of a
-    4 x 4 cell grid, and whole frames decode worse."""
+    back (docs/results.md). Windows half the side do not: the autoencoder fits a 4 x 4 cell grid (its group norms'
+    statistics and borders, most likely) and decodes whole frames worse."""
     height, width = x.shape[-2:]
     rows, cols = (max(cell, int(crop * side) // cell * cell) for side in (height, width))
     tops = torch.randint(0, height - rows + 1, (len(x),)).tolist()
